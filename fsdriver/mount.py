@@ -1,0 +1,164 @@
+"""Mounting the passthrough over a directory, in place, and taking it down cleanly."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from .mutation import ReplicationSink
+from .ops import Passthrough
+from .syscall import MNT_DETACH, umount2
+
+log = logging.getLogger(__name__)
+
+FS_TYPE = "fuse.tandem"
+
+
+class MountError(Exception):
+    """A directory cannot be mounted over; the message is meant for the operator."""
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    max_tasks: int = 128
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \\ooo octal
+    out, i = [], 0
+    while i < len(field):
+        octal = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(octal) == 3 and octal.isdigit():
+            out.append(chr(int(octal, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_at(path: str) -> list[str]:
+    """File system types mounted exactly at ``path``, innermost last."""
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            left, _, right = line.partition(" - ")
+            if _unescape_mountinfo(left.split()[4]) == path:
+                found.append(right.split()[0])
+    return found
+
+
+def is_tandem_mount(path: str) -> bool:
+    types = mounts_at(path)
+    return bool(types) and types[-1] == FS_TYPE
+
+
+def check_target(directory: str) -> str:
+    """The absolute path to mount over, or MountError saying why not."""
+    path = os.path.abspath(directory)
+    if is_tandem_mount(path):
+        raise MountError(
+            f"{path} is already a Tandem mount (if no tandem process serves it, "
+            f"release it with: fusermount3 -u -z {path})"
+        )
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise MountError(f"{path} cannot be used: {exc.strerror}") from None
+    if not os.path.isdir(path):
+        raise MountError(f"{path} is not a directory (mode {oct(st.st_mode)})")
+    return os.path.realpath(path)
+
+
+def unmount(path: str) -> str:
+    """Unmount ``path``; detach it lazily when it is busy. Returns what happened."""
+    try:
+        umount2(path, 0)
+        return "unmounted"
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            umount2(path, MNT_DETACH)
+            return "busy: detached lazily (it disappears when the last user lets go)"
+        if exc.errno in (errno.EINVAL, errno.ENOENT):
+            return "already unmounted"
+        raise
+
+
+def _notify_systemd(message: bytes) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message, address)
+
+
+@contextmanager
+def open_root(path: str) -> Iterator[int]:
+    """The directory's own fd, taken before the mount hides it: all backing I/O goes through it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+async def _serve(path: str, options: MountOptions) -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def stop_on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s, unmounting %s", signal.Signals(signum).name, path)
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(stop_on_signal, name="signal-watcher")
+        _notify_systemd(b"READY=1")
+        await pyfuse3.main(min_tasks=4, max_tasks=options.max_tasks)
+        nursery.cancel_scope.cancel()
+
+
+def run_mount(directory: str, sink: ReplicationSink, options: MountOptions | None = None) -> str:
+    """Mount over ``directory`` and serve in the foreground until SIGINT/SIGTERM or an external
+    unmount. Returns how the mount ended (for the operator)."""
+    options = options or MountOptions()
+    path = check_target(directory)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # We create files as root on behalf of callers whose umask the kernel already applied.
+    os.umask(0)
+    with open_root(path) as root_fd:
+        ops = Passthrough(
+            root_fd, sink, attr_timeout=options.attr_timeout, entry_timeout=options.entry_timeout
+        )
+        fuse_options = set(pyfuse3.default_options) | {
+            "allow_other",
+            "fsname=tandem",
+            "subtype=tandem",
+        }
+        pyfuse3.init(ops, path, fuse_options)
+        outcome = "unmounted"
+        try:
+            log.info("serving %s", path)
+            trio.run(_serve, path, options)
+        finally:
+            _notify_systemd(b"STOPPING=1")
+            outcome = unmount(path) if is_tandem_mount(path) else "unmounted from outside"
+            pyfuse3.close(unmount=False)
+    return outcome

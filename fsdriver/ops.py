@@ -1,0 +1,725 @@
+"""FUSE operations of the in-place passthrough: each one applies the change to the backing
+directory, describes it as a `Mutation`, hands it to the sink and answers the kernel only once
+the sink's receipt says so.
+
+Concurrency rule (trio): code between two ``await``s runs atomically. Every handler performs its
+backing syscall, updates the inode table and submits its mutation in one such step, so the order
+mutations reach the sink is exactly the order changes hit the backing tree. Do not add an
+``await`` inside that step; blocking work (fsync) happens before it, in a thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+from pyfuse3 import FUSEError
+
+from .inode import ROOT_INODE, InodeTable, Key, Node
+from .mutation import (
+    CreateFile,
+    MakeDirectory,
+    MakeHardLink,
+    MakeNode,
+    MakeSymlink,
+    Mutation,
+    RemoveDirectory,
+    RemoveXattr,
+    Rename,
+    ReplicationSink,
+    SetAttributes,
+    SetXattr,
+    Stamp,
+    Sync,
+    Unlink,
+    Write,
+)
+from .syscall import RENAME_EXCHANGE, renameat2
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+# flags that make sense only to the kernel side of the open, or that our buffers cannot honour
+# (O_DIRECT needs aligned memory; the kernel gives the application direct I/O itself)
+_OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
+
+
+def _boundary(
+    handler: Callable[_P, Coroutine[Any, Any, _T]],
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """The one place errors are translated: an OSError keeps its errno, anything else is a bug
+    that is logged and becomes EIO, so a handler can never take the mount down."""
+    name = handler.__name__
+
+    @functools.wraps(handler)
+    async def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await handler(*args, **kwargs)
+        except FUSEError:
+            raise
+        except OSError as exc:
+            raise FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            shown = tuple(
+                f"<{len(a)} bytes>" if isinstance(a, bytes | memoryview) and len(a) > 64 else a
+                for a in args[1:]
+            )
+            log.exception("unexpected error in %s%r; answering EIO", name, shown)
+            raise FUSEError(errno.EIO) from None
+
+    return guarded
+
+
+def _key(st: os.stat_result) -> Key:
+    return (st.st_dev, st.st_ino)
+
+
+def _stamp(path: bytes, st: os.stat_result) -> Stamp:
+    return Stamp(path, st.st_atime_ns, st.st_mtime_ns)
+
+
+class _OpenFile:
+    __slots__ = ("append", "fd", "ino")
+
+    def __init__(self, fd: int, ino: int, append: bool) -> None:
+        self.fd = fd
+        self.ino = ino
+        self.append = append
+
+
+class _OpenDir:
+    __slots__ = ("fd", "ino", "names")
+
+    def __init__(self, fd: int, ino: int) -> None:
+        self.fd = fd
+        self.ino = ino
+        self.names: list[bytes] | None = None
+
+
+class Passthrough(pyfuse3.Operations):
+    """Passthrough over the directory ``root_fd`` was opened on, before the mount hid it."""
+
+    supports_dot_lookup = False
+    # Never: with a writeback cache write(2) returns before this process (and the sink) sees
+    # the data, which would break the promise that an acknowledged write is replicated.
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        root_fd: int,
+        sink: ReplicationSink,
+        *,
+        attr_timeout: float = 1.0,
+        entry_timeout: float = 1.0,
+    ) -> None:
+        super().__init__()
+        root = os.fstat(root_fd)
+        self._root_fd = root_fd
+        self._sink = sink
+        self._table = InodeTable(_key(root))
+        self._attr_timeout = attr_timeout
+        self._entry_timeout = entry_timeout
+        self._files: dict[int, _OpenFile] = {}
+        self._fds_by_ino: dict[int, set[int]] = {}
+        self._dirs: dict[int, _OpenDir] = {}
+        self._next_dir_handle = 1
+
+    # -- helpers (all synchronous: they run inside a handler's atomic step) --------------
+
+    def _lstat(self, path: bytes) -> os.stat_result:
+        return os.stat(path, dir_fd=self._root_fd, follow_symlinks=False)
+
+    def _entry(self, st: os.stat_result, ino: int) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = ino
+        entry.generation = 0
+        entry.entry_timeout = self._entry_timeout
+        entry.attr_timeout = self._attr_timeout
+        entry.st_mode = st.st_mode
+        entry.st_nlink = st.st_nlink
+        entry.st_uid = st.st_uid
+        entry.st_gid = st.st_gid
+        entry.st_rdev = st.st_rdev
+        entry.st_size = st.st_size
+        entry.st_blksize = st.st_blksize
+        entry.st_blocks = st.st_blocks
+        entry.st_atime_ns = st.st_atime_ns
+        entry.st_mtime_ns = st.st_mtime_ns
+        entry.st_ctime_ns = st.st_ctime_ns
+        return entry
+
+    def _path(self, ino: int) -> bytes:
+        path = self._table.path(ino)
+        if path is None:
+            raise FUSEError(errno.ENOENT)
+        return path
+
+    def _child(self, parent: int, name: bytes) -> bytes:
+        path = self._table.child_path(parent, name)
+        if path is None:
+            raise FUSEError(errno.ENOENT)
+        return path
+
+    def _any_fd(self, ino: int) -> int | None:
+        fds = self._fds_by_ino.get(ino)
+        return next(iter(fds)) if fds else None
+
+    def _stat_node(self, ino: int) -> os.stat_result:
+        """Attributes of an object, even one that was unlinked while open."""
+        path = self._table.path(ino)
+        if path is not None:
+            st = self._lstat(path)
+            if ino == ROOT_INODE or _key(st) == self._table.get(ino).key:
+                return st
+            log.warning("inode %d is no longer at %r; answering from an open descriptor", ino, path)
+        fd = self._any_fd(ino)
+        if fd is None:
+            raise FUSEError(errno.ESTALE)
+        return os.fstat(fd)
+
+    def _mutation_path(self, ino: int, nlink: int) -> bytes | None:
+        """Where a peer finds this object, or None when it has no name left (its changes can
+        no longer reach any file that survives, so they need not be replicated)."""
+        path = self._table.path(ino)
+        if path is not None or nlink == 0:
+            return path
+        # A hard link we never looked up keeps the object alive: find it by scanning.
+        node = self._table.get(ino)
+        return self._rediscover(node)
+
+    def _rediscover(self, node: Node) -> bytes | None:
+        pending: list[bytes] = [b"."]
+        while pending:
+            directory = pending.pop()
+            try:
+                fd = os.open(
+                    directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._root_fd
+                )
+            except OSError:
+                continue
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        name = os.fsencode(entry.name)
+                        path = name if directory == b"." else directory + b"/" + name
+                        st = entry.stat(follow_symlinks=False)
+                        if _key(st) == node.key:
+                            log.info("found a name for inode %d by scanning: %r", node.ino, path)
+                            return path
+                        if stat.S_ISDIR(st.st_mode) and st.st_dev == node.key[0]:
+                            pending.append(path)
+            finally:
+                os.close(fd)
+        return None
+
+    def _parent_stamp(self, parent: int) -> Stamp:
+        path = self._path(parent)
+        return _stamp(path, self._lstat(path))
+
+    def _adopt_new(
+        self, path: bytes, parent: int, mode: int, ctx: pyfuse3.RequestContext
+    ) -> os.stat_result:
+        """Give an object we created as root the owner and mode the caller would have got."""
+        st = self._lstat(path)
+        parent_st = self._lstat(self._path(parent))
+        parent_setgid = bool(parent_st.st_mode & stat.S_ISGID)
+        gid = parent_st.st_gid if parent_setgid else ctx.gid
+        if (st.st_uid, st.st_gid) != (ctx.uid, gid):
+            os.chown(path, ctx.uid, gid, dir_fd=self._root_fd, follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            wanted = mode & 0o7777
+            if stat.S_ISDIR(st.st_mode) and parent_setgid:
+                wanted |= stat.S_ISGID
+            # chown as root cleared set-id bits the caller is entitled to: put them back
+            if stat.S_IMODE(self._lstat(path).st_mode) != wanted:
+                os.chmod(path, wanted, dir_fd=self._root_fd)
+        return self._lstat(path)
+
+    def _truncate(self, target: int | bytes, size: int) -> None:
+        if isinstance(target, int):
+            os.ftruncate(target, size)
+            return
+        fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._root_fd)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    def _new_entry(self, st: os.stat_result, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+        node = self._table.learn(_key(st), parent, name)
+        node.lookups += 1
+        return self._entry(st, node.ino)
+
+    # -- namespace --------------------------------------------------------------------------
+
+    @_boundary
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = self._child(parent_inode, name)
+        try:
+            st = self._lstat(path)
+        except FileNotFoundError:
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = self._entry_timeout
+            return negative
+        return self._new_entry(st, parent_inode, name)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self._table.forget(ino, count)
+
+    @_boundary
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(self._stat_node(inode), inode)
+
+    @_boundary
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        open_file = self._files.get(fh) if fh is not None else None
+        # fchmod/fchown reach us without a handle: an object unlinked while open has no path,
+        # but any descriptor we hold on it will do
+        found = open_file.fd if open_file is not None else self._table.path(inode)
+        target = found if found is not None else self._any_fd(inode)
+        if target is None:
+            raise FUSEError(errno.ENOENT)
+        dir_fd = None if isinstance(target, int) else self._root_fd
+        before = os.fstat(target) if isinstance(target, int) else self._lstat(target)
+
+        size = attr.st_size if fields.update_size else None
+        if size is not None:
+            self._truncate(target, size)
+        uid = attr.st_uid if fields.update_uid else -1
+        gid = attr.st_gid if fields.update_gid else -1
+        if uid != -1 or gid != -1:
+            os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=isinstance(target, int))
+        mode = stat.S_IMODE(attr.st_mode) if fields.update_mode else None
+        if mode is not None:
+            os.chmod(target, mode, dir_fd=dir_fd)
+        if fields.update_atime or fields.update_mtime:
+            atime = attr.st_atime_ns if fields.update_atime else before.st_atime_ns
+            mtime = attr.st_mtime_ns if fields.update_mtime else before.st_mtime_ns
+            follow = isinstance(target, int)  # a descriptor has nothing to follow
+            os.utime(target, ns=(atime, mtime), dir_fd=dir_fd, follow_symlinks=follow)
+
+        after = os.fstat(target) if isinstance(target, int) else self._lstat(target)
+        changed = size is not None or uid != -1 or gid != -1 or mode is not None
+        if changed or fields.update_atime or fields.update_mtime:
+            path = self._mutation_path(inode, after.st_nlink)
+            if path is not None:
+                owner_or_mode_changed = uid != -1 or gid != -1 or mode is not None
+                mutation = SetAttributes(
+                    path,
+                    mode=stat.S_IMODE(after.st_mode) if owner_or_mode_changed else None,
+                    uid=after.st_uid if uid != -1 else None,
+                    gid=after.st_gid if gid != -1 else None,
+                    size=size,
+                    stamps=(_stamp(path, after),),
+                )
+                await self._sink.submit(mutation).wait()
+        return self._entry(after, inode)
+
+    @_boundary
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return os.readlink(self._path(inode), dir_fd=self._root_fd)
+
+    @_boundary
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = self._child(parent_inode, name)
+        os.mknod(path, mode, rdev, dir_fd=self._root_fd)
+        st = self._adopt_new(path, parent_inode, mode, ctx)
+        entry = self._new_entry(st, parent_inode, name)
+        mutation = MakeNode(
+            path,
+            st.st_mode,
+            st.st_rdev,
+            st.st_uid,
+            st.st_gid,
+            stamps=(_stamp(path, st), self._parent_stamp(parent_inode)),
+        )
+        await self._sink.submit(mutation).wait()
+        return entry
+
+    @_boundary
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = self._child(parent_inode, name)
+        os.mkdir(path, mode & 0o7777, dir_fd=self._root_fd)
+        st = self._adopt_new(path, parent_inode, mode, ctx)
+        entry = self._new_entry(st, parent_inode, name)
+        mutation = MakeDirectory(
+            path,
+            stat.S_IMODE(st.st_mode),
+            st.st_uid,
+            st.st_gid,
+            stamps=(_stamp(path, st), self._parent_stamp(parent_inode)),
+        )
+        await self._sink.submit(mutation).wait()
+        return entry
+
+    @_boundary
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        path = self._child(parent_inode, name)
+        os.symlink(target, path, dir_fd=self._root_fd)
+        st = self._adopt_new(path, parent_inode, 0o777, ctx)
+        entry = self._new_entry(st, parent_inode, name)
+        mutation = MakeSymlink(
+            path,
+            target,
+            st.st_uid,
+            st.st_gid,
+            stamps=(_stamp(path, st), self._parent_stamp(parent_inode)),
+        )
+        await self._sink.submit(mutation).wait()
+        return entry
+
+    @_boundary
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        existing = self._path(inode)
+        path = self._child(new_parent_inode, new_name)
+        os.link(
+            existing,
+            path,
+            src_dir_fd=self._root_fd,
+            dst_dir_fd=self._root_fd,
+            follow_symlinks=False,
+        )
+        st = self._lstat(path)
+        entry = self._new_entry(st, new_parent_inode, new_name)
+        mutation = MakeHardLink(existing, path, stamps=(self._parent_stamp(new_parent_inode),))
+        await self._sink.submit(mutation).wait()
+        return entry
+
+    async def _remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
+        path = self._child(parent_inode, name)
+        st = self._lstat(path)
+        if directory:
+            os.rmdir(path, dir_fd=self._root_fd)
+        else:
+            os.unlink(path, dir_fd=self._root_fd)
+        self._table.unlinked(
+            parent_inode, name, _key(st), object_gone=directory or st.st_nlink <= 1
+        )
+        stamps = (self._parent_stamp(parent_inode),)
+        mutation = RemoveDirectory(path, stamps) if directory else Unlink(path, stamps)
+        await self._sink.submit(mutation).wait()
+
+    @_boundary
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent_inode, name, directory=False)
+
+    @_boundary
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent_inode, name, directory=True)
+
+    @_boundary
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        old = self._child(parent_inode_old, name_old)
+        new = self._child(parent_inode_new, name_new)
+        moved = self._lstat(old)
+        try:
+            replaced: os.stat_result | None = self._lstat(new)
+        except FileNotFoundError:
+            replaced = None
+        if flags:
+            renameat2(self._root_fd, old, self._root_fd, new, flags)
+        else:
+            os.rename(old, new, src_dir_fd=self._root_fd, dst_dir_fd=self._root_fd)
+        self._table.renamed(
+            (parent_inode_old, name_old),
+            (parent_inode_new, name_new),
+            _key(moved),
+            _key(replaced) if replaced is not None else None,
+            replaced_gone=replaced is not None
+            and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1),
+            exchange=bool(flags & RENAME_EXCHANGE),
+        )
+        stamps = [self._parent_stamp(parent_inode_old)]
+        if parent_inode_new != parent_inode_old:
+            stamps.append(self._parent_stamp(parent_inode_new))
+        await self._sink.submit(Rename(old, new, flags, tuple(stamps))).wait()
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _register(
+        self, fd: int, ino: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        self._files[fd] = _OpenFile(fd, ino, bool(flags & os.O_APPEND))
+        self._fds_by_ino.setdefault(ino, set()).add(fd)
+        info = pyfuse3.FileInfo(fh=fd)
+        # Every change passes through us, so cached pages stay valid across opens.
+        info.keep_cache = True
+        info.direct_io = bool(flags & os.O_DIRECT)
+        return info
+
+    @_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        backing_flags = (flags & ~_OPEN_FLAGS_DROPPED) | os.O_CLOEXEC | os.O_NOFOLLOW
+        path = self._table.path(inode)
+        if path is not None:
+            fd = os.open(path, backing_flags, dir_fd=self._root_fd)
+        else:
+            # reopened through /proc/PID/fd after unlink: reopen our own descriptor likewise
+            alive = self._any_fd(inode)
+            if alive is None:
+                raise FUSEError(errno.ENOENT)
+            fd = os.open(f"/proc/self/fd/{alive}", backing_flags & ~os.O_NOFOLLOW)
+        try:
+            info = self._register(fd, inode, flags, ctx)
+        except BaseException:
+            os.close(fd)
+            raise
+        if flags & os.O_TRUNC:
+            st = os.fstat(fd)
+            truncated = self._mutation_path(inode, st.st_nlink)
+            if truncated is not None:
+                await self._sink.submit(
+                    SetAttributes(truncated, size=0, stamps=(_stamp(truncated, st),))
+                ).wait()
+        return info
+
+    @_boundary
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        path = self._child(parent_inode, name)
+        backing_flags = (flags & ~_OPEN_FLAGS_DROPPED) | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            fd = os.open(
+                path, backing_flags | os.O_CREAT | os.O_EXCL, mode & 0o7777, dir_fd=self._root_fd
+            )
+            created = True
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            fd = os.open(path, backing_flags, dir_fd=self._root_fd)
+            created = False
+        try:
+            st = self._adopt_new(path, parent_inode, mode, ctx) if created else os.fstat(fd)
+            entry = self._new_entry(st, parent_inode, name)
+            info = self._register(fd, entry.st_ino, flags, ctx)
+        except BaseException:
+            os.close(fd)
+            raise
+        if created:
+            mutation: Mutation = CreateFile(
+                path,
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                stamps=(_stamp(path, st), self._parent_stamp(parent_inode)),
+            )
+            await self._sink.submit(mutation).wait()
+        elif flags & os.O_TRUNC:
+            await self._sink.submit(SetAttributes(path, size=0, stamps=(_stamp(path, st),))).wait()
+        return info, entry
+
+    @_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return os.pread(fh, size, off)
+
+    @_boundary
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        open_file = self._files[fh]
+        written = os.pwrite(fh, buf, off)
+        st = os.fstat(fh)
+        if open_file.append:
+            off = st.st_size - written  # O_APPEND wrote at the end, whatever offset was asked
+        path = self._mutation_path(open_file.ino, st.st_nlink)
+        if path is None:
+            return written
+        data = buf if written == len(buf) else bytes(buf[:written])
+        await self._sink.submit(Write(path, off, data, (_stamp(path, st),))).wait()
+        return written
+
+    @_boundary
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @_boundary
+    async def release(self, fh: int) -> None:
+        open_file = self._files.pop(fh)
+        fds = self._fds_by_ino.get(open_file.ino)
+        if fds is not None:
+            fds.discard(fh)
+            if not fds:
+                del self._fds_by_ino[open_file.ino]
+        os.close(fh)
+
+    @_boundary
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        open_file = self._files[fh]
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+        path = self._mutation_path(open_file.ino, os.fstat(fh).st_nlink)
+        if path is not None:
+            await self._sink.submit(Sync(path, data_only=datasync)).wait()
+
+    # -- directories ------------------------------------------------------------------------
+
+    @_boundary
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        fd = os.open(
+            self._path(inode), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._root_fd
+        )
+        handle = self._next_dir_handle
+        self._next_dir_handle += 1
+        self._dirs[handle] = _OpenDir(fd, inode)
+        return handle
+
+    def _dot_entries(self, directory: _OpenDir) -> dict[bytes, pyfuse3.EntryAttributes]:
+        here = self._entry(os.fstat(directory.fd), directory.ino)
+        if directory.ino == ROOT_INODE:
+            # the directory the mount sits in is outside the mount: its ".." is safe to stat
+            up = self._entry(
+                os.stat(b"..", dir_fd=self._root_fd, follow_symlinks=False), ROOT_INODE
+            )
+        else:
+            # Never stat ".." of a backing directory: the walk would climb onto the backing root,
+            # cross into our own mount and wait on ourselves forever.
+            parent = next(iter(self._table.get(directory.ino).links), (ROOT_INODE, b""))[0]
+            up = self._entry(self._stat_node(parent), parent)
+        return {b".": here, b"..": up}
+
+    @_boundary
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        directory = self._dirs[fh]
+        if start_id == 0 or directory.names is None:
+            # A snapshot per pass keeps offsets stable while entries come and go (POSIX lets
+            # a listing omit entries added after it started; it must not skip or repeat one).
+            with os.scandir(directory.fd) as entries:
+                directory.names = [b".", b".."] + [os.fsencode(e.name) for e in entries]
+        names = directory.names
+        dots = self._dot_entries(directory) if start_id < 2 else {}
+        for index in range(start_id, len(names)):
+            name = names[index]
+            if name in dots:
+                if not pyfuse3.readdir_reply(token, name, dots[name], index + 1):
+                    return
+                continue
+            try:
+                st = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            node = self._table.learn(_key(st), directory.ino, name)
+            if not pyfuse3.readdir_reply(token, name, self._entry(st, node.ino), index + 1):
+                self._table.discard_if_unreferenced(node)
+                return
+            node.lookups += 1
+
+    @_boundary
+    async def releasedir(self, fh: int) -> None:
+        os.close(self._dirs.pop(fh).fd)
+
+    @_boundary
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        directory = self._dirs[fh]
+        await trio.to_thread.run_sync(os.fsync, directory.fd)
+        path = self._table.path(directory.ino)
+        if path is not None:
+            await self._sink.submit(Sync(path, data_only=datasync)).wait()
+
+    @_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        backing = os.fstatvfs(self._root_fd)
+        result = pyfuse3.StatvfsData()
+        for name in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+            "f_namemax",
+        ):
+            setattr(result, name, getattr(backing, name))
+        return result
+
+    # -- extended attributes ----------------------------------------------------------------
+
+    def _xattr_target(self, inode: int) -> int | bytes:
+        path = self._table.path(inode)
+        if path is not None:
+            # os.*xattr take no dir_fd: reach the hidden backing tree through our root descriptor
+            return b"/proc/self/fd/%d/%s" % (self._root_fd, path)
+        fd = self._any_fd(inode)
+        if fd is None:
+            raise FUSEError(errno.ENOENT)
+        return fd
+
+    @_boundary
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        target = self._xattr_target(inode)
+        os.setxattr(target, name, value, follow_symlinks=isinstance(target, int))
+        st = self._stat_node(inode)
+        path = self._mutation_path(inode, st.st_nlink)
+        if path is not None:
+            await self._sink.submit(SetXattr(path, name, value, (_stamp(path, st),))).wait()
+
+    @_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        target = self._xattr_target(inode)
+        return os.getxattr(target, name, follow_symlinks=isinstance(target, int))
+
+    @_boundary
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        target = self._xattr_target(inode)
+        names = os.listxattr(target, follow_symlinks=isinstance(target, int))
+        return [os.fsencode(n) for n in names]
+
+    @_boundary
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        target = self._xattr_target(inode)
+        os.removexattr(target, name, follow_symlinks=isinstance(target, int))
+        st = self._stat_node(inode)
+        path = self._mutation_path(inode, st.st_nlink)
+        if path is not None:
+            await self._sink.submit(RemoveXattr(path, name, (_stamp(path, st),))).wait()
+
+    @_boundary
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        # Only reached without default_permissions (we always mount with it); kept exact anyway.
+        st = self._stat_node(inode)
+        if ctx.uid == 0:
+            return not (mode & os.X_OK) or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+        if st.st_uid == ctx.uid:
+            granted = (st.st_mode >> 6) & 7
+        elif st.st_gid == ctx.gid or st.st_gid in pyfuse3.get_sup_groups(ctx.pid):
+            granted = (st.st_mode >> 3) & 7
+        else:
+            granted = st.st_mode & 7
+        return (mode & granted) == mode

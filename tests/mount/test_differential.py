@@ -1,0 +1,281 @@
+"""The same operations, on a plain directory and through the mount, must give the same results:
+return values, errno, contents, modes, owners, link counts, xattrs, timestamp behaviour.
+Each script runs as root and as an unprivileged user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import NOBODY, Mounted, run_ops, start_mount
+from tandem.engine.treediff import diff, snapshot
+
+pytestmark = pytest.mark.root
+
+LONG = "n" * 256
+
+SCRIPTS: dict[str, list[list[Any]]] = {
+    "files": [
+        ["write", "f", 0, "hello world", []],
+        ["read", "f"],
+        ["write", "f", 6, "there", []],
+        ["write", "f", 0, "++", ["O_APPEND"]],
+        ["read", "f"],
+        ["truncate", "f", 4],
+        ["truncate", "f", 9],
+        ["read", "f"],
+        ["stat", "f"],
+        ["open_trunc", "f"],
+        ["stat", "f"],
+        ["create_excl", "f", 0o600],
+        ["create_excl", "g", 0o640],
+        ["stat", "g"],
+        ["write", "h", 0, "x", ["O_EXCL"]],
+        ["write", "h", 0, "y", ["O_TRUNC"]],
+        ["read", "h"],
+        ["write", "h", 3, "z", ["O_DSYNC"]],
+        ["read", "h"],
+        ["fsync", "h"],
+        ["sparse", "s", 1 << 24, "tail"],
+        ["read", "missing"],
+        ["truncate", "missing", 0],
+    ],
+    "directories": [
+        ["mkdir", "d", 0o755],
+        ["mkdir", "d", 0o755],
+        ["mkdir", "d/e", 0o700],
+        ["mkdir", "d/e/f", 0o777],
+        ["write", "d/e/f/x", 0, "1", []],
+        ["rmdir", "d/e"],
+        ["rmdir", "nope"],
+        ["listdir", "d/e/f"],
+        ["listdir_all", "d/e"],
+        ["unlink", "d/e/f/x"],
+        ["rmdir", "d/e/f"],
+        ["stat", "d"],
+        ["stat", "d/e"],
+        ["write", "d", 0, "x", []],
+        ["mkdir", "d/e/" + LONG, 0o755],
+        ["write", "file", 0, "x", []],
+        ["mkdir", "file/sub", 0o755],
+        ["unlink", "d"],
+        ["rmdir", "file"],
+    ],
+    "renames": [
+        ["write", "a", 0, "A", []],
+        ["write", "b", 0, "B", []],
+        ["rename", "a", "b", "noreplace"],
+        ["rename", "a", "b", "exchange"],
+        ["read", "a"],
+        ["read", "b"],
+        ["rename", "a", "b", "replace"],
+        ["read", "b"],
+        ["stat", "a"],
+        ["mkdir", "d1", 0o755],
+        ["mkdir", "d2", 0o755],
+        ["write", "d2/x", 0, "x", []],
+        ["rename", "d1", "d2", "replace"],
+        ["rename", "b", "d1", "replace"],
+        ["rename", "d1", "b", "replace"],
+        ["mkdir", "d3", 0o755],
+        ["rename", "d3", "d1", "replace"],
+        ["listdir", "."],
+        ["rename", "d2", "d2/inner", "replace"],
+        ["rename", "b", "b", "replace"],
+        ["link", "b", "b2"],
+        ["rename", "b", "b2", "replace"],
+        ["stat", "b"],
+        ["rename", "d2", "d1/moved", "replace"],
+        ["read", "d1/moved/x"],
+        ["write", "d1/moved/x", 0, "y", ["O_APPEND"]],
+        ["read", "d1/moved/x"],
+        ["rename", "nope", "zz", "replace"],
+        ["rename", "b", "d1", "exchange"],
+        ["stat", "d1"],
+        ["listdir", "b"],
+    ],
+    "links": [
+        ["write", "f", 0, "data", []],
+        ["link", "f", "g"],
+        ["link", "f", "g"],
+        ["stat", "f"],
+        ["write", "g", 4, "more", []],
+        ["read", "f"],
+        ["unlink", "f"],
+        ["stat", "g"],
+        ["symlink", "g", "s"],
+        ["symlink", "missing", "dangling"],
+        ["readlink", "s"],
+        ["read", "s"],
+        ["read", "dangling"],
+        ["stat", "s"],
+        ["symlink", "loop2", "loop1"],
+        ["symlink", "loop1", "loop2"],
+        ["read", "loop1"],
+        ["mkdir", "d", 0o755],
+        ["link", "d", "dlink"],
+        ["link", "s", "s2"],
+        ["stat", "s2"],
+        ["readlink", "g"],
+        ["unlink", "missing"],
+    ],
+    "permissions": [
+        ["write", "f", 0, "secret", []],
+        ["chmod", "f", 0o000],
+        ["read", "f"],
+        ["write", "f", 0, "x", []],
+        ["access", "f", 4],
+        ["chmod", "f", 0o4755],
+        ["stat", "f"],
+        ["write", "f", 0, "y", []],
+        ["stat", "f"],
+        ["chmod", "f", 0o2755],
+        ["stat", "f"],
+        ["chmod", "f", 0o6775],
+        ["truncate", "f", 3],
+        ["stat", "f"],
+        ["chown", "f", 0, 0],
+        ["chown", "f", 1, 1],
+        ["stat", "f"],
+        ["mkdir", "d", 0o700],
+        ["write", "d/x", 0, "x", []],
+        ["chmod", "d", 0o500],
+        ["write", "d/y", 0, "y", []],
+        ["unlink", "d/x"],
+        ["chmod", "d", 0o300],
+        ["listdir", "d"],
+        ["read", "d/x"],
+        ["chmod", "d", 0o755],
+        ["mkdir", "sticky", 0o1777],
+        ["stat", "sticky"],
+        ["mkdir", "sg", 0o755],
+        ["chmod", "sg", 0o2775],
+        ["mkdir", "sg/sub", 0o755],
+        ["write", "sg/file", 0, "x", []],
+        ["stat", "sg/sub"],
+        ["stat", "sg/file"],
+        ["chmod", "missing", 0o644],
+    ],
+    "xattrs": [
+        ["write", "f", 0, "x", []],
+        ["setxattr", "f", "user.a", "1", 0],
+        ["setxattr", "f", "user.a", "2", 1],
+        ["setxattr", "f", "user.b", "3", 2],
+        ["setxattr", "f", "user.a", "4", 2],
+        ["getxattr", "f", "user.a"],
+        ["getxattr", "f", "user.none"],
+        ["listxattr", "f"],
+        ["removexattr", "f", "user.a"],
+        ["removexattr", "f", "user.a"],
+        ["listxattr", "f"],
+        ["setxattr", "f", "user.big", "v" * 3000, 0],
+        ["getxattr", "f", "user.big"],
+        ["setxattr", "f", "trusted.t", "t", 0],
+        ["symlink", "f", "s"],
+        ["setxattr", "s", "user.a", "1", 0],
+        ["mkdir", "d", 0o755],
+        ["setxattr", "d", "user.dir", "yes", 0],
+        ["listxattr", "d"],
+        ["chmod", "f", 0o444],
+        ["setxattr", "f", "user.ro", "1", 0],
+    ],
+    "timestamps": [
+        ["write", "f", 0, "x", []],
+        ["age", "f"],
+        ["write", "f", 1, "y", []],
+        ["mtime_is_old", "f"],
+        ["age", "f"],
+        ["read", "f"],
+        ["mtime_is_old", "f"],
+        ["chmod", "f", 0o600],
+        ["mtime_is_old", "f"],
+        ["truncate", "f", 10],
+        ["mtime_is_old", "f"],
+        ["mkdir", "d", 0o755],
+        ["age", "d"],
+        ["write", "d/new", 0, "x", []],
+        ["mtime_is_old", "d"],
+        ["age", "d"],
+        ["setxattr", "d", "user.x", "1", 0],
+        ["mtime_is_old", "d"],
+        ["utime", "f", 1_234_567_890_123_456_789, 1_111_111_111_222_222_222],
+        ["mtime_is_old", "f"],
+        ["age", "d"],
+        ["unlink", "d/new"],
+        ["mtime_is_old", "d"],
+        ["age", "f"],
+        ["open_trunc", "f"],
+        ["mtime_is_old", "f"],
+    ],
+    "special_files": [
+        ["mknod", "fifo", "fifo", 0o640],
+        ["mknod", "sock", "sock", 0o600],
+        ["mknod", "null", "chr", 0o666],
+        ["stat", "fifo"],
+        ["stat", "sock"],
+        ["stat", "null"],
+        ["mknod", "fifo", "fifo", 0o640],
+        ["chmod", "fifo", 0o600],
+        ["stat", "fifo"],
+    ],
+    "open_files": [
+        ["open_unlink_write", "gone", "still here"],
+        ["listdir", "."],
+        ["rename_while_open", "a", "b", "appended"],
+        ["write", "m", 0, "0123456789", []],
+        ["mmap_write", "m", 2, "MMAP"],
+        ["read", "m"],
+        ["mmap_write", "m2", 0, "fresh"],
+        ["read", "m2"],
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def arenas() -> Iterator[tuple[Path, Mounted]]:
+    base = Path(tempfile.mkdtemp(prefix="tandem-diff-", dir="/tmp"))
+    base.chmod(0o755)
+    (base / "plain").mkdir()
+    mount = start_mount(base / "mnt")
+    try:
+        yield base / "plain", mount
+    finally:
+        try:
+            mount.stop()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def _fresh(root: Path, name: str, user: tuple[int, int]) -> Path:
+    path = root / name
+    path.mkdir()
+    os.chown(path, *user)
+    return path
+
+
+@pytest.mark.parametrize("user", [(0, 0), NOBODY], ids=["root", "nobody"])
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_same_results_as_plain_directory(
+    arenas: tuple[Path, Mounted], script: str, user: tuple[int, int]
+) -> None:
+    plain_root, mount = arenas
+    tag = f"{script}-{user[0]}"
+    plain = _fresh(plain_root, tag, user)
+    mounted = _fresh(mount.path, tag, user)
+
+    expected = run_ops(plain, SCRIPTS[script], user)
+    got = run_ops(mounted, SCRIPTS[script], user)
+
+    mismatches = [
+        f"#{i} {op}: plain {e} != mount {g}"
+        for i, (op, e, g) in enumerate(zip(SCRIPTS[script], expected, got, strict=True))
+        if e != g
+    ]
+    assert not mismatches, "\n".join(mismatches)
+    assert not diff(snapshot(str(plain)), snapshot(str(mounted)))
