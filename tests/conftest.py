@@ -47,7 +47,7 @@ def run_ops(
         input=json.dumps(request),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=30,
     )
     assert done.returncode == 0, f"op runner failed: {done.stderr}"
     return json.loads(done.stdout)

@@ -22,6 +22,9 @@ from typing import Any
 
 OLD_NS = 1_000_000_000  # 2001-09-09: a time no operation can produce by itself
 
+# random sequences create fifos and then open them: never block on one
+NONBLOCK = os.O_NONBLOCK
+
 RENAME_FLAGS = {"replace": 0, "noreplace": 1, "exchange": 2}
 
 
@@ -61,7 +64,7 @@ def run_op(op: list[Any]) -> Any:
             extra = 0
             for flag in flags:
                 extra |= getattr(os, flag)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | extra, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | NONBLOCK | extra, 0o644)
             try:
                 return _write_all(fd, text.encode(), None if extra & os.O_APPEND else offset)
             finally:
@@ -71,10 +74,11 @@ def run_op(op: list[Any]) -> Any:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
             return None
         case "open_trunc":
-            os.close(os.open(args[0], os.O_WRONLY | os.O_TRUNC))
+            os.close(os.open(args[0], os.O_WRONLY | os.O_TRUNC | NONBLOCK))
             return None
         case "read":
-            with open(args[0], "rb") as handle:
+            fd = os.open(args[0], os.O_RDONLY | NONBLOCK)
+            with open(fd, "rb") as handle:
                 return handle.read().decode("latin-1")
         case "truncate":
             os.truncate(args[0], args[1])
@@ -191,7 +195,7 @@ def run_op(op: list[Any]) -> Any:
             return None
         case "sparse":
             path, offset, text = args
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | NONBLOCK, 0o644)
             try:
                 os.pwrite(fd, text.encode(), offset)
                 os.fsync(fd)
