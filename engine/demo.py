@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tandem.fsdriver.mount import is_tandem_mount
 from tandem.fsdriver.mutation import decode_json
@@ -35,7 +36,7 @@ def _wait_mounted(path: Path, process: subprocess.Popen[bytes], timeout: float =
         time.sleep(0.05)
 
 
-def _workload(data: Path) -> dict[str, int]:
+def _workload(data: Path) -> dict[str, Any]:
     """An application at work: a SQLite database in WAL mode with full sync, plus plain files."""
     db = sqlite3.connect(data / "orders.db", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")

@@ -24,7 +24,7 @@ Link = tuple[int, bytes]  # (parent inode, name)
 
 
 class Node:
-    __slots__ = ("ino", "key", "links", "lookups")
+    __slots__ = ("ino", "key", "links", "lookups", "no_capability_xattr")
 
     def __init__(self, ino: int, key: Key) -> None:
         self.ino = ino
@@ -32,6 +32,9 @@ class Node:
         # insertion-ordered set: the oldest link is the one paths are built from
         self.links: dict[Link, None] = {}
         self.lookups = 0
+        # The kernel asks for security.capability before every write; remembering that a
+        # file has none answers that at once (every change of it passes through us).
+        self.no_capability_xattr = False
 
 
 class InodeTable:

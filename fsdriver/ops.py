@@ -29,7 +29,6 @@ from .mutation import (
     MakeHardLink,
     MakeNode,
     MakeSymlink,
-    Mutation,
     RemoveDirectory,
     RemoveXattr,
     Rename,
@@ -49,6 +48,7 @@ _T = TypeVar("_T")
 _P = ParamSpec("_P")
 # flags that make sense only to the kernel side of the open, or that our buffers cannot honour
 # (O_DIRECT needs aligned memory; the kernel gives the application direct I/O itself)
+CAPABILITY_XATTR = b"security.capability"
 _OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
 
 
@@ -227,22 +227,30 @@ class Passthrough(pyfuse3.Operations):
 
     def _adopt_new(
         self, path: bytes, parent: int, mode: int, ctx: pyfuse3.RequestContext
-    ) -> os.stat_result:
-        """Give an object we created as root the owner and mode the caller would have got."""
+    ) -> tuple[os.stat_result, tuple[Stamp, Stamp]]:
+        """Give an object we created as root the owner and mode the caller would have got.
+        Returns its attributes and the stamps (its own, its parent's) its mutation carries."""
+        parent_path = self._path(parent)
+        parent_st = self._lstat(parent_path)
         st = self._lstat(path)
-        parent_st = self._lstat(self._path(parent))
         parent_setgid = bool(parent_st.st_mode & stat.S_ISGID)
         gid = parent_st.st_gid if parent_setgid else ctx.gid
+        changed = False
         if (st.st_uid, st.st_gid) != (ctx.uid, gid):
             os.chown(path, ctx.uid, gid, dir_fd=self._root_fd, follow_symlinks=False)
+            changed = True
         if not stat.S_ISLNK(st.st_mode):
             wanted = mode & 0o7777
             if stat.S_ISDIR(st.st_mode) and parent_setgid:
                 wanted |= stat.S_ISGID
-            # chown as root cleared set-id bits the caller is entitled to: put them back
-            if stat.S_IMODE(self._lstat(path).st_mode) != wanted:
+            if changed:
+                st = self._lstat(path)  # chown as root clears set-id bits the caller may keep
+            if stat.S_IMODE(st.st_mode) != wanted:
                 os.chmod(path, wanted, dir_fd=self._root_fd)
-        return self._lstat(path)
+                changed = True
+        if changed:
+            st = self._lstat(path)
+        return st, (_stamp(path, st), _stamp(parent_path, parent_st))
 
     def _truncate(self, target: int | bytes, size: int) -> None:
         if isinstance(target, int):
@@ -345,16 +353,9 @@ class Passthrough(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
         os.mknod(path, mode, rdev, dir_fd=self._root_fd)
-        st = self._adopt_new(path, parent_inode, mode, ctx)
+        st, stamps = self._adopt_new(path, parent_inode, mode, ctx)
         entry = self._new_entry(st, parent_inode, name)
-        mutation = MakeNode(
-            path,
-            st.st_mode,
-            st.st_rdev,
-            st.st_uid,
-            st.st_gid,
-            stamps=(_stamp(path, st), self._parent_stamp(parent_inode)),
-        )
+        mutation = MakeNode(path, st.st_mode, st.st_rdev, st.st_uid, st.st_gid, stamps)
         await self._sink.submit(mutation).wait()
         return entry
 
@@ -364,15 +365,9 @@ class Passthrough(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
         os.mkdir(path, mode & 0o7777, dir_fd=self._root_fd)
-        st = self._adopt_new(path, parent_inode, mode, ctx)
+        st, stamps = self._adopt_new(path, parent_inode, mode, ctx)
         entry = self._new_entry(st, parent_inode, name)
-        mutation = MakeDirectory(
-            path,
-            stat.S_IMODE(st.st_mode),
-            st.st_uid,
-            st.st_gid,
-            stamps=(_stamp(path, st), self._parent_stamp(parent_inode)),
-        )
+        mutation = MakeDirectory(path, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, stamps)
         await self._sink.submit(mutation).wait()
         return entry
 
@@ -382,15 +377,9 @@ class Passthrough(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
         os.symlink(target, path, dir_fd=self._root_fd)
-        st = self._adopt_new(path, parent_inode, 0o777, ctx)
+        st, stamps = self._adopt_new(path, parent_inode, 0o777, ctx)
         entry = self._new_entry(st, parent_inode, name)
-        mutation = MakeSymlink(
-            path,
-            target,
-            st.st_uid,
-            st.st_gid,
-            stamps=(_stamp(path, st), self._parent_stamp(parent_inode)),
-        )
+        mutation = MakeSymlink(path, target, st.st_uid, st.st_gid, stamps)
         await self._sink.submit(mutation).wait()
         return entry
 
@@ -526,21 +515,21 @@ class Passthrough(pyfuse3.Operations):
             fd = os.open(path, backing_flags, dir_fd=self._root_fd)
             created = False
         try:
-            st = self._adopt_new(path, parent_inode, mode, ctx) if created else os.fstat(fd)
+            stamps: tuple[Stamp, ...] = ()
+            if created:
+                st, stamps = self._adopt_new(path, parent_inode, mode, ctx)
+            else:
+                st = os.fstat(fd)
             entry = self._new_entry(st, parent_inode, name)
             info = self._register(fd, entry.st_ino, flags, ctx)
         except BaseException:
             os.close(fd)
             raise
         if created:
-            mutation: Mutation = CreateFile(
-                path,
-                stat.S_IMODE(st.st_mode),
-                st.st_uid,
-                st.st_gid,
-                stamps=(_stamp(path, st), self._parent_stamp(parent_inode)),
-            )
-            await self._sink.submit(mutation).wait()
+            mode_bits = stat.S_IMODE(st.st_mode)
+            await self._sink.submit(
+                CreateFile(path, mode_bits, st.st_uid, st.st_gid, stamps)
+            ).wait()
         elif flags & os.O_TRUNC:
             await self._sink.submit(SetAttributes(path, size=0, stamps=(_stamp(path, st),))).wait()
         return info, entry
@@ -565,7 +554,9 @@ class Passthrough(pyfuse3.Operations):
 
     @_boundary
     async def flush(self, fh: int) -> None:
-        return None
+        # close(2) changes nothing we replicate and we hold no locks to drop: ENOSYS makes the
+        # kernel stop sending FLUSH, one round trip less on every close
+        raise FUSEError(errno.ENOSYS)
 
     @_boundary
     async def release(self, fh: int) -> None:
@@ -684,6 +675,7 @@ class Passthrough(pyfuse3.Operations):
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         target = self._xattr_target(inode)
+        self._table.get(inode).no_capability_xattr = False
         os.setxattr(target, name, value, follow_symlinks=isinstance(target, int))
         st = self._stat_node(inode)
         path = self._mutation_path(inode, st.st_nlink)
@@ -692,8 +684,16 @@ class Passthrough(pyfuse3.Operations):
 
     @_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        capability = name == CAPABILITY_XATTR
+        if capability and self._table.get(inode).no_capability_xattr:
+            raise FUSEError(errno.ENODATA)
         target = self._xattr_target(inode)
-        return os.getxattr(target, name, follow_symlinks=isinstance(target, int))
+        try:
+            return os.getxattr(target, name, follow_symlinks=isinstance(target, int))
+        except OSError as exc:
+            if capability and exc.errno == errno.ENODATA:
+                self._table.get(inode).no_capability_xattr = True
+            raise
 
     @_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:

@@ -1,0 +1,191 @@
+"""What the in-place passthrough costs: one run measures a plain directory and the same kind of
+directory with `tandem mount` over it (no peer: the sink that does nothing), and prints JSON
+with both figures and their ratio.
+
+    python -m tandem.bench.fs_overhead [--out FILE] [--quick]
+
+Workloads: sequential 1 MiB writes then fsync; 4 KiB random writes with and without fsync after
+each (fio, psync engine, one job); create then delete 10,000 small files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tandem.fsdriver.mount import is_tandem_mount
+
+
+def _fio(directory: Path, name: str, seconds: int, extra: list[str]) -> dict[str, float]:
+    args = [
+        "fio", f"--name={name}", f"--directory={directory}", "--ioengine=psync", "--numjobs=1",
+        "--size=64m", f"--runtime={seconds}", "--time_based", "--output-format=json",
+        "--group_reporting", *extra,
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    job = json.loads(done.stdout)["jobs"][0]["write"]
+    return {"iops": round(job["iops"], 1), "mib_per_s": round(job["bw_bytes"] / 2**20, 1)}
+
+
+def sequential_1mib(directory: Path, total_mib: int) -> dict[str, float]:
+    block = os.urandom(1 << 20)
+    path = directory / "sequential.bin"
+    started = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(total_mib):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - started
+    path.unlink()
+    return {"mib_per_s": round(total_mib / elapsed, 1), "seconds": round(elapsed, 3)}
+
+
+def random_4k(directory: Path, seconds: int, fsync_each: bool) -> dict[str, float]:
+    extra = ["--rw=randwrite", "--bs=4k"] + (["--fsync=1"] if fsync_each else [])
+    result = _fio(directory, "rand", seconds, extra)
+    for leftover in directory.glob("rand*"):
+        leftover.unlink()
+    return result
+
+
+def small_files(directory: Path, count: int) -> dict[str, float]:
+    names = [directory / f"f{i:05}" for i in range(count)]
+    payload = b"x" * 100
+    started = time.perf_counter()
+    for name in names:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, payload)
+        os.close(fd)
+    created = time.perf_counter()
+    for name in names:
+        os.unlink(name)
+    deleted = time.perf_counter()
+    return {
+        "creates_per_s": round(count / (created - started), 1),
+        "deletes_per_s": round(count / (deleted - created), 1),
+    }
+
+
+def _mounted(directory: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tandem.engine.cli", "mount", str(directory)],
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while not is_tandem_mount(str(directory)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("tandem mount did not come up")
+        time.sleep(0.05)
+    return process
+
+
+def _ratio(mount: dict[str, float], plain: dict[str, float]) -> dict[str, float]:
+    return {k: round(mount[k] / plain[k], 3) for k in mount if k != "seconds" and plain.get(k)}
+
+
+def _settle() -> None:
+    # Deleting files makes this VM's disk discard blocks for seconds afterwards; without a
+    # pause the next workload would measure that, not the file system.
+    os.sync()
+    time.sleep(2)
+
+
+def run(base: Path, quick: bool) -> dict[str, Any]:
+    seconds = 3 if quick else 10
+    workloads: dict[str, Callable[[Path], dict[str, float]]] = {
+        "sequential_1mib_writes_then_fsync": lambda d: sequential_1mib(d, 128 if quick else 512),
+        "random_4k_writes": lambda d: random_4k(d, seconds, fsync_each=False),
+        "random_4k_writes_fsync_each": lambda d: random_4k(d, seconds, fsync_each=True),
+        "create_then_delete_small_files": lambda d: small_files(d, 2000 if quick else 10_000),
+    }
+    plain, mounted = base / "plain", base / "mounted"
+    plain.mkdir()
+    mounted.mkdir()
+    results: dict[str, Any] = {}
+    for name, workload in workloads.items():
+        _settle()
+        baseline = workload(plain)
+        process = _mounted(mounted)
+        try:
+            _settle()
+            through_mount = workload(mounted)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+        results[name] = {
+            "plain": baseline,
+            "tandem": through_mount,
+            "ratio": _ratio(through_mount, baseline),
+        }
+    return results
+
+
+def run_on(kind: str, parent: str, quick: bool) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="tandem-bench-", dir=parent))
+    try:
+        if kind == "tmpfs":
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=3g", "tandem-bench", str(base)], check=True
+            )
+        try:
+            return {"filesystem": _fstype(base), "results": run(base, quick)}
+        finally:
+            if kind == "tmpfs":
+                subprocess.run(["umount", str(base)], check=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _fstype(path: Path) -> str:
+    found = subprocess.run(
+        ["findmnt", "-no", "FSTYPE", "--target", str(path)], capture_output=True, text=True
+    )
+    return found.stdout.strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
+    parser.add_argument("--dir", default="/var/tmp", help="where to create the test directories")
+    args = parser.parse_args()
+    if shutil.which("fio") is None:
+        print("fs_overhead: fio is not installed (bash .ci/setup installs it)", file=sys.stderr)
+        return 1
+    report = {
+        "benchmark": "fs_overhead",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
+        # disk: what users get; tmpfs: the same without disk noise, i.e. the passthrough's own cost
+        "disk": run_on("disk", args.dir, args.quick),
+        "tmpfs": run_on("tmpfs", args.dir, args.quick),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
