@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.fsdriver.mount import is_tandem_mount
-from tandem.fsdriver.mutation import decode_json
-from tandem.fsdriver.replay import apply
+from tandem.fsdriver.replay import replay_recording
 
 from .treediff import diff, snapshot
 
@@ -88,20 +87,14 @@ def run_demo(workdir: str | None) -> int:
         mount.send_signal(signal.SIGTERM)
         mount.wait(30)
     print("3. unmounted; replaying the captured mutation stream onto the copy")
-    lines = stream.read_text().splitlines()
-    replica_fd = os.open(replica, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for line in lines:
-            apply(replica_fd, decode_json(line))
-    finally:
-        os.close(replica_fd)
+    applied = replay_recording(stream.read_text().splitlines(), replica)
     differences = diff(through_mount, snapshot(str(replica), times=True))
     check = sqlite3.connect(replica / "orders.db")
     rows = check.execute("SELECT count(*) FROM orders").fetchone()[0]
     integrity = check.execute("PRAGMA integrity_check").fetchone()[0]
     check.close()
     result |= {
-        "mutations": len(lines),
+        "mutations": applied,
         "replica_identical": not differences,
         "replica_rows": rows,
         "replica_integrity": integrity,

@@ -49,6 +49,9 @@ class InodeTable:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    def __contains__(self, ino: object) -> bool:
+        return ino in self._nodes
+
     def get(self, ino: int) -> Node:
         return self._nodes[ino]
 

@@ -29,6 +29,7 @@ from .mutation import (
     MakeHardLink,
     MakeNode,
     MakeSymlink,
+    Mutation,
     RemoveDirectory,
     RemoveXattr,
     Rename,
@@ -131,6 +132,9 @@ class Passthrough(pyfuse3.Operations):
         self._files: dict[int, _OpenFile] = {}
         self._fds_by_ino: dict[int, set[int]] = {}
         self._dirs: dict[int, _OpenDir] = {}
+        # O_PATH descriptors on removed fifos, sockets, devices and directories the kernel still
+        # references: it opens those without us, so nothing else would let us reach them
+        self._orphans: dict[int, int] = {}
         self._next_dir_handle = 1
 
     # -- helpers (all synchronous: they run inside a handler's atomic step) --------------
@@ -173,18 +177,26 @@ class Passthrough(pyfuse3.Operations):
         fds = self._fds_by_ino.get(ino)
         return next(iter(fds)) if fds else None
 
-    def _stat_node(self, ino: int) -> os.stat_result:
-        """Attributes of an object, even one that was unlinked while open."""
+    def _reach(self, ino: int) -> tuple[int | bytes, int | None, bool]:
+        """How to act on an object without a handle: (path or fd, dir_fd, follow symlinks)."""
         path = self._table.path(ino)
         if path is not None:
-            st = self._lstat(path)
-            if ino == ROOT_INODE or _key(st) == self._table.get(ino).key:
-                return st
-            log.warning("inode %d is no longer at %r; answering from an open descriptor", ino, path)
+            return path, self._root_fd, False
         fd = self._any_fd(ino)
-        if fd is None:
-            raise FUSEError(errno.ESTALE)
-        return os.fstat(fd)
+        if fd is not None:
+            return fd, None, True
+        orphan = self._orphans.get(ino)
+        if orphan is not None:
+            return b"/proc/self/fd/%d" % orphan, None, True
+        raise FUSEError(errno.ENOENT)
+
+    def _stat_node(self, ino: int) -> os.stat_result:
+        """Attributes of an object, even one that was removed while in use."""
+        target, dir_fd, follow = self._reach(ino)
+        st = os.stat(target, dir_fd=dir_fd, follow_symlinks=follow)
+        if ino == ROOT_INODE or _key(st) == self._table.get(ino).key:
+            return st
+        raise FUSEError(errno.ESTALE)
 
     def _mutation_path(self, ino: int, nlink: int) -> bytes | None:
         """Where a peer finds this object, or None when it has no name left (its changes can
@@ -252,11 +264,11 @@ class Passthrough(pyfuse3.Operations):
             st = self._lstat(path)
         return st, (_stamp(path, st), _stamp(parent_path, parent_st))
 
-    def _truncate(self, target: int | bytes, size: int) -> None:
+    def _truncate(self, target: int | bytes, size: int, dir_fd: int | None) -> None:
         if isinstance(target, int):
             os.ftruncate(target, size)
             return
-        fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._root_fd)
+        fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dir_fd)
         try:
             os.ftruncate(fd, size)
         finally:
@@ -286,6 +298,8 @@ class Passthrough(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self._table.forget(ino, count)
+            if ino in self._orphans and ino not in self._table:
+                os.close(self._orphans.pop(ino))
 
     @_boundary
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -301,37 +315,39 @@ class Passthrough(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         open_file = self._files.get(fh) if fh is not None else None
-        # fchmod/fchown reach us without a handle: an object unlinked while open has no path,
-        # but any descriptor we hold on it will do
-        found = open_file.fd if open_file is not None else self._table.path(inode)
-        target = found if found is not None else self._any_fd(inode)
-        if target is None:
-            raise FUSEError(errno.ENOENT)
-        dir_fd = None if isinstance(target, int) else self._root_fd
-        before = os.fstat(target) if isinstance(target, int) else self._lstat(target)
+        # fchmod/fchown reach us without a handle: an object removed while in use has no path,
+        # but a descriptor we hold on it will do
+        target: int | bytes
+        if open_file is not None:
+            target, dir_fd, follow = open_file.fd, None, True
+        else:
+            target, dir_fd, follow = self._reach(inode)
+        before = os.stat(target, dir_fd=dir_fd, follow_symlinks=follow)
 
         size = attr.st_size if fields.update_size else None
         if size is not None:
-            self._truncate(target, size)
+            self._truncate(target, size, dir_fd)
         uid = attr.st_uid if fields.update_uid else -1
         gid = attr.st_gid if fields.update_gid else -1
         if uid != -1 or gid != -1:
-            os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=isinstance(target, int))
+            os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=follow)
         mode = stat.S_IMODE(attr.st_mode) if fields.update_mode else None
         if mode is not None:
             os.chmod(target, mode, dir_fd=dir_fd)
         if fields.update_atime or fields.update_mtime:
             atime = attr.st_atime_ns if fields.update_atime else before.st_atime_ns
             mtime = attr.st_mtime_ns if fields.update_mtime else before.st_mtime_ns
-            follow = isinstance(target, int)  # a descriptor has nothing to follow
             os.utime(target, ns=(atime, mtime), dir_fd=dir_fd, follow_symlinks=follow)
 
-        after = os.fstat(target) if isinstance(target, int) else self._lstat(target)
+        after = os.stat(target, dir_fd=dir_fd, follow_symlinks=follow)
         changed = size is not None or uid != -1 or gid != -1 or mode is not None
         if changed or fields.update_atime or fields.update_mtime:
             path = self._mutation_path(inode, after.st_nlink)
             if path is not None:
-                owner_or_mode_changed = uid != -1 or gid != -1 or mode is not None
+                # a symlink's mode means nothing, and replaying a chmod on one would follow it
+                owner_or_mode_changed = (uid != -1 or gid != -1 or mode is not None) and not (
+                    stat.S_ISLNK(after.st_mode)
+                )
                 mutation = SetAttributes(
                     path,
                     mode=stat.S_IMODE(after.st_mode) if owner_or_mode_changed else None,
@@ -347,17 +363,30 @@ class Passthrough(pyfuse3.Operations):
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         return os.readlink(self._path(inode), dir_fd=self._root_fd)
 
+    async def _announce_new(
+        self,
+        path: bytes,
+        parent: int,
+        name: bytes,
+        mode: int,
+        ctx: pyfuse3.RequestContext,
+        describe: Callable[[os.stat_result, tuple[Stamp, Stamp]], Mutation],
+    ) -> pyfuse3.EntryAttributes:
+        st, stamps = self._adopt_new(path, parent, mode, ctx)
+        entry = self._new_entry(st, parent, name)
+        await self._sink.submit(describe(st, stamps)).wait()
+        return entry
+
     @_boundary
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
         os.mknod(path, mode, rdev, dir_fd=self._root_fd)
-        st, stamps = self._adopt_new(path, parent_inode, mode, ctx)
-        entry = self._new_entry(st, parent_inode, name)
-        mutation = MakeNode(path, st.st_mode, st.st_rdev, st.st_uid, st.st_gid, stamps)
-        await self._sink.submit(mutation).wait()
-        return entry
+        return await self._announce_new(
+            path, parent_inode, name, mode, ctx,
+            lambda st, stamps: MakeNode(path, st.st_mode, st.st_rdev, st.st_uid, st.st_gid, stamps),
+        )  # fmt: skip
 
     @_boundary
     async def mkdir(
@@ -365,11 +394,12 @@ class Passthrough(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
         os.mkdir(path, mode & 0o7777, dir_fd=self._root_fd)
-        st, stamps = self._adopt_new(path, parent_inode, mode, ctx)
-        entry = self._new_entry(st, parent_inode, name)
-        mutation = MakeDirectory(path, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, stamps)
-        await self._sink.submit(mutation).wait()
-        return entry
+        return await self._announce_new(
+            path, parent_inode, name, mode, ctx,
+            lambda st, stamps: MakeDirectory(
+                path, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, stamps
+            ),
+        )  # fmt: skip
 
     @_boundary
     async def symlink(
@@ -377,11 +407,10 @@ class Passthrough(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
         os.symlink(target, path, dir_fd=self._root_fd)
-        st, stamps = self._adopt_new(path, parent_inode, 0o777, ctx)
-        entry = self._new_entry(st, parent_inode, name)
-        mutation = MakeSymlink(path, target, st.st_uid, st.st_gid, stamps)
-        await self._sink.submit(mutation).wait()
-        return entry
+        return await self._announce_new(
+            path, parent_inode, name, 0o777, ctx,
+            lambda st, stamps: MakeSymlink(path, target, st.st_uid, st.st_gid, stamps),
+        )  # fmt: skip
 
     @_boundary
     async def link(
@@ -402,9 +431,22 @@ class Passthrough(pyfuse3.Operations):
         await self._sink.submit(mutation).wait()
         return entry
 
+    def _keep_reachable(self, path: bytes, st: os.stat_result) -> None:
+        """Called before the last name of an object goes. Regular files need nothing: the
+        kernel reaches them only through handles we opened. Others it opens by itself."""
+        if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            return
+        node = self._table.find(_key(st))
+        if node is None or node.lookups <= 0 or node.ino in self._orphans:
+            return
+        flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._orphans[node.ino] = os.open(path, flags, dir_fd=self._root_fd)
+
     async def _remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
         path = self._child(parent_inode, name)
         st = self._lstat(path)
+        if directory or st.st_nlink <= 1:
+            self._keep_reachable(path, st)
         if directory:
             os.rmdir(path, dir_fd=self._root_fd)
         else:
@@ -441,6 +483,11 @@ class Passthrough(pyfuse3.Operations):
             replaced: os.stat_result | None = self._lstat(new)
         except FileNotFoundError:
             replaced = None
+        replaced_gone = replaced is not None and (
+            stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1
+        )
+        if replaced is not None and replaced_gone and not flags & RENAME_EXCHANGE:
+            self._keep_reachable(new, replaced)
         if flags:
             renameat2(self._root_fd, old, self._root_fd, new, flags)
         else:
@@ -450,8 +497,7 @@ class Passthrough(pyfuse3.Operations):
             (parent_inode_new, name_new),
             _key(moved),
             _key(replaced) if replaced is not None else None,
-            replaced_gone=replaced is not None
-            and (stat.S_ISDIR(replaced.st_mode) or replaced.st_nlink <= 1),
+            replaced_gone=replaced_gone,
             exchange=bool(flags & RENAME_EXCHANGE),
         )
         stamps = [self._parent_stamp(parent_inode_old)]
@@ -580,9 +626,8 @@ class Passthrough(pyfuse3.Operations):
 
     @_boundary
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        fd = os.open(
-            self._path(inode), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._root_fd
-        )
+        target, dir_fd, _ = self._reach(inode)  # a removed directory can still be listed
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
         handle = self._next_dir_handle
         self._next_dir_handle += 1
         self._dirs[handle] = _OpenDir(fd, inode)
@@ -660,23 +705,21 @@ class Passthrough(pyfuse3.Operations):
 
     # -- extended attributes ----------------------------------------------------------------
 
-    def _xattr_target(self, inode: int) -> int | bytes:
-        path = self._table.path(inode)
-        if path is not None:
-            # os.*xattr take no dir_fd: reach the hidden backing tree through our root descriptor
-            return b"/proc/self/fd/%d/%s" % (self._root_fd, path)
-        fd = self._any_fd(inode)
-        if fd is None:
-            raise FUSEError(errno.ENOENT)
-        return fd
+    def _xattr_target(self, inode: int) -> tuple[int | bytes, bool]:
+        """(path or fd, follow symlinks) for the os.*xattr calls, which take no dir_fd."""
+        target, dir_fd, follow = self._reach(inode)
+        if dir_fd is not None:
+            # reach the hidden backing tree through our root descriptor
+            return b"/proc/self/fd/%d/%s" % (dir_fd, target), follow
+        return target, follow
 
     @_boundary
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        target = self._xattr_target(inode)
+        target, follow = self._xattr_target(inode)
         self._table.get(inode).no_capability_xattr = False
-        os.setxattr(target, name, value, follow_symlinks=isinstance(target, int))
+        os.setxattr(target, name, value, follow_symlinks=follow)
         st = self._stat_node(inode)
         path = self._mutation_path(inode, st.st_nlink)
         if path is not None:
@@ -687,9 +730,9 @@ class Passthrough(pyfuse3.Operations):
         capability = name == CAPABILITY_XATTR
         if capability and self._table.get(inode).no_capability_xattr:
             raise FUSEError(errno.ENODATA)
-        target = self._xattr_target(inode)
+        target, follow = self._xattr_target(inode)
         try:
-            return os.getxattr(target, name, follow_symlinks=isinstance(target, int))
+            return os.getxattr(target, name, follow_symlinks=follow)
         except OSError as exc:
             if capability and exc.errno == errno.ENODATA:
                 self._table.get(inode).no_capability_xattr = True
@@ -697,14 +740,14 @@ class Passthrough(pyfuse3.Operations):
 
     @_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        target = self._xattr_target(inode)
-        names = os.listxattr(target, follow_symlinks=isinstance(target, int))
+        target, follow = self._xattr_target(inode)
+        names = os.listxattr(target, follow_symlinks=follow)
         return [os.fsencode(n) for n in names]
 
     @_boundary
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        target = self._xattr_target(inode)
-        os.removexattr(target, name, follow_symlinks=isinstance(target, int))
+        target, follow = self._xattr_target(inode)
+        os.removexattr(target, name, follow_symlinks=follow)
         st = self._stat_node(inode)
         path = self._mutation_path(inode, st.st_nlink)
         if path is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 
 from .mutation import (
     CreateFile,
@@ -25,6 +26,7 @@ from .mutation import (
     Sync,
     Unlink,
     Write,
+    decode_json,
 )
 from .syscall import renameat2
 
@@ -37,11 +39,16 @@ def _xattr_path(root_fd: int, path: bytes) -> bytes:
     return b"/proc/self/fd/%d/%s" % (root_fd, path)
 
 
+def _chmod(root_fd: int, path: bytes, mode: int) -> None:
+    # chmod always follows a symlink (Linux has no lchmod): a symlink's own mode means nothing
+    if not stat.S_ISLNK(os.stat(path, dir_fd=root_fd, follow_symlinks=False).st_mode):
+        os.chmod(path, stat.S_IMODE(mode), dir_fd=root_fd)
+
+
 def _owner_and_mode(root_fd: int, path: bytes, uid: int, gid: int, mode: int | None) -> None:
     os.chown(path, uid, gid, dir_fd=root_fd, follow_symlinks=False)
     if mode is not None:
-        # after chown, which clears set-id bits
-        os.chmod(path, stat.S_IMODE(mode), dir_fd=root_fd)
+        _chmod(root_fd, path, mode)  # after chown, which clears set-id bits
 
 
 def _apply_stamps(root_fd: int, stamps: tuple[Stamp, ...]) -> None:
@@ -79,7 +86,7 @@ def apply(root_fd: int, mutation: Mutation) -> None:
                     follow_symlinks=False,
                 )
             if mode is not None:
-                os.chmod(path, mode, dir_fd=root_fd)
+                _chmod(root_fd, path, mode)
         case CreateFile(path=path, mode=mode, uid=uid, gid=gid):
             os.close(_open(root_fd, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
             _owner_and_mode(root_fd, path, uid, gid, mode)
@@ -113,3 +120,17 @@ def apply(root_fd: int, mutation: Mutation) -> None:
         case _:
             raise TypeError(f"not a mutation: {mutation!r}")
     _apply_stamps(root_fd, mutation.stamps)
+
+
+def replay_recording(lines: Iterable[str], root_dir: str | os.PathLike[str]) -> int:
+    """Apply a recorded stream (JSON lines, as ``tandem mount --record`` writes) onto the copy
+    at ``root_dir``; returns how many mutations were applied."""
+    root_fd = os.open(root_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    count = 0
+    try:
+        for line in lines:
+            apply(root_fd, decode_json(line))
+            count += 1
+    finally:
+        os.close(root_fd)
+    return count

@@ -169,6 +169,17 @@ def run_op(op: list[Any]) -> Any:
                 return [os.pread(fd, 100, 0).decode(), st.st_nlink, stat.S_IMODE(st.st_mode)]
             finally:
                 os.close(fd)
+        case "rmdir_while_inside":
+            # a removed directory still in use as a working directory
+            here = os.getcwd()
+            os.chdir(args[0])
+            try:
+                os.rmdir(os.path.join(here, args[0]))
+                st = os.stat(".")
+                os.chmod(".", 0o700)
+                return [st.st_nlink, stat.S_IMODE(os.stat(".").st_mode), os.listdir(".")]
+            finally:
+                os.chdir(here)
         case "rename_while_open":
             path, new, text = args
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)

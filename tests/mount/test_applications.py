@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from tandem.engine.treediff import diff, snapshot
-from tandem.fsdriver.mutation import decode_json
-from tandem.fsdriver.replay import apply
+from tandem.fsdriver.replay import replay_recording
 from tests.conftest import Mounted, start_mount
 
 pytestmark = pytest.mark.root
@@ -22,14 +21,7 @@ pytestmark = pytest.mark.root
 
 def _replay_onto(record: Path, replica: Path) -> int:
     replica.mkdir()
-    fd = os.open(replica, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        lines = record.read_text().splitlines()
-        for line in lines:
-            apply(fd, decode_json(line))
-    finally:
-        os.close(fd)
-    return len(lines)
+    return replay_recording(record.read_text().splitlines(), replica)
 
 
 def test_sqlite_wal_full_sync_works_and_replays(workspace: Path, mounted: Mounted) -> None:

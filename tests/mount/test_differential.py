@@ -124,6 +124,11 @@ SCRIPTS: dict[str, list[list[Any]]] = {
         ["stat", "s2"],
         ["readlink", "g"],
         ["unlink", "missing"],
+        ["chown", "s", 0, 0],
+        ["chown", "dangling", 0, 0],
+        ["symlink", "self", "self"],
+        ["chown", "self", 0, 0],
+        ["stat", "s"],
     ],
     "permissions": [
         ["write", "f", 0, "secret", []],
@@ -223,6 +228,10 @@ SCRIPTS: dict[str, list[list[Any]]] = {
         ["mknod", "fifo", "fifo", 0o640],
         ["chmod", "fifo", 0o600],
         ["stat", "fifo"],
+        ["mknod", "fifo2", "fifo", 0o640],
+        ["open_unlink_write", "fifo2", ""],
+        ["mkdir", "gone", 0o755],
+        ["rmdir_while_inside", "gone"],
     ],
     "open_files": [
         ["open_unlink_write", "gone", "still here"],

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from tandem.engine.treediff import diff, snapshot
-from tandem.fsdriver.mutation import decode_json
-from tandem.fsdriver.replay import apply
+from tandem.fsdriver.replay import replay_recording
 from tests.conftest import Mounted
 
 pytestmark = pytest.mark.root
@@ -25,12 +24,7 @@ MAX_SIZE = 256 * 1024
 def _replayed(mounted: Mounted, replica: Path) -> Path:
     assert mounted.record is not None
     replica.mkdir()
-    fd = os.open(replica, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for line in mounted.record.read_text().splitlines():
-            apply(fd, decode_json(line))
-    finally:
-        os.close(fd)
+    replay_recording(mounted.record.read_text().splitlines(), replica)
     return replica
 
 

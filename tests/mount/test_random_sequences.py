@@ -108,9 +108,10 @@ class Arena:
         assert self.mount.record is not None
         lines = self.mount.record.read_text().splitlines()
         fresh = lines[self.replayed_lines :]
+        # consumed even if one fails: a failing example must not poison the next ones
+        self.replayed_lines = len(lines)
         for line in fresh:
             apply(self.replica_fd, decode_json(line))
-        self.replayed_lines = len(lines)
         return len(fresh)
 
 
