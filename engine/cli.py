@@ -43,8 +43,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="append every mutation to FILE as JSON lines (what a peer would receive)",
     )
-    mount.add_argument("--attr-timeout", type=_positive_float, default=1.0, metavar="SECONDS")
-    mount.add_argument("--entry-timeout", type=_positive_float, default=1.0, metavar="SECONDS")
+    mount.add_argument(
+        "--attr-timeout",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long the kernel may cache attributes (default 1)",
+    )
+    mount.add_argument(
+        "--entry-timeout",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long the kernel may cache names (default 1)",
+    )
 
     demo = commands.add_parser(
         "demo",

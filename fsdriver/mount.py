@@ -81,6 +81,8 @@ def check_target(directory: str) -> str:
         raise MountError(f"{path} cannot be used: {exc.strerror}") from None
     if not os.path.isdir(path):
         raise MountError(f"{path} is not a directory (mode {oct(st.st_mode)})")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
     return os.path.realpath(path)
 
 
@@ -152,7 +154,13 @@ def run_mount(directory: str, sink: ReplicationSink, options: MountOptions | Non
             "fsname=tandem",
             "subtype=tandem",
         }
-        pyfuse3.init(ops, path, fuse_options)
+        try:
+            pyfuse3.init(ops, path, fuse_options)
+        except RuntimeError as exc:
+            raise MountError(
+                f"cannot mount {path}: {exc} (Tandem needs root and /dev/fuse; "
+                f"see the kernel log: dmesg | tail)"
+            ) from None
         outcome = "unmounted"
         try:
             log.info("serving %s", path)

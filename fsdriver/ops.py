@@ -627,6 +627,8 @@ class Passthrough(pyfuse3.Operations):
     @_boundary
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         target, dir_fd, _ = self._reach(inode)  # a removed directory can still be listed
+        if isinstance(target, int):
+            target = b"/proc/self/fd/%d" % target
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
         handle = self._next_dir_handle
         self._next_dir_handle += 1
