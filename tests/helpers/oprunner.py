@@ -28,12 +28,21 @@ NONBLOCK = os.O_NONBLOCK
 RENAME_FLAGS = {"replace": 0, "noreplace": 1, "exchange": 2}
 
 
+class Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+UTIME_OMIT = (1 << 30) - 2
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+
+
 def _renameat2(old: str, new: str, flags: int) -> None:
     if flags == 0:
         os.rename(old, new)
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.renameat2(-100, os.fsencode(old), -100, os.fsencode(new), flags) != 0:
+    if LIBC.renameat2(-100, os.fsencode(old), -100, os.fsencode(new), flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -169,6 +178,61 @@ def run_op(op: list[Any]) -> Any:
                 return [os.pread(fd, 100, 0).decode(), st.st_nlink, stat.S_IMODE(st.st_mode)]
             finally:
                 os.close(fd)
+        case "utime_now":
+            os.utime(args[0], follow_symlinks=False)
+            return None
+        case "utime_omit_atime":
+            # utimensat(2) with UTIME_OMIT for atime: only mtime changes
+            before = os.lstat(args[0])
+            times = (Timespec * 2)(Timespec(0, UTIME_OMIT), Timespec(args[1], 0))
+            if LIBC.utimensat(AT_FDCWD, os.fsencode(args[0]), times, AT_SYMLINK_NOFOLLOW) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            after = os.lstat(args[0])
+            return [after.st_atime_ns == before.st_atime_ns, after.st_mtime_ns == args[1] * 10**9]
+        case "direct_write":
+            # O_DIRECT needs aligned memory: an anonymous mapping is page-aligned
+            buffer = mmap.mmap(-1, 4096)
+            buffer.write(args[1].encode().ljust(4096, b"."))
+            fd = os.open(args[0], os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+            try:
+                return os.write(fd, buffer)
+            finally:
+                os.close(fd)
+                buffer.close()
+        case "statvfs":
+            vfs = os.statvfs(args[0])
+            return [vfs.f_bsize, vfs.f_frsize, vfs.f_namemax, vfs.f_blocks, vfs.f_files]
+        case "readdir_while_changing":
+            # POSIX: an entry neither added nor removed during the listing appears exactly once
+            directory, count = args
+            os.mkdir(directory)
+            for i in range(count):
+                os.close(
+                    os.open(os.path.join(directory, f"e{i:05}"), os.O_CREAT | os.O_WRONLY, 0o644)
+                )
+            seen: list[str] = []
+            removed: set[str] = set()
+            with os.scandir(directory) as entries:
+                for n, entry in enumerate(entries):
+                    seen.append(entry.name)
+                    if n == count // 3:
+                        for i in range(0, count, 7):
+                            name = f"e{i:05}"
+                            os.unlink(os.path.join(directory, name))
+                            removed.add(name)
+                        for i in range(50):
+                            os.close(
+                                os.open(
+                                    os.path.join(directory, f"new{i}"),
+                                    os.O_CREAT | os.O_WRONLY,
+                                    0o644,
+                                )
+                            )
+            stable = {f"e{i:05}" for i in range(count)} - removed
+            duplicates = len(seen) - len(set(seen))
+            missing = sorted(stable - set(seen))
+            return [duplicates, missing]
         case "rmdir_while_inside":
             # a removed directory still in use as a working directory
             here = os.getcwd()

@@ -211,6 +211,10 @@ SCRIPTS: dict[str, list[list[Any]]] = {
         ["mtime_is_old", "d"],
         ["utime", "f", 1_234_567_890_123_456_789, 1_111_111_111_222_222_222],
         ["mtime_is_old", "f"],
+        ["utime_omit_atime", "f", 1_500_000_000],
+        ["age", "f"],
+        ["utime_now", "f"],
+        ["mtime_is_old", "f"],
         ["age", "d"],
         ["unlink", "d/new"],
         ["mtime_is_old", "d"],
@@ -242,6 +246,13 @@ SCRIPTS: dict[str, list[list[Any]]] = {
         ["read", "m"],
         ["mmap_write", "m2", 0, "fresh"],
         ["read", "m2"],
+        ["direct_write", "direct", "unbuffered"],
+        ["read", "direct"],
+    ],
+    "listings": [
+        ["readdir_while_changing", "big", 1500],
+        ["statvfs", "."],
+        ["listdir_all", "."],
     ],
 }
 
@@ -268,18 +279,22 @@ def _fresh(root: Path, name: str, user: tuple[int, int]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("user", [(0, 0), NOBODY], ids=["root", "nobody"])
+@pytest.mark.parametrize(
+    ("user", "umask"),
+    [((0, 0), 0o022), (NOBODY, 0o022), (NOBODY, 0o077), ((0, 0), 0o000)],
+    ids=["root", "nobody", "nobody-umask077", "root-umask000"],
+)
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_same_results_as_plain_directory(
-    arenas: tuple[Path, Mounted], script: str, user: tuple[int, int]
+    arenas: tuple[Path, Mounted], script: str, user: tuple[int, int], umask: int
 ) -> None:
     plain_root, mount = arenas
-    tag = f"{script}-{user[0]}"
+    tag = f"{script}-{user[0]}-{umask:o}"
     plain = _fresh(plain_root, tag, user)
     mounted = _fresh(mount.path, tag, user)
 
-    expected = run_ops(plain, SCRIPTS[script], user)
-    got = run_ops(mounted, SCRIPTS[script], user)
+    expected = run_ops(plain, SCRIPTS[script], user, umask)
+    got = run_ops(mounted, SCRIPTS[script], user, umask)
 
     mismatches = [
         f"#{i} {op}: plain {e} != mount {g}"
