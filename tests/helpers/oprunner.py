@@ -15,6 +15,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from typing import Any
 
 # Everything is imported up front: once the runner drops to an unprivileged user it may no
@@ -178,6 +179,14 @@ def run_op(op: list[Any]) -> Any:
                 return [os.pread(fd, 100, 0).decode(), st.st_nlink, stat.S_IMODE(st.st_mode)]
             finally:
                 os.close(fd)
+        case "ctime_changes":
+            # POSIX: these calls mark the inode's status as changed; a stale attribute cache
+            # would hide it
+            path, *inner = args
+            before = os.lstat(path).st_ctime_ns
+            time.sleep(0.02)  # more than the kernel's timestamp granularity
+            run_op(inner)
+            return os.lstat(inner[2] if inner[0] == "rename" else path).st_ctime_ns != before
         case "utime_now":
             os.utime(args[0], follow_symlinks=False)
             return None

@@ -221,6 +221,17 @@ SCRIPTS: dict[str, list[list[Any]]] = {
         ["age", "f"],
         ["open_trunc", "f"],
         ["mtime_is_old", "f"],
+        ["ctime_changes", "f", "chmod", "f", 0o640],
+        ["ctime_changes", "f", "write", "f", 0, "more", []],
+        ["ctime_changes", "f", "truncate", "f", 1],
+        ["ctime_changes", "f", "setxattr", "f", "user.c", "1", 0],
+        ["ctime_changes", "f", "link", "f", "f2"],
+        ["ctime_changes", "f", "unlink", "f2"],
+        ["ctime_changes", "f", "utime", "f", 5, 5],
+        ["ctime_changes", "f", "rename", "f", "f3", "replace"],
+        ["ctime_changes", "d", "write", "d/other", 0, "x", []],
+        ["ctime_changes", "d", "unlink", "d/other"],
+        ["ctime_changes", "d", "chown", "d", -1, -1],
     ],
     "special_files": [
         ["mknod", "fifo", "fifo", 0o640],
@@ -302,4 +313,76 @@ def test_same_results_as_plain_directory(
         if e != g
     ]
     assert not mismatches, "\n".join(mismatches)
+    assert not diff(snapshot(str(plain)), snapshot(str(mounted)))
+
+
+# Two users in turn on the same files: what one may do to the other's (sticky directories,
+# permission bits, ownership rules), compared between plain directory and mount.
+PHASES: list[tuple[tuple[int, int], list[list[Any]]]] = [
+    (
+        (0, 0),
+        [
+            ["mkdir", "shared", 0o777],
+            ["chmod", "shared", 0o1777],
+            ["write", "shared/roots", 0, "root data", []],
+            ["chmod", "shared/roots", 0o666],
+            ["write", "private", 0, "secret", []],
+            ["chmod", "private", 0o600],
+            ["mkdir", "closed", 0o700],
+            ["mkdir", "group", 0o770],
+            ["chown", "group", 0, NOBODY[1]],
+            ["chmod", "group", 0o2770],
+        ],
+    ),
+    (
+        NOBODY,
+        [
+            ["unlink", "shared/roots"],
+            ["rename", "shared/roots", "shared/mine", "replace"],
+            ["write", "shared/roots", 0, "nobody was here", ["O_APPEND"]],
+            ["read", "shared/roots"],
+            ["chmod", "shared/roots", 0o777],
+            ["chown", "shared/roots", NOBODY[0], NOBODY[1]],
+            ["utime", "shared/roots", 5, 5],
+            ["utime_now", "shared/roots"],
+            ["read", "private"],
+            ["write", "private", 0, "x", []],
+            ["listdir", "closed"],
+            ["write", "closed/x", 0, "x", []],
+            ["write", "shared/theirs", 0, "x", []],
+            ["write", "group/file", 0, "x", []],
+            ["stat", "group/file"],
+            ["mkdir", "group/sub", 0o755],
+            ["stat", "group/sub"],
+            ["setxattr", "shared/roots", "user.n", "1", 0],
+            ["access", "private", 4],
+            ["access", "shared/roots", 2],
+        ],
+    ),
+    (
+        (0, 0),
+        [
+            ["unlink", "shared/theirs"],
+            ["stat", "shared/roots"],
+            ["read", "shared/roots"],
+        ],
+    ),
+]
+
+
+def test_users_acting_on_each_others_files(arenas: tuple[Path, Mounted]) -> None:
+    plain_root, mount = arenas
+    plain = _fresh(plain_root, "cross-user", (0, 0))
+    mounted = _fresh(mount.path, "cross-user", (0, 0))
+    plain.chmod(0o755)
+    mounted.chmod(0o755)
+    for user, ops in PHASES:
+        expected = run_ops(plain, ops, user)
+        got = run_ops(mounted, ops, user)
+        mismatches = [
+            f"{user} #{i} {op}: plain {e} != mount {g}"
+            for i, (op, e, g) in enumerate(zip(ops, expected, got, strict=True))
+            if e != g
+        ]
+        assert not mismatches, "\n".join(mismatches)
     assert not diff(snapshot(str(plain)), snapshot(str(mounted)))
