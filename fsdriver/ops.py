@@ -334,8 +334,12 @@ class Passthrough(pyfuse3.Operations):
         mode = stat.S_IMODE(attr.st_mode) if fields.update_mode else None
         if mode is not None:
             os.chmod(target, mode, dir_fd=dir_fd)
-        if uid == -1 and gid == -1 and mode is None and size is None and not (
-            fields.update_atime or fields.update_mtime
+        if (
+            uid == -1
+            and gid == -1
+            and mode is None
+            and size is None
+            and not (fields.update_atime or fields.update_mtime)
         ):
             # nothing but "status changed" (chown(f, -1, -1) arrives so): a no-op chown marks it
             os.chown(target, -1, -1, dir_fd=dir_fd, follow_symlinks=follow)

@@ -1,0 +1,531 @@
+"""The replication protocol between two nodes, sans-IO: fed bytes, it yields events and queues
+bytes to send; it never touches a socket, so every rule here is tested without a network.
+
+Frame: ``u32 length | u8 kind | u8 flags | body``; ``length`` counts kind, flags and body. A
+frame is acted on only once it has fully arrived and decoded, so a malformed or truncated frame
+can never be half-applied. Integers are big-endian.
+
+Handshake (both sides at once): each sends HELLO (magic, version range, feature bits, node and
+module names, a fresh nonce); each then proves it holds the cluster secret with
+``AUTH = HMAC-SHA256(secret, label | initiator HELLO | responder HELLO)``, where the label names
+the sender's role, so a proof cannot be reflected back. Nothing but HELLO and AUTH is accepted
+before the peer's proof checks out.
+
+After that: MUTATION frames (sequence number + one encoded `Mutation`, optionally
+lz4-compressed when both sides offered it), cumulative ACKs of three kinds (received, applied,
+durable), and ERROR (a reason, then the sender closes). A frame kind this side does not know
+ends the connection, unless its sender marked it IGNORABLE (room for optional extensions).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass, field
+
+import lz4.block
+
+from tandem.fsdriver.mutation import (
+    CreateFile,
+    MakeDirectory,
+    MakeHardLink,
+    MakeNode,
+    MakeSymlink,
+    Mutation,
+    RemoveDirectory,
+    RemoveXattr,
+    Rename,
+    SetAttributes,
+    SetXattr,
+    Stamp,
+    Sync,
+    Unlink,
+    Write,
+)
+
+MAGIC = b"TNDM"
+PROTOCOL_VERSION = 1
+MAX_FRAME = 8 << 20  # a 1 MiB FUSE write plus path and stamps fits many times over
+NONCE_SIZE = 32
+_HEADER = struct.Struct(">IBB")
+_COMPRESS_MIN = 512
+
+
+class Feature(enum.IntFlag):
+    LZ4 = 1
+
+
+SUPPORTED_FEATURES = Feature.LZ4
+
+
+class FrameKind(enum.IntEnum):
+    HELLO = 1
+    AUTH = 2
+    MUTATION = 3
+    ACK = 4
+    ERROR = 5
+
+
+class FrameFlag(enum.IntFlag):
+    IGNORABLE = 1  # a receiver that does not know this kind may skip it
+    LZ4 = 2  # body compressed (MUTATION only)
+
+
+class AckKind(enum.IntEnum):
+    RECEIVED = 1  # in the peer's memory
+    APPLIED = 2  # applied to the peer's copy
+    DURABLE = 3  # applied and fsync'd on the peer
+
+
+class Role(enum.Enum):
+    INITIATOR = b"tandem-initiator"
+    RESPONDER = b"tandem-responder"
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class ProtocolError(Exception):
+    """The peer sent something this side will not accept; the connection must end."""
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    peer_node: str
+    peer_module: str
+    version: int
+    features: Feature
+
+
+@dataclass(frozen=True)
+class MutationReceived:
+    seq: int
+    mutation: Mutation
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    kind: AckKind
+    seq: int  # every mutation up to and including this one
+
+
+@dataclass(frozen=True)
+class PeerError:
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConnectionFailed:
+    """This side refused the peer: the reason is for the log; an ERROR frame is queued."""
+
+    reason: str
+
+
+Event = Authenticated | MutationReceived | Acknowledged | PeerError | ConnectionFailed
+
+
+# -- value encoding -----------------------------------------------------------------------
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def u8(self, value: int) -> None:
+        self.parts.append(struct.pack(">B", value))
+
+    def u16(self, value: int) -> None:
+        self.parts.append(struct.pack(">H", value))
+
+    def u32(self, value: int) -> None:
+        self.parts.append(struct.pack(">I", value))
+
+    def u64(self, value: int) -> None:
+        self.parts.append(struct.pack(">Q", value))
+
+    def i64(self, value: int) -> None:
+        self.parts.append(struct.pack(">q", value))
+
+    def blob(self, value: bytes) -> None:
+        self.u32(len(value))
+        self.parts.append(value)
+
+    def text(self, value: str) -> None:
+        self.blob(value.encode("utf-8"))
+
+    def optional_u64(self, value: int | None) -> None:
+        self.u8(value is not None)
+        if value is not None:
+            self.u64(value)
+
+    def bytes(self) -> bytes:
+        return b"".join(self.parts)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._at = 0
+
+    def _take(self, size: int) -> memoryview:
+        if self._at + size > len(self._data):
+            raise ProtocolError("frame body ends early")
+        chunk = self._data[self._at : self._at + size]
+        self._at += size
+        return chunk
+
+    def u8(self) -> int:
+        return int(self._take(1)[0])
+
+    def u16(self) -> int:
+        value: int = struct.unpack(">H", self._take(2))[0]
+        return value
+
+    def u32(self) -> int:
+        value: int = struct.unpack(">I", self._take(4))[0]
+        return value
+
+    def u64(self) -> int:
+        value: int = struct.unpack(">Q", self._take(8))[0]
+        return value
+
+    def i64(self) -> int:
+        value: int = struct.unpack(">q", self._take(8))[0]
+        return value
+
+    def blob(self) -> bytes:
+        return bytes(self._take(self.u32()))
+
+    def text(self) -> str:
+        try:
+            return self.blob().decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("text field is not UTF-8") from None
+
+    def optional_u64(self) -> int | None:
+        present = self.u8()
+        if present > 1:
+            raise ProtocolError("bad presence byte")
+        return self.u64() if present else None
+
+    def end(self) -> None:
+        if self._at != len(self._data):
+            raise ProtocolError(f"{len(self._data) - self._at} unexpected bytes after the body")
+
+
+# Field layout of each mutation on the wire. The numbers are the protocol: never reuse one.
+_U64, _I64, _BLOB, _OPT, _BOOL = "u64", "i64", "blob", "opt", "bool"
+_LAYOUT: dict[type, tuple[int, tuple[tuple[str, str], ...]]] = {
+    Write: (1, (("path", _BLOB), ("offset", _U64), ("data", _BLOB))),
+    SetAttributes: (
+        2,
+        (("path", _BLOB), ("mode", _OPT), ("uid", _OPT), ("gid", _OPT), ("size", _OPT)),
+    ),
+    CreateFile: (3, (("path", _BLOB), ("mode", _U64), ("uid", _U64), ("gid", _U64))),
+    MakeDirectory: (4, (("path", _BLOB), ("mode", _U64), ("uid", _U64), ("gid", _U64))),
+    MakeNode: (
+        5,
+        (("path", _BLOB), ("mode", _U64), ("rdev", _U64), ("uid", _U64), ("gid", _U64)),
+    ),
+    MakeSymlink: (6, (("path", _BLOB), ("target", _BLOB), ("uid", _U64), ("gid", _U64))),
+    MakeHardLink: (7, (("existing", _BLOB), ("path", _BLOB))),
+    Unlink: (8, (("path", _BLOB),)),
+    RemoveDirectory: (9, (("path", _BLOB),)),
+    Rename: (10, (("old", _BLOB), ("new", _BLOB), ("flags", _U64))),
+    SetXattr: (11, (("path", _BLOB), ("name", _BLOB), ("value", _BLOB))),
+    RemoveXattr: (12, (("path", _BLOB), ("name", _BLOB))),
+    Sync: (13, (("path", _BLOB), ("data_only", _BOOL))),
+}
+_BY_CODE = {code: (cls, fields) for cls, (code, fields) in _LAYOUT.items()}
+
+
+def encode_mutation(mutation: Mutation) -> bytes:
+    code, layout = _LAYOUT[type(mutation)]
+    out = _Writer()
+    out.u8(code)
+    for name, kind in layout:
+        value = getattr(mutation, name)
+        if kind == _BLOB:
+            out.blob(value)
+        elif kind == _U64:
+            out.u64(value)
+        elif kind == _OPT:
+            out.optional_u64(value)
+        elif kind == _BOOL:
+            out.u8(1 if value else 0)
+    out.u16(len(mutation.stamps))
+    for stamp in mutation.stamps:
+        out.blob(stamp.path)
+        out.i64(stamp.atime_ns)
+        out.i64(stamp.mtime_ns)
+    return out.bytes()
+
+
+def decode_mutation(data: bytes) -> Mutation:
+    source = _Reader(data)
+    code = source.u8()
+    if code not in _BY_CODE:
+        raise ProtocolError(f"unknown mutation code {code}")
+    cls, layout = _BY_CODE[code]
+    values: dict[str, object] = {}
+    for name, kind in layout:
+        if kind == _BLOB:
+            values[name] = source.blob()
+        elif kind == _U64:
+            values[name] = source.u64()
+        elif kind == _OPT:
+            values[name] = source.optional_u64()
+        elif kind == _BOOL:
+            flag = source.u8()
+            if flag > 1:
+                raise ProtocolError("bad boolean")
+            values[name] = bool(flag)
+    stamps = tuple(Stamp(source.blob(), source.i64(), source.i64()) for _ in range(source.u16()))
+    source.end()
+    for name, kind in layout:
+        if kind == _BLOB and name in ("path", "old", "new", "existing"):
+            _check_path(values[name])  # type: ignore[arg-type]
+    for stamp in stamps:
+        _check_path(stamp.path)
+    mutation: Mutation = cls(**values, stamps=stamps)
+    return mutation
+
+
+def _check_path(path: bytes) -> None:
+    """A path from the peer must stay inside the replicated directory."""
+    if path == b".":
+        return
+    if not path or path.startswith(b"/") or b"\0" in path:
+        raise ProtocolError(f"path {path!r} is not relative")
+    if any(part in (b"", b".", b"..") for part in path.split(b"/")):
+        raise ProtocolError(f"path {path!r} is not normalised")
+
+
+# -- the connection -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    node: str
+    module: str
+
+
+@dataclass
+class _Hello:
+    raw: bytes
+    version_min: int
+    version_max: int
+    features: Feature
+    node: str
+    module: str
+    nonce: bytes
+
+
+def _encode_hello(
+    identity: Identity, versions: tuple[int, int], features: Feature, nonce: bytes
+) -> bytes:
+    out = _Writer()
+    out.parts.append(MAGIC)
+    out.u16(versions[0])
+    out.u16(versions[1])
+    out.u32(int(features))
+    out.text(identity.node)
+    out.text(identity.module)
+    out.blob(nonce)
+    return out.bytes()
+
+
+def _decode_hello(body: bytes) -> _Hello:
+    if body[:4] != MAGIC:
+        raise ProtocolError("not a Tandem peer (bad magic)")
+    source = _Reader(body[4:])
+    version_min, version_max = source.u16(), source.u16()
+    features = Feature(source.u32() & int(SUPPORTED_FEATURES))
+    node, module, nonce = source.text(), source.text(), source.blob()
+    source.end()
+    if len(nonce) != NONCE_SIZE:
+        raise ProtocolError("bad nonce")
+    return _Hello(body, version_min, version_max, features, node, module, nonce)
+
+
+@dataclass
+class Connection:
+    """One end of a replication connection for one module."""
+
+    role: Role
+    identity: Identity
+    secret: bytes
+    versions: tuple[int, int] = (PROTOCOL_VERSION, PROTOCOL_VERSION)
+    features: Feature = SUPPORTED_FEATURES
+    nonce: bytes = field(default_factory=lambda: os.urandom(NONCE_SIZE))
+    state: State = State.HANDSHAKE
+    version: int | None = None
+    agreed: Feature = field(default_factory=lambda: Feature(0))
+    _inbox: bytearray = field(default_factory=bytearray)
+    _outbox: bytearray = field(default_factory=bytearray)
+    _my_hello: bytes = b""
+    _peer_hello: _Hello | None = None
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError("a cluster secret is required")
+        self._my_hello = _encode_hello(self.identity, self.versions, self.features, self.nonce)
+        self._queue(FrameKind.HELLO, self._my_hello)
+
+    # outgoing -----------------------------------------------------------------------------
+
+    def bytes_to_send(self) -> bytes:
+        data = bytes(self._outbox)
+        self._outbox.clear()
+        return data
+
+    def _queue(self, kind: int, body: bytes, flags: int = 0) -> None:
+        self._outbox += _HEADER.pack(len(body) + 2, kind, flags) + body
+
+    def _require_ready(self) -> None:
+        if self.state is not State.READY:
+            raise RuntimeError(f"connection is {self.state.value}, not ready")
+
+    def send_mutation(self, seq: int, mutation: Mutation) -> None:
+        self._require_ready()
+        body = encode_mutation(mutation)
+        flags = 0
+        if Feature.LZ4 in self.agreed and len(body) >= _COMPRESS_MIN:
+            packed = lz4.block.compress(body, store_size=True)
+            if len(packed) < len(body):
+                body, flags = packed, FrameFlag.LZ4
+        self._queue(FrameKind.MUTATION, struct.pack(">Q", seq) + body, flags)
+
+    def send_ack(self, kind: AckKind, seq: int) -> None:
+        self._require_ready()
+        self._queue(FrameKind.ACK, struct.pack(">BQ", kind, seq))
+
+    def send_error(self, reason: str) -> None:
+        if self.state is not State.CLOSED:
+            self._queue(FrameKind.ERROR, reason.encode("utf-8", "replace")[:4096])
+            self.state = State.CLOSED
+
+    # incoming -----------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer; returns what they meant, in order."""
+        if self.state is State.CLOSED:
+            return []
+        self._inbox += data
+        events: list[Event] = []
+        try:
+            while self.state is not State.CLOSED:
+                frame = self._next_frame()
+                if frame is None:
+                    break
+                event = self._handle(*frame)
+                if event is not None:
+                    events.append(event)
+        except ProtocolError as exc:
+            self._inbox.clear()
+            self.send_error(str(exc))
+            events.append(ConnectionFailed(str(exc)))
+        return events
+
+    def _next_frame(self) -> tuple[int, int, bytes] | None:
+        if len(self._inbox) < _HEADER.size:
+            return None
+        length, kind, flags = _HEADER.unpack_from(self._inbox)
+        if length < 2 or length > MAX_FRAME:
+            raise ProtocolError(f"frame length {length} out of bounds")
+        end = 4 + length
+        if len(self._inbox) < end:
+            return None
+        body = bytes(self._inbox[_HEADER.size : end])
+        del self._inbox[:end]
+        return kind, flags, body
+
+    def _handle(self, kind: int, flags: int, body: bytes) -> Event | None:
+        if kind == FrameKind.ERROR:
+            self.state = State.CLOSED
+            return PeerError(body.decode("utf-8", "replace"))
+        if self.state is State.HANDSHAKE:
+            if kind == FrameKind.HELLO and self._peer_hello is None:
+                self._on_hello(body)
+                return None
+            if kind == FrameKind.AUTH and self._peer_hello is not None:
+                return self._on_auth(body)
+            raise ProtocolError(f"frame kind {kind} before authentication")
+        if kind == FrameKind.MUTATION:
+            if len(body) < 8:
+                raise ProtocolError("mutation frame too short")
+            (seq,) = struct.unpack_from(">Q", body)
+            payload = body[8:]
+            if flags & FrameFlag.LZ4:
+                if Feature.LZ4 not in self.agreed:
+                    raise ProtocolError("compressed frame without agreeing on lz4")
+                try:
+                    payload = lz4.block.decompress(payload, uncompressed_size=-1)
+                except (lz4.block.LZ4BlockError, ValueError) as exc:
+                    raise ProtocolError(f"bad lz4 data: {exc}") from None
+                if len(payload) > MAX_FRAME:
+                    raise ProtocolError("decompressed frame too large")
+            return MutationReceived(seq, decode_mutation(payload))
+        if kind == FrameKind.ACK:
+            source = _Reader(body)
+            ack_kind, seq = source.u8(), source.u64()
+            source.end()
+            try:
+                return Acknowledged(AckKind(ack_kind), seq)
+            except ValueError:
+                raise ProtocolError(f"unknown acknowledgement kind {ack_kind}") from None
+        if flags & FrameFlag.IGNORABLE:
+            return None
+        raise ProtocolError(f"unknown frame kind {kind}")
+
+    def _on_hello(self, body: bytes) -> None:
+        hello = _decode_hello(body)
+        low = max(self.versions[0], hello.version_min)
+        high = min(self.versions[1], hello.version_max)
+        if low > high:
+            raise ProtocolError(
+                f"no common protocol version: we speak {self.versions[0]}..{self.versions[1]}, "
+                f"peer {hello.node!r} speaks {hello.version_min}..{hello.version_max}"
+            )
+        if hello.module != self.identity.module:
+            raise ProtocolError(
+                f"peer {hello.node!r} replicates module {hello.module!r}, "
+                f"not {self.identity.module!r}"
+            )
+        if hello.nonce == self.nonce:
+            raise ProtocolError("peer echoed our nonce")
+        self._peer_hello = hello
+        self.version = high
+        self.agreed = self.features & hello.features
+        self._queue(FrameKind.AUTH, self._proof(self.role))
+
+    def _transcript(self) -> bytes:
+        assert self._peer_hello is not None
+        mine, theirs = self._my_hello, self._peer_hello.raw
+        first, second = (mine, theirs) if self.role is Role.INITIATOR else (theirs, mine)
+        return struct.pack(">I", len(first)) + first + second
+
+    def _proof(self, role: Role) -> bytes:
+        return hmac.new(self.secret, role.value + self._transcript(), hashlib.sha256).digest()
+
+    def _on_auth(self, body: bytes) -> Event:
+        assert self._peer_hello is not None
+        peer_role = Role.RESPONDER if self.role is Role.INITIATOR else Role.INITIATOR
+        if not hmac.compare_digest(body, self._proof(peer_role)):
+            raise ProtocolError(
+                f"peer {self._peer_hello.node!r} failed authentication (wrong cluster secret?)"
+            )
+        self.state = State.READY
+        assert self.version is not None
+        return Authenticated(
+            self._peer_hello.node, self._peer_hello.module, self.version, self.agreed
+        )

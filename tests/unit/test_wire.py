@@ -1,0 +1,311 @@
+"""The sans-IO replication protocol: handshake, authentication, every mutation kind, acks,
+compression, and every kind of bad input ending the connection cleanly."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tandem.engine.wire import (
+    MAX_FRAME,
+    AckKind,
+    Acknowledged,
+    Authenticated,
+    Connection,
+    ConnectionFailed,
+    Feature,
+    FrameFlag,
+    FrameKind,
+    Identity,
+    MutationReceived,
+    PeerError,
+    ProtocolError,
+    Role,
+    State,
+    decode_mutation,
+    encode_mutation,
+)
+from tandem.fsdriver.mutation import (
+    CreateFile,
+    MakeDirectory,
+    MakeHardLink,
+    MakeNode,
+    MakeSymlink,
+    Mutation,
+    RemoveDirectory,
+    RemoveXattr,
+    Rename,
+    SetAttributes,
+    SetXattr,
+    Stamp,
+    Sync,
+    Unlink,
+    Write,
+)
+
+SECRET = b"correct horse battery staple"
+
+
+def pair(
+    secret_a: bytes = SECRET,
+    secret_b: bytes = SECRET,
+    features_a: Feature = Feature.LZ4,
+    features_b: Feature = Feature.LZ4,
+) -> tuple[Connection, Connection]:
+    a = Connection(Role.INITIATOR, Identity("a", "data"), secret_a, features=features_a)
+    b = Connection(Role.RESPONDER, Identity("b", "data"), secret_b, features=features_b)
+    return a, b
+
+
+def pump(a: Connection, b: Connection) -> tuple[list[object], list[object]]:
+    """Move bytes both ways until neither side has anything to send."""
+    got_a: list[object] = []
+    got_b: list[object] = []
+    while True:
+        to_b, to_a = a.bytes_to_send(), b.bytes_to_send()
+        if not to_a and not to_b:
+            return got_a, got_b
+        got_b += b.receive(to_b)
+        got_a += a.receive(to_a)
+
+
+def test_handshake_authenticates_both_sides() -> None:
+    a, b = pair()
+    got_a, got_b = pump(a, b)
+    assert got_a == [Authenticated("b", "data", 1, Feature.LZ4)]
+    assert got_b == [Authenticated("a", "data", 1, Feature.LZ4)]
+    assert a.state is b.state is State.READY
+
+
+@pytest.mark.parametrize("wrong", ["initiator", "responder"])
+def test_wrong_secret_replicates_nothing(wrong: str) -> None:
+    a, b = pair(
+        secret_a=b"guess" if wrong == "initiator" else SECRET,
+        secret_b=b"guess" if wrong == "responder" else SECRET,
+    )
+    got_a, got_b = pump(a, b)
+    events = got_a + got_b
+    assert not any(isinstance(e, Authenticated) for e in events)
+    assert any(
+        isinstance(e, ConnectionFailed) and "failed authentication" in e.reason for e in events
+    )
+    assert a.state is State.CLOSED and b.state is State.CLOSED
+    with pytest.raises(RuntimeError):
+        a.send_mutation(1, Unlink(b"x"))
+
+
+def test_nothing_is_accepted_before_authentication() -> None:
+    a, b = pair()
+    b.bytes_to_send()  # discard b's hello: a never learns b's nonce
+    a.bytes_to_send()
+    rogue = Connection(Role.INITIATOR, Identity("rogue", "data"), b"no secret")
+    rogue.bytes_to_send()
+    frame = encode_mutation(Unlink(b"precious"))
+    raw = struct.pack(">IBB", len(frame) + 10, FrameKind.MUTATION, 0) + struct.pack(">Q", 1) + frame
+    events = b.receive(raw)
+    assert events == [ConnectionFailed("frame kind 3 before authentication")]
+    assert b.state is State.CLOSED
+
+
+def test_reflected_proof_is_rejected() -> None:
+    """A man in the middle echoing the responder's own HELLO and AUTH back must fail."""
+    _, b = pair()
+    hello_and_auth_from_b = b.bytes_to_send()
+    events = b.receive(hello_and_auth_from_b)
+    assert isinstance(events[-1], ConnectionFailed)
+    assert b.state is State.CLOSED
+
+
+def test_version_ranges_are_negotiated_or_refused() -> None:
+    a = Connection(Role.INITIATOR, Identity("a", "data"), SECRET, versions=(1, 3))
+    b = Connection(Role.RESPONDER, Identity("b", "data"), SECRET, versions=(2, 5))
+    got_a, _ = pump(a, b)
+    assert got_a == [Authenticated("b", "data", 3, Feature.LZ4)]
+
+    old = Connection(Role.INITIATOR, Identity("old", "data"), SECRET, versions=(1, 1))
+    new = Connection(Role.RESPONDER, Identity("new", "data"), SECRET, versions=(2, 2))
+    got_old, got_new = pump(old, new)
+    reasons = [e.reason for e in got_old + got_new if isinstance(e, ConnectionFailed | PeerError)]
+    assert any("no common protocol version" in r for r in reasons)
+    assert old.state is State.CLOSED and new.state is State.CLOSED
+
+
+def test_peer_of_another_module_is_refused() -> None:
+    a = Connection(Role.INITIATOR, Identity("a", "web"), SECRET)
+    b = Connection(Role.RESPONDER, Identity("b", "db"), SECRET)
+    got_a, got_b = pump(a, b)
+    assert any(isinstance(e, ConnectionFailed) and "module" in e.reason for e in got_a + got_b)
+
+
+def test_not_a_tandem_peer() -> None:
+    _, b = pair()
+    events = b.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert len(events) == 1 and isinstance(events[0], ConnectionFailed)
+    assert b.state is State.CLOSED
+    assert b.receive(b"more garbage") == []
+
+
+EVERY_KIND: list[Mutation] = [
+    Write(b"d/f", 2**40, b"\x00data" * 100, (Stamp(b"d/f", -1, 2**62),)),
+    SetAttributes(b"f", mode=0o4755, uid=None, gid=7, size=0),
+    CreateFile(b"f", 0o640, 1000, 1000, (Stamp(b"f", 1, 2), Stamp(b".", 3, 4))),
+    MakeDirectory(b"d", 0o2775, 0, 50),
+    MakeNode(b"fifo", 0o10644, 0, 1, 1),
+    MakeSymlink(b"s", b"../../anything/even/outside", 0, 0),
+    MakeHardLink(b"f", b"d/g"),
+    Unlink(b"d/g"),
+    RemoveDirectory(b"d"),
+    Rename(b"a", b"b", 2),
+    SetXattr(b".", b"user.k", b"\xff" * 3000),
+    RemoveXattr(b"f", b"security.capability"),
+    Sync(b"f", data_only=True),
+]
+
+
+def test_every_mutation_kind_crosses_the_wire_with_its_sequence() -> None:
+    a, b = pair()
+    pump(a, b)
+    for seq, mutation in enumerate(EVERY_KIND, start=1):
+        a.send_mutation(seq, mutation)
+    _, got_b = pump(a, b)
+    assert got_b == [MutationReceived(seq, m) for seq, m in enumerate(EVERY_KIND, start=1)]
+    assert {type(m) for m in EVERY_KIND} == set(type(m) for m in EVERY_KIND)  # one per kind
+    assert len({type(m) for m in EVERY_KIND}) == 13
+
+
+def test_acks_of_each_kind() -> None:
+    a, b = pair()
+    pump(a, b)
+    b.send_ack(AckKind.RECEIVED, 10)
+    b.send_ack(AckKind.APPLIED, 9)
+    b.send_ack(AckKind.DURABLE, 7)
+    got_a, _ = pump(a, b)
+    assert got_a == [
+        Acknowledged(AckKind.RECEIVED, 10),
+        Acknowledged(AckKind.APPLIED, 9),
+        Acknowledged(AckKind.DURABLE, 7),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fa", "fb", "compressed"), [(Feature.LZ4, Feature.LZ4, True), (Feature.LZ4, Feature(0), False)]
+)
+def test_compression_only_when_both_offer_it(fa: Feature, fb: Feature, compressed: bool) -> None:
+    a, b = pair(features_a=fa, features_b=fb)
+    pump(a, b)
+    mutation = Write(b"f", 0, b"A" * 100_000)
+    a.send_mutation(1, mutation)
+    raw = a.bytes_to_send()
+    assert (len(raw) < 10_000) is compressed
+    assert b.receive(raw) == [MutationReceived(1, mutation)]
+
+
+def test_frames_split_anywhere_are_reassembled() -> None:
+    a, b = pair()
+    pump(a, b)
+    for seq, mutation in enumerate(EVERY_KIND, start=1):
+        a.send_mutation(seq, mutation)
+    raw = a.bytes_to_send()
+    events: list[object] = []
+    for i in range(len(raw)):
+        events += b.receive(raw[i : i + 1])
+    assert [e.seq for e in events if isinstance(e, MutationReceived)] == list(range(1, 14))
+
+
+def _ready_pair() -> tuple[Connection, Connection]:
+    a, b = pair()
+    pump(a, b)
+    return a, b
+
+
+def test_oversized_frame_ends_the_connection_before_buffering_it() -> None:
+    _, b = _ready_pair()
+    events = b.receive(struct.pack(">IBB", MAX_FRAME + 1, FrameKind.MUTATION, 0))
+    assert events == [ConnectionFailed(f"frame length {MAX_FRAME + 1} out of bounds")]
+
+
+def test_unknown_frames_end_the_connection_unless_ignorable() -> None:
+    _, b = _ready_pair()
+    assert b.receive(struct.pack(">IBB", 5, 99, FrameFlag.IGNORABLE) + b"abc") == []
+    assert b.state is State.READY
+    events = b.receive(struct.pack(">IBB", 5, 99, 0) + b"abc")
+    assert events == [ConnectionFailed("unknown frame kind 99")]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/etc/passwd", b"../escape", b"a/../../b", b"a//b", b"", b"a/./b", b"nul\0byte"],
+)
+def test_paths_that_leave_the_directory_are_refused(path: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_mutation(encode_mutation(Unlink(path)))
+
+
+def test_a_stalled_peer_mid_frame_yields_nothing_and_keeps_state() -> None:
+    a, b = _ready_pair()
+    a.send_mutation(1, Write(b"f", 0, b"x" * 1000))
+    raw = a.bytes_to_send()
+    assert b.receive(raw[:-1]) == []
+    assert b.state is State.READY  # nothing half-applied; the timeout is the caller's business
+    assert b.receive(raw[-1:]) == [MutationReceived(1, Write(b"f", 0, b"x" * 1000))]
+
+
+paths = st.lists(st.sampled_from([b"a", b"bb", b"dir", b"\xffname"]), min_size=1, max_size=4).map(
+    b"/".join
+)
+stamps = st.lists(
+    st.builds(Stamp, paths, st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1)),
+    max_size=3,
+).map(tuple)
+u32 = st.integers(0, 2**32 - 1)
+mutations = st.one_of(
+    st.builds(Write, paths, st.integers(0, 2**63 - 1), st.binary(max_size=2000), stamps),
+    st.builds(
+        SetAttributes,
+        paths,
+        st.none() | u32,
+        st.none() | u32,
+        st.none() | u32,
+        st.none() | u32,
+        stamps,
+    ),
+    st.builds(CreateFile, paths, u32, u32, u32, stamps),
+    st.builds(MakeDirectory, paths, u32, u32, u32, stamps),
+    st.builds(MakeNode, paths, u32, u32, u32, u32, stamps),
+    st.builds(MakeSymlink, paths, st.binary(min_size=1, max_size=100), u32, u32, stamps),
+    st.builds(MakeHardLink, paths, paths, stamps),
+    st.builds(Unlink, paths, stamps),
+    st.builds(RemoveDirectory, paths, stamps),
+    st.builds(Rename, paths, paths, st.sampled_from([0, 1, 2]), stamps),
+    st.builds(SetXattr, paths, st.binary(min_size=1, max_size=50), st.binary(max_size=500), stamps),
+    st.builds(RemoveXattr, paths, st.binary(min_size=1, max_size=50), stamps),
+    st.builds(Sync, paths, st.booleans(), stamps),
+)
+
+
+@given(mutations)
+def test_codec_round_trip(mutation: Mutation) -> None:
+    assert decode_mutation(encode_mutation(mutation)) == mutation
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_garbage_never_crashes_a_ready_connection(garbage: bytes) -> None:
+    _, b = _ready_pair()
+    for event in b.receive(garbage):
+        assert isinstance(event, ConnectionFailed | MutationReceived | Acknowledged | PeerError)
+
+
+@given(mutations, st.integers(0, 200), st.integers(0, 255))
+def test_a_corrupted_mutation_frame_is_refused_or_decodes_cleanly(
+    mutation: Mutation, at: int, value: int
+) -> None:
+    body = bytearray(encode_mutation(mutation))
+    body[at % len(body)] = value
+    try:
+        decode_mutation(bytes(body))
+    except ProtocolError:
+        pass
