@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import socket
 import sys
 from collections.abc import Sequence
 
-from tandem.fsdriver.mount import MountError, MountOptions, run_mount
+import trio
+
+from tandem.fsdriver.mount import MountError, MountOptions, check_target, open_root, run_mount
 from tandem.fsdriver.mutation import FileRecordingSink, NullSink, ReplicationSink
 
 from . import __version__
+from .receiver import Receiver, read_only_in_place
+from .replicator import PeerAddress, Replicator
+from .wire import AckKind, Identity
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -24,6 +32,56 @@ def _positive_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be zero or more")
     return value
+
+
+def _peer(text: str) -> PeerAddress:
+    try:
+        return PeerAddress.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _replication_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--secret-file",
+        metavar="FILE",
+        help="the cluster secret both nodes share (readable by root only)",
+    )
+    parser.add_argument(
+        "--ack",
+        choices=["applied", "durable"],
+        default="applied",
+        help="answer a write once the secondary applied it (default) or also fsync'd it",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="stop waiting for a silent peer after this long and go on alone (default 10)",
+    )
+    parser.add_argument("--module", default="default", help="module name (both sides)")
+    parser.add_argument("--node", default=socket.gethostname(), help="this node's name")
+
+
+def read_secret(path: str | None) -> bytes:
+    if path is None:
+        raise ConfigError("replication needs --secret-file")
+    try:
+        st = os.stat(path)
+        with open(path, "rb") as handle:
+            secret = handle.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if st.st_mode & 0o077:
+        raise ConfigError(f"secret file {path} is readable by others: chmod 600 {path}")
+    if len(secret) < 16:
+        raise ConfigError(f"secret file {path} holds {len(secret)} bytes; use at least 16")
+    return secret
+
+
+class ConfigError(Exception):
+    pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,6 +116,22 @@ def _parser() -> argparse.ArgumentParser:
         help="how long the kernel may cache names (default 1)",
     )
 
+    mount.add_argument(
+        "--replicate-to",
+        metavar="HOST:PORT",
+        type=_peer,
+        help="mirror every change synchronously to the secondary listening there",
+    )
+    _replication_options(mount)
+
+    receive = commands.add_parser(
+        "receive",
+        help="be the secondary for DIR: apply what the primary sends (DIR is read-only meanwhile)",
+    )
+    receive.add_argument("directory", metavar="DIR")
+    receive.add_argument("--listen", metavar="HOST:PORT", type=_peer, required=True)
+    _replication_options(receive)
+
     demo = commands.add_parser(
         "demo",
         help="run the passthrough demo: a workload on a mounted directory, its mutation "
@@ -74,17 +148,48 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_mount(args: argparse.Namespace) -> int:
     sink: ReplicationSink
     recorder = FileRecordingSink(args.record) if args.record else None
-    sink = recorder if recorder is not None else NullSink()
+    companion = None
+    if args.replicate_to is not None:
+        if recorder is not None:
+            raise ConfigError("--record and --replicate-to cannot be combined")
+        replicator = Replicator(
+            args.replicate_to,
+            Identity(args.node, args.module),
+            read_secret(args.secret_file),
+            ack=AckKind.DURABLE if args.ack == "durable" else AckKind.APPLIED,
+            timeout=args.timeout,
+        )
+        sink, companion = replicator, replicator.run
+    else:
+        sink = recorder if recorder is not None else NullSink()
     options = MountOptions(attr_timeout=args.attr_timeout, entry_timeout=args.entry_timeout)
     try:
-        outcome = run_mount(args.directory, sink, options)
-    except MountError as exc:
-        print(f"tandem: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        outcome = run_mount(args.directory, sink, options, companion)
     finally:
         if recorder is not None:
             recorder.close()
     print(f"tandem: {args.directory}: {outcome}", file=sys.stderr)
+    return 0
+
+
+def _cmd_receive(args: argparse.Namespace) -> int:
+    secret = read_secret(args.secret_file)
+    path = check_target(args.directory)
+    with open_root(path) as root_fd, read_only_in_place(path):
+        receiver = Receiver(
+            root_fd, Identity(args.node, args.module), secret, durable=args.ack == "durable"
+        )
+
+        async def serve() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(receiver.serve, args.listen.host, args.listen.port)
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        break
+
+        trio.run(serve)
+    print(f"tandem: {args.directory}: receiver stopped", file=sys.stderr)
     return 0
 
 
@@ -94,8 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    if args.command == "mount":
-        return _cmd_mount(args)
+    try:
+        if args.command == "mount":
+            return _cmd_mount(args)
+        if args.command == "receive":
+            return _cmd_receive(args)
+    except (MountError, ConfigError) as exc:
+        print(f"tandem: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if args.command == "demo":
         from .demo import run_demo
 

@@ -8,7 +8,7 @@ import os
 import resource
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -120,8 +120,14 @@ def open_root(path: str) -> Iterator[int]:
         os.close(fd)
 
 
-async def _serve(path: str, options: MountOptions) -> None:
+Companion = Callable[[], Awaitable[None]]
+
+
+async def _serve(path: str, options: MountOptions, companion: Companion | None) -> None:
     async with trio.open_nursery() as nursery:
+        if companion is not None:
+            # e.g. the replicator's connection: it shares the trio loop with the handlers
+            nursery.start_soon(companion, name="companion")
 
         async def stop_on_signal() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -136,7 +142,12 @@ async def _serve(path: str, options: MountOptions) -> None:
         nursery.cancel_scope.cancel()
 
 
-def run_mount(directory: str, sink: ReplicationSink, options: MountOptions | None = None) -> str:
+def run_mount(
+    directory: str,
+    sink: ReplicationSink,
+    options: MountOptions | None = None,
+    companion: Companion | None = None,
+) -> str:
     """Mount over ``directory`` and serve in the foreground until SIGINT/SIGTERM or an external
     unmount. Returns how the mount ended (for the operator)."""
     options = options or MountOptions()
@@ -164,7 +175,7 @@ def run_mount(directory: str, sink: ReplicationSink, options: MountOptions | Non
         outcome = "unmounted"
         try:
             log.info("serving %s", path)
-            trio.run(_serve, path, options)
+            trio.run(_serve, path, options, companion)
         finally:
             _notify_systemd(b"STOPPING=1")
             outcome = unmount(path) if is_tandem_mount(path) else "unmounted from outside"

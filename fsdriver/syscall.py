@@ -21,6 +21,8 @@ _libc.renameat2.argtypes = [
 _libc.renameat2.restype = ctypes.c_int
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.umount2.restype = ctypes.c_int
+_libc.syncfs.argtypes = [ctypes.c_int]
+_libc.syncfs.restype = ctypes.c_int
 
 
 def _check(result: int, *names: bytes) -> None:
@@ -36,3 +38,8 @@ def renameat2(old_dir_fd: int, old: bytes, new_dir_fd: int, new: bytes, flags: i
 def umount2(target: str, flags: int = 0) -> None:
     encoded = os.fsencode(target)
     _check(_libc.umount2(encoded, flags), encoded)
+
+
+def syncfs(fd: int) -> None:
+    """Flush the whole filesystem holding ``fd`` (data and metadata)."""
+    _check(_libc.syncfs(fd))
