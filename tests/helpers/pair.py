@@ -3,7 +3,6 @@ processes on loopback, each with its own directory, torn down by PID."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -88,8 +87,6 @@ class Pair:
     base: Path
     port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
-    primary_extra: list[str] = field(default_factory=list)
-    secondary_extra: list[str] = field(default_factory=list)
     primary: Node | None = None
     secondary: Node | None = None
 
@@ -133,11 +130,3 @@ class Pair:
         for node in (self.primary, self.secondary):
             if node is not None:
                 node.stop()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,32 @@ def test_hard_link_never_looked_up_still_receives_writes(workspace: Path) -> Non
     assert isinstance(stream[0], Unlink) and stream[0].path == b"a"
     assert isinstance(stream[1], Write) and (stream[1].path, stream[1].data) == (b"b", b"XY")
     assert (data / "b").read_bytes() == b"0XY3"
+
+
+def test_systemd_is_told_ready_and_stopping(workspace: Path) -> None:
+    """Type=notify units rely on READY=1 once the mount serves, STOPPING=1 on the way out."""
+    notify_path = workspace / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(20)
+    data = workspace / "data"
+    data.mkdir()
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tandem.engine.cli", "mount", str(data)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert listener.recv(256) == b"READY=1"
+        assert is_tandem_mount(str(data)), "READY=1 came before the mount served"
+        process.send_signal(signal.SIGTERM)
+        assert listener.recv(256) == b"STOPPING=1"
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        listener.close()
+        if is_tandem_mount(str(data)):
+            subprocess.run(["umount", "-l", str(data)], check=False)
