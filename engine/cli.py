@@ -16,12 +16,16 @@ from tandem.fsdriver.mount import MountError, MountOptions, check_target, open_r
 from tandem.fsdriver.mutation import FileRecordingSink, NullSink, ReplicationSink
 
 from . import __version__
+from .config import ConfigError, load_module, read_secret
+from .lab import LabError
+from .node import Assignment, Node, NodeFailed, Role, run_node
 from .receiver import Receiver, read_only_in_place
 from .replicator import PeerAddress, Replicator
 from .wire import AckKind, Identity
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+DEFAULT_CONFIG_DIR = "/etc/tandem"
 
 
 def _positive_float(text: str) -> float:
@@ -64,24 +68,30 @@ def _replication_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", default=socket.gethostname(), help="this node's name")
 
 
-def read_secret(path: str | None) -> bytes:
+def _secret(path: str | None) -> bytes:
     if path is None:
         raise ConfigError("replication needs --secret-file")
-    try:
-        st = os.stat(path)
-        with open(path, "rb") as handle:
-            secret = handle.read().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
-    if st.st_mode & 0o077:
-        raise ConfigError(f"secret file {path} is readable by others: chmod 600 {path}")
-    if len(secret) < 16:
-        raise ConfigError(f"secret file {path} holds {len(secret)} bytes; use at least 16")
-    return secret
+    return read_secret(path)
 
 
-class ConfigError(Exception):
-    pass
+def _assignment(text: str) -> tuple[str, Role]:
+    name, sep, role = text.partition("=")
+    roles = {role.value: role for role in Role}
+    if not sep or not name or role not in roles:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MODULE=primary or MODULE=secondary")
+    return name, roles[role]
+
+
+def _node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config-dir",
+        default=DEFAULT_CONFIG_DIR,
+        metavar="DIR",
+        help=f"holds modules/NAME.toml and the cluster secret (default {DEFAULT_CONFIG_DIR})",
+    )
+    parser.add_argument(
+        "--node", default=socket.gethostname(), help="this node's name (default: hostname)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,6 +142,62 @@ def _parser() -> argparse.ArgumentParser:
     receive.add_argument("--listen", metavar="HOST:PORT", type=_peer, required=True)
     _replication_options(receive)
 
+    node = commands.add_parser(
+        "node",
+        help="run this node's modules in the roles given, in the foreground",
+        description="Run modules configured in CONFIG_DIR/modules/NAME.toml, each as primary or "
+        "secondary (e.g. 'tandem node web=primary vm2=secondary'), until SIGINT/SIGTERM.",
+    )
+    node.add_argument("assignments", nargs="+", metavar="MODULE=ROLE", type=_assignment)
+    _node_options(node)
+
+    check = commands.add_parser(
+        "check",
+        help="validate module configuration files and the secret, then say what they define",
+    )
+    check.add_argument("modules", nargs="*", metavar="MODULE", help="default: every module")
+    _node_options(check)
+
+    lab = commands.add_parser(
+        "lab",
+        help="a throwaway two-node cluster on this machine (network + mount namespaces)",
+        description="Nodes a (primary) and b (secondary) replicating one directory, each in "
+        "its own namespaces, so the directory has the same path on both.",
+    )
+    lab.add_argument(
+        "--dir", metavar="DIR", help="where the lab lives (default /var/lib/tandem-lab)"
+    )
+    lab_commands = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+    lab_up = lab_commands.add_parser("up", help="create the nodes, start the demo module")
+    lab_up.add_argument("--ack", choices=["applied", "durable"], default="applied")
+    lab_up.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="the module's peer timeout (default 5)",
+    )
+    lab_exec = lab_commands.add_parser(
+        "exec", help="run a command on a node, in its namespaces (exit code kept)"
+    )
+    lab_exec.add_argument("node", metavar="NODE")
+    lab_exec.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    lab_kill = lab_commands.add_parser("kill", help="crash a node: SIGKILL all its processes")
+    lab_kill.add_argument("node", metavar="NODE")
+    lab_start = lab_commands.add_parser(
+        "start", help="boot a node again, its disk as the crash left it"
+    )
+    lab_start.add_argument("node", metavar="NODE")
+    lab_start.add_argument(
+        "--as", dest="role", choices=[r.value for r in Role], help="default: its last role"
+    )
+    lab_cut = lab_commands.add_parser("cut", help="unplug a node's network cable")
+    lab_cut.add_argument("node", metavar="NODE")
+    lab_heal = lab_commands.add_parser("heal", help="plug a node's network cable back")
+    lab_heal.add_argument("node", metavar="NODE")
+    lab_commands.add_parser("status", help="what runs where")
+    lab_commands.add_parser("down", help="remove every namespace, process and file of the lab")
+
     demo = commands.add_parser(
         "demo",
         help="run the passthrough demo: a workload on a mounted directory, its mutation "
@@ -155,7 +221,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         replicator = Replicator(
             args.replicate_to,
             Identity(args.node, args.module),
-            read_secret(args.secret_file),
+            _secret(args.secret_file),
             ack=AckKind.DURABLE if args.ack == "durable" else AckKind.APPLIED,
             timeout=args.timeout,
         )
@@ -173,7 +239,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _cmd_receive(args: argparse.Namespace) -> int:
-    secret = read_secret(args.secret_file)
+    secret = _secret(args.secret_file)
     path = check_target(args.directory)
     with open_root(path) as root_fd, read_only_in_place(path):
         receiver = Receiver(
@@ -193,6 +259,80 @@ def _cmd_receive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_node(args: argparse.Namespace) -> int:
+    names = [name for name, _ in args.assignments]
+    if len(set(names)) != len(names):
+        raise ConfigError("a module is given more than one role")
+    secret_file = os.path.join(args.config_dir, "secret")
+    secret = read_secret(secret_file)
+    assignments = [
+        Assignment(load_module(args.config_dir, name), role) for name, role in args.assignments
+    ]
+    node = Node(args.node, assignments, secret, secret_file, verbose=args.verbose)
+    try:
+        run_node(node)
+    except NodeFailed as failure:
+        print(f"tandem: error: {failure}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"tandem: node {args.node} stopped", file=sys.stderr)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    read_secret(os.path.join(args.config_dir, "secret"))
+    modules_dir = os.path.join(args.config_dir, "modules")
+    try:
+        files = os.listdir(modules_dir) if not args.modules else []
+    except OSError as exc:
+        raise ConfigError(f"cannot list {modules_dir}: {exc.strerror}") from None
+    names = args.modules or sorted(f.removesuffix(".toml") for f in files if f.endswith(".toml"))
+    if not names:
+        raise ConfigError(f"{args.config_dir}/modules holds no NAME.toml module file")
+    for name in names:
+        module = load_module(args.config_dir, name)
+        peer, address = module.peer_of(args.node)
+        count = len(module.directories)
+        print(
+            f"{name}: {count} director{'y' if count == 1 else 'ies'}"
+            f" ({', '.join(module.directories)}), peer {peer} at {address}, "
+            f"ports {module.port}-{module.port_of(len(module.directories) - 1)}, "
+            f"ack {module.ack}, timeout {module.timeout:g} s"
+        )
+    return 0
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from .lab import Lab
+
+    lab = Lab.at(args.dir)
+    action = args.lab_command
+    if action == "up":
+        print(lab.up(ack=args.ack, timeout=args.timeout))
+    elif action == "exec":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            raise ConfigError("tandem lab exec NODE -- COMMAND: no command given")
+        command = lab.exec_command(args.node, argv)
+        sys.stdout.flush()
+        os.execvp(command[0], command)
+    elif action == "kill":
+        if not lab.kill(args.node):
+            raise ConfigError(f"node {args.node} is not running")
+        print(f"node {args.node} killed")
+    elif action == "start":
+        lab.start(args.node, args.role)
+        print(f"node {args.node} started")
+    elif action in ("cut", "heal"):
+        lab.cut(args.node, connected=action == "heal")
+        print(f"node {args.node} {'reconnected' if action == 'heal' else 'cut off'}")
+    elif action == "status":
+        print(lab.describe())
+    elif action == "down":
+        lab.down()
+        print(f"lab in {lab.directory} removed")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -204,7 +344,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_mount(args)
         if args.command == "receive":
             return _cmd_receive(args)
-    except (MountError, ConfigError) as exc:
+        if args.command == "node":
+            return _cmd_node(args)
+        if args.command == "check":
+            return _cmd_check(args)
+        if args.command == "lab":
+            return _cmd_lab(args)
+    except (MountError, ConfigError, LabError) as exc:
         print(f"tandem: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if args.command == "demo":

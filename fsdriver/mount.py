@@ -100,7 +100,7 @@ def unmount(path: str) -> str:
         raise
 
 
-def _notify_systemd(message: bytes) -> None:
+def notify_systemd(message: bytes) -> None:
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
@@ -137,7 +137,7 @@ async def _serve(path: str, options: MountOptions, companion: Companion | None) 
                     return
 
         nursery.start_soon(stop_on_signal, name="signal-watcher")
-        _notify_systemd(b"READY=1")
+        notify_systemd(b"READY=1")
         await pyfuse3.main(min_tasks=4, max_tasks=options.max_tasks)
         nursery.cancel_scope.cancel()
 
@@ -177,7 +177,7 @@ def run_mount(
             log.info("serving %s", path)
             trio.run(_serve, path, options, companion)
         finally:
-            _notify_systemd(b"STOPPING=1")
+            notify_systemd(b"STOPPING=1")
             outcome = unmount(path) if is_tandem_mount(path) else "unmounted from outside"
             pyfuse3.close(unmount=False)
     return outcome
