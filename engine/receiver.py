@@ -24,6 +24,7 @@ from .wire import (
     Authenticated,
     Connection,
     ConnectionFailed,
+    Event,
     Identity,
     MutationReceived,
     PeerError,
@@ -32,6 +33,8 @@ from .wire import (
 )
 
 log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
 
 
 class ApplyError(Exception):
@@ -59,7 +62,7 @@ class Receiver:
         self.identity = identity
         self._secret = secret
         self._durable = durable
-        self._busy = False
+        self._current: tuple[trio.CancelScope, trio.Event] | None = None
         self.applied = 0  # mutations applied over this process's life (for status and tests)
 
     async def serve(
@@ -75,33 +78,73 @@ class Receiver:
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
             connection = Connection(Role.RESPONDER, self.identity, self._secret)
-            if self._busy:
-                connection.send_error("this secondary already has a primary connected")
-                await stream.send_all(connection.bytes_to_send())
-                return
-            self._busy = True
             try:
-                await self._session(stream, connection)
+                with trio.move_on_after(HANDSHAKE_TIMEOUT) as waited:
+                    first_events = await self._handshake(stream, connection)
+                if waited.cancelled_caught:
+                    log.warning(
+                        "a peer did not complete the handshake within %g s; connection closed",
+                        HANDSHAKE_TIMEOUT,
+                    )
+                    return
+                if first_events is None:
+                    return
+                await self._take_over()
+                done = trio.Event()
+                with trio.CancelScope() as scope:
+                    self._current = (scope, done)
+                    try:
+                        await self._session(stream, connection, first_events)
+                    finally:
+                        done.set()
+                        if self._current is not None and self._current[0] is scope:
+                            self._current = None
+                if scope.cancelled_caught:
+                    log.info("the previous connection from the primary was closed")
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.warning("connection from the primary lost: %s", exc)
-            finally:
-                self._busy = False
 
-    async def _session(self, stream: trio.SocketStream, connection: Connection) -> None:
-        expected = 1
+    async def _handshake(
+        self, stream: trio.SocketStream, connection: Connection
+    ) -> list[Event] | None:
+        """Authenticate the peer; returns the events that followed its proof, or None."""
         while True:
             outgoing = connection.bytes_to_send()
             if outgoing:
                 await stream.send_all(outgoing)
             data = await stream.receive_some(RECEIVE_SIZE)
             if not data:
-                log.info("the primary closed the connection")
-                return
-            batch: list[tuple[int, Mutation]] = []
-            for event in connection.receive(data):
+                log.info("a peer closed the connection during the handshake")
+                return None
+            events = connection.receive(data)
+            for index, event in enumerate(events):
                 if isinstance(event, Authenticated):
                     log.info("primary %s connected (protocol %d)", event.peer_node, event.version)
-                elif isinstance(event, MutationReceived):
+                    return events[index + 1 :]
+                if isinstance(event, ConnectionFailed | PeerError):
+                    log.error("refused a peer: %s", event.reason)
+                    with trio.move_on_after(1):
+                        await stream.send_all(connection.bytes_to_send())
+                    return None
+
+    async def _take_over(self) -> None:
+        """A primary that proved itself replaces one that went silent (a dead host leaves a
+        half-open connection behind). The old session ends before the new one applies."""
+        if self._current is None:
+            return
+        scope, done = self._current
+        log.warning("a new connection from the primary replaces the previous one")
+        scope.cancel()
+        await done.wait()
+
+    async def _session(
+        self, stream: trio.SocketStream, connection: Connection, events: list[Event]
+    ) -> None:
+        expected = 1
+        while True:
+            batch: list[tuple[int, Mutation]] = []
+            for event in events:
+                if isinstance(event, MutationReceived):
                     if event.seq != expected:
                         connection.send_error(f"expected mutation {expected}, got {event.seq}")
                         log.error("out-of-order mutation %d (expected %d)", event.seq, expected)
@@ -109,7 +152,7 @@ class Receiver:
                     expected += 1
                     batch.append((event.seq, event.mutation))
                 elif isinstance(event, ConnectionFailed):
-                    log.error("refused the primary: %s", event.reason)
+                    log.error("the primary sent something invalid: %s", event.reason)
                 elif isinstance(event, PeerError):
                     log.warning("the primary ended replication: %s", event.reason)
             if batch:
@@ -127,9 +170,16 @@ class Receiver:
                 connection.send_ack(AckKind.APPLIED, last)
                 if self._durable:
                     connection.send_ack(AckKind.DURABLE, last)
+            outgoing = connection.bytes_to_send()
+            if outgoing:
+                await stream.send_all(outgoing)
             if connection.state is State.CLOSED:
-                await stream.send_all(connection.bytes_to_send())
                 return
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                log.info("the primary closed the connection")
+                return
+            events = connection.receive(data)
 
 
 @contextmanager

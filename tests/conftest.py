@@ -39,11 +39,17 @@ def workspace() -> Iterator[Path]:
 
 
 def run_ops(
-    root: Path | str, ops: list[list[Any]], user: tuple[int, int] = (0, 0), umask: int = 0o022
+    root: Path | str,
+    ops: list[list[Any]],
+    user: tuple[int, int] = (0, 0),
+    umask: int = 0o022,
+    on: list[str] | None = None,
 ) -> list[Any]:
+    """Run ``ops`` under ``root`` as ``user``; ``on`` prefixes the command (e.g. to run it on
+    a lab node)."""
     request = {"root": str(root), "uid": user[0], "gid": user[1], "ops": ops, "umask": umask}
     done = subprocess.run(
-        [sys.executable, RUNNER],
+        [*(on or []), sys.executable, RUNNER],
         input=json.dumps(request),
         capture_output=True,
         text=True,

@@ -1,0 +1,91 @@
+"""`tandem lab` and the node process: two nodes in their own namespaces, the same path on both,
+replication between them, a crash that takes every process of a node, a reboot, a cut cable,
+and a teardown that leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tandem.fsdriver.mount import mounts_at
+from tests.helpers.lab import LabCluster
+from tests.helpers.mountproc import wait_for
+
+pytestmark = pytest.mark.root
+
+
+def test_a_write_on_the_primary_is_on_the_secondary_at_the_same_path(lab: LabCluster) -> None:
+    hello = lab.path / "hello"
+    done = lab.exec("a", "sh", "-c", f"echo from-a > {hello} && chmod 640 {hello}")
+    assert done.returncode == 0, done.stderr
+    seen = lab.exec("b", "cat", str(hello))
+    assert seen.stdout == "from-a\n"
+    assert (lab.copy("b") / "hello").stat().st_mode & 0o777 == 0o640
+    # each node has its own copy: the host's directory at that path stays empty
+    assert list(lab.path.iterdir()) == []
+    assert not mounts_at(str(lab.path))
+
+
+def test_the_secondary_copy_is_read_only_and_exit_codes_are_kept(lab: LabCluster) -> None:
+    refused = lab.exec("b", "sh", "-c", f"echo x > {lab.path}/diverge")
+    assert refused.returncode != 0
+    assert "Read-only file system" in refused.stderr
+    assert not (lab.copy("b") / "diverge").exists()
+    assert lab.exec("a", "sh", "-c", "exit 7").returncode == 7
+
+
+def test_nodes_have_their_own_addresses_and_a_cut_cable_separates_them(lab: LabCluster) -> None:
+    probe = "import socket,sys; socket.create_connection((sys.argv[1], 7400), timeout=2).close()"
+    reach = ["python3", "-c", probe, "198.18.0.2"]
+    assert lab.exec("a", *reach).returncode == 0
+    lab.cut("a")
+    assert lab.exec("a", *reach).returncode != 0
+    lab.heal("a")
+    wait_for(lambda: lab.exec("a", *reach).returncode == 0, 10, "the link back")
+
+
+def test_kill_takes_every_process_of_the_node_and_start_boots_it_again(lab: LabCluster) -> None:
+    sleeper = lab.popen("a", "sleep", "600")
+    wait_for(lambda: "sleep" in lab.exec("a", "ps", "-e").stdout, 10, "the sleeper")
+    (lab.copy("a") / "before").write_text("on a's disk")
+    lab.kill("a")
+    assert sleeper.wait(10) != 0  # died with its node
+    assert lab.exec("a", "true").returncode != 0  # nothing left to enter
+    assert "down" in lab.cli("status").stdout.splitlines()[1]
+    # the secondary does not notice a crash as an error, only a closed connection
+    wait_for(lambda: "the primary closed the connection" in lab.log("b"), 10, "b noticing")
+
+    lab.start("a")
+    assert (lab.copy("a") / "before").read_text() == "on a's disk"  # its disk as the crash left it
+    assert lab.exec("a", "sh", "-c", f"echo again > {lab.path}/after").returncode == 0
+    assert (lab.copy("b") / "after").read_text() == "again\n"
+    assert lab.log("a").count("node a ready") == 2
+
+
+def test_down_removes_every_namespace_mount_process_and_file(workspace: Path) -> None:
+    cluster = LabCluster(workspace / "lab").up()
+    state = json.loads((cluster.directory / "lab.json").read_text())
+    pids = list(state["pids"].values())
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    tags = [line.split()[0] for line in netns.splitlines() if line.startswith("tandem-lab")]
+    assert len(tags) >= 3
+    cluster.down()
+    assert not cluster.directory.exists()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
+    after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not [tag for tag in tags if tag in after]
+    again = cluster.cli("status", check=False)
+    assert again.returncode == 1 and "no lab" in again.stderr
+
+
+def test_a_second_up_and_bad_node_names_are_refused(lab: LabCluster) -> None:
+    again = lab.cli("up", check=False)
+    assert again.returncode == 1 and "already up" in again.stderr
+    unknown = lab.cli("kill", "c", check=False)
+    assert unknown.returncode == 1 and "no node 'c'" in unknown.stderr
+    running = lab.cli("start", "a", check=False)
+    assert running.returncode == 1 and "already running" in running.stderr

@@ -1,0 +1,68 @@
+"""A `tandem lab` driven through its command line, as a user would, torn down by `lab down`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+CLI = [sys.executable, "-m", "tandem.engine.cli"]
+
+
+class LabCluster:
+    def __init__(self, directory: Path, ack: str = "applied", timeout: float = 5.0) -> None:
+        self.directory = directory
+        self.ack = ack
+        self.timeout = timeout
+        self.path = directory / "app"  # the replicated directory, same path on both nodes
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*CLI, "lab", "--dir", str(self.directory), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check:
+            assert done.returncode == 0, f"tandem lab {' '.join(args)}: {done.stderr}"
+        return done
+
+    def up(self) -> LabCluster:
+        self.cli("up", "--ack", self.ack, "--timeout", str(self.timeout))
+        return self
+
+    def down(self) -> None:
+        if (self.directory / "lab.json").exists():
+            self.cli("down")
+
+    def on(self, node: str) -> list[str]:
+        """The command prefix that runs a command on ``node``."""
+        return [*CLI, "lab", "--dir", str(self.directory), "exec", node, "--"]
+
+    def exec(self, node: str, *argv: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        kwargs.setdefault("timeout", 120)
+        return subprocess.run([*self.on(node), *argv], capture_output=True, text=True, **kwargs)
+
+    def popen(self, node: str, *argv: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+        """A process on ``node``: it dies with the node."""
+        return subprocess.Popen([*self.on(node), *argv], **kwargs)
+
+    def kill(self, node: str) -> None:
+        self.cli("kill", node)
+
+    def start(self, node: str, *extra: str) -> None:
+        self.cli("start", node, *extra)
+
+    def cut(self, node: str) -> None:
+        self.cli("cut", node)
+
+    def heal(self, node: str) -> None:
+        self.cli("heal", node)
+
+    def copy(self, node: str) -> Path:
+        """The node's own copy of the replicated directory, as seen from the host."""
+        return self.directory / "nodes" / node / "data"
+
+    def log(self, node: str) -> str:
+        return (self.directory / "nodes" / node / "node.log").read_text(errors="replace")

@@ -1,0 +1,132 @@
+"""Module configuration: a good file parses; every mistake names the file, the key and the
+problem; the commands that read it say so and exit 1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tandem.engine.config import ConfigError, load_module, parse_module
+
+GOOD = """
+directories = ["/srv/app", "/var/lib/app/"]
+port = 7500
+ack = "durable"
+timeout = 2.5
+[nodes]
+alpha = "198.18.0.1"
+beta = "beta.example"
+"""
+
+
+def test_a_good_module_parses() -> None:
+    module = parse_module("web", GOOD, "web.toml")
+    assert module.directories == ("/srv/app", "/var/lib/app")
+    assert module.port_of(1) == 7501
+    assert module.ack == "durable" and module.timeout == 2.5
+    assert module.peer_of("alpha") == ("beta", "beta.example")
+    assert module.peer_of("beta") == ("alpha", "198.18.0.1")
+
+
+def test_defaults() -> None:
+    module = parse_module("m", 'directories = ["/d"]\n[nodes]\na = "::1"\nb = "10.0.0.2"', "m")
+    assert (module.port, module.ack, module.timeout) == (7400, "applied", 10.0)
+
+
+def _with(line: str, drop: str | None = None) -> str:
+    kept = [ln for ln in GOOD.splitlines() if drop is None or not ln.startswith(drop)]
+    body = "\n".join(kept)
+    # top-level keys must come before [nodes]
+    head, _, nodes = body.partition("[nodes]")
+    return f"{line}\n{head}[nodes]{nodes}" if not line.startswith("[") else body + "\n" + line
+
+
+BAD = [
+    (_with("colour = 1"), "colour: unknown key"),
+    (_with("", drop="directories"), "directories: missing"),
+    (_with('directories = "/srv"', drop="directories"), "directories: must be a non-empty list"),
+    (_with("directories = []", drop="directories"), "directories: must be a non-empty list"),
+    (_with('directories = ["srv"]', drop="directories"), "directories[0]: must be an absolute"),
+    (_with('directories = ["/"]', drop="directories"), "directories[0]: cannot be /"),
+    (_with('directories = ["/a", "/a/"]', drop="directories"), "directories[1]: '/a/' is listed"),
+    (_with('directories = ["/a", "/a/b"]', drop="directories"), "are nested"),
+    (_with("directories = [3]", drop="directories"), "directories[0]: must be a string, got int"),
+    (_with("port = 0", drop="port"), "port: must be an integer from 1 to 65535"),
+    (_with('port = "80"', drop="port"), "port: must be an integer"),
+    (_with("port = 65535", drop="port"), "port: 65535 + 2 directories passes 65535"),
+    (_with('ack = "fast"', drop="ack"), 'ack: must be "applied" or "durable"'),
+    (_with("timeout = 0", drop="timeout"), "timeout: must be a number of seconds above 0"),
+    (_with("timeout = true", drop="timeout"), "timeout: must be a number"),
+    ('directories = ["/d"]\nnodes = 3', "nodes: must be a table"),
+    ('directories = ["/d"]\n[nodes]\na = "198.18.0.1"', "nodes: a mirror module has exactly two"),
+    ('directories = ["/d"]\n[nodes]\na = "h"\nb = "h"', "nodes: both nodes have the same address"),
+    ('directories = ["/d"]\n[nodes]\na = "x y"\nb = "h"', "nodes.a: 'x y' is neither"),
+    ('directories = ["/d"]\n[nodes]\n"-a" = "h"\nb = "g"', "nodes.-a: node name '-a' must be"),
+    ('directories = ["/d"]\n[nodes]\na = 1\nb = "g"', "nodes.a: must be an IP address"),
+    ("directories = [", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD, ids=[e for _, e in BAD])
+def test_every_mistake_names_its_key(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_module("web", text, "/etc/tandem/modules/web.toml")
+    assert str(raised.value).startswith("/etc/tandem/modules/web.toml: ")
+    assert expected in str(raised.value)
+
+
+def test_missing_module_file_and_bad_module_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such module file"):
+        load_module(tmp_path, "web")
+    with pytest.raises(ConfigError, match=r"module name '\.\./x' must be"):
+        load_module(tmp_path, "../x")
+
+
+def test_a_node_that_is_not_in_the_module_is_told_so() -> None:
+    module = parse_module("web", GOOD, "web.toml")
+    with pytest.raises(ConfigError, match="this node is 'gamma', which is not one of alpha, beta"):
+        module.peer_of("gamma")
+
+
+def _tandem(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tandem.engine.cli", *args], capture_output=True, text=True
+    )
+
+
+def _config_dir(tmp_path: Path, module_text: str) -> Path:
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "web.toml").write_text(module_text)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"0123456789abcdef0123")
+    secret.chmod(0o600)
+    return tmp_path
+
+
+def test_check_describes_what_the_files_define(tmp_path: Path) -> None:
+    config = _config_dir(tmp_path, GOOD)
+    done = _tandem("check", "--config-dir", str(config), "--node", "alpha")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "web: 2 directories (/srv/app, /var/lib/app), peer beta at beta.example, "
+        "ports 7500-7501, ack durable, timeout 2.5 s\n"
+    )
+
+
+def test_node_and_check_refuse_bad_configuration_with_exit_1(tmp_path: Path) -> None:
+    config = _config_dir(tmp_path, GOOD.replace('ack = "durable"', 'ack = "fast"'))
+    for command in (["check"], ["node", "web=primary"]):
+        done = _tandem(*command, "--config-dir", str(config), "--node", "alpha")
+        assert done.returncode == 1
+        assert done.stderr.strip() == (
+            f'tandem: error: {config}/modules/web.toml: ack: must be "applied" or "durable", '
+            "got str 'fast'"
+        )
+    wrong_role = _tandem("node", "web=leader", "--config-dir", str(config))
+    assert wrong_role.returncode == 2 and "MODULE=primary or MODULE=secondary" in wrong_role.stderr
+    (config / "secret").chmod(0o644)
+    exposed = _tandem("check", "--config-dir", str(config), "--node", "alpha")
+    assert exposed.returncode == 1 and "readable by others" in exposed.stderr
