@@ -200,14 +200,15 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run the passthrough demo: a workload on a mounted directory, its mutation "
-        "stream replayed onto a second copy, both compared",
+        help="the main job: a two-node lab, a database workload on the primary, a crash of "
+        "the primary, and a check that the secondary holds every committed transaction",
     )
     demo.add_argument(
         "--workdir",
         metavar="DIR",
         help="where to create the demo (default: a new temporary directory)",
     )
+    demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     return parser
 
 
@@ -356,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        return run_demo(args.workdir)
+        return run_demo(args.workdir, args.keep)
     raise AssertionError(args.command)
 
 

@@ -1,16 +1,16 @@
-"""`tandem demo`: the passthrough end to end on this machine.
+"""`tandem demo`: the main job, end to end on this one machine.
 
-Mounts Tandem in place over an application directory, runs a database workload on it, then
-replays the captured mutation stream onto a copy taken before the workload and shows that the
-copy ends identical: what a secondary node will receive and do.
+Starts a two-node `tandem lab`, runs a database application on the primary (SQLite in WAL mode
+with synchronous=FULL, plus reports published by atomic rename) that logs every transaction it
+saw committed to a file outside the cluster, crashes the primary node in the middle of it, and
+checks that the secondary's copy opens, passes SQLite's integrity check and holds every
+committed transaction and every published report.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,91 +19,112 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tandem.fsdriver.mount import is_tandem_mount
-from tandem.fsdriver.replay import replay_recording
+from .lab import Lab
 
-from .treediff import diff, snapshot
+CRASH_AFTER_SECONDS = 4.0
+
+APPLICATION = r"""
+import os, sqlite3, sys
+root, log_path = sys.argv[1], sys.argv[2]
+log = open(log_path, "a", buffering=1)
+db = sqlite3.connect(f"{root}/orders.db", isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA synchronous=FULL")
+db.execute("CREATE TABLE IF NOT EXISTS orders(batch INT, item TEXT, qty INT)")
+os.makedirs(f"{root}/reports", exist_ok=True)
+batch = 0
+while True:
+    db.execute("BEGIN")
+    for n in range(5):
+        db.execute("INSERT INTO orders VALUES (?, ?, ?)", (batch, f"item-{batch}-{n}", n))
+    db.execute("COMMIT")
+    log.write(f"tx {batch}\n")
+    if batch % 25 == 0:
+        tmp = f"{root}/reports/.{batch}.tmp"
+        with open(tmp, "w") as report:
+            report.write(f"report {batch}\n" * 200)
+            report.flush()
+            os.fsync(report.fileno())
+        os.rename(tmp, f"{root}/reports/{batch}.txt")
+        log.write(f"report {batch}\n")
+    batch += 1
+"""
 
 
-def _wait_mounted(path: Path, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not is_tandem_mount(str(path)):
-        if process.poll() is not None:
-            raise RuntimeError(f"tandem mount exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} was not mounted within {timeout}s")
-        time.sleep(0.05)
-
-
-def _workload(data: Path) -> dict[str, Any]:
-    """An application at work: a SQLite database in WAL mode with full sync, plus plain files."""
-    db = sqlite3.connect(data / "orders.db", isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, item TEXT, qty INT)")
-    committed = 0
-    for batch in range(200):
-        db.execute("BEGIN")
-        for n in range(5):
-            db.execute("INSERT INTO orders(item, qty) VALUES (?, ?)", (f"item-{batch}-{n}", n))
-        db.execute("COMMIT")
-        committed += 5
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+def _verify(copy: Path, log: Path) -> dict[str, Any]:
+    transactions: list[int] = []
+    reports: list[int] = []
+    for line in log.read_text().splitlines():
+        kind, number = line.split()
+        (transactions if kind == "tx" else reports).append(int(number))
+    db = sqlite3.connect(copy / "orders.db")
+    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    rows = dict(db.execute("SELECT batch, count(*) FROM orders GROUP BY batch").fetchall())
     db.close()
-    (data / "reports").mkdir(exist_ok=True)
-    for day in range(20):
-        report = data / "reports" / f"day-{day:02}.txt.tmp"
-        report.write_text(f"report {day}\n" * 100)
-        report.rename(report.with_suffix(""))  # atomic publish, as applications do
-    (data / "reports" / "day-00.txt").unlink()
-    os.link(data / "reports" / "day-01.txt", data / "reports" / "latest.txt")
-    os.symlink("reports/latest.txt", data / "latest")
-    os.setxattr(data / "orders.db", "user.owner", b"shop")
-    return {"transactions_committed": committed // 5, "rows_committed": committed}
-
-
-def run_demo(workdir: str | None) -> int:
-    base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="tandem-demo-"))
-    base.mkdir(parents=True, exist_ok=True)
-    data, replica, stream = base / "app-data", base / "replica", base / "mutations.jsonl"
-    for leftover in (data, replica):
-        shutil.rmtree(leftover, ignore_errors=True)
-    stream.unlink(missing_ok=True)
-    data.mkdir()
-    (data / "README").write_text("files the application had before Tandem was mounted\n")
-    shutil.copytree(data, replica, symlinks=True)  # the peer's copy, in sync before we start
-
-    print(f"1. mounting Tandem in place over {data}")
-    cmd = [sys.executable, "-m", "tandem.engine.cli", "mount", str(data), "--record", str(stream)]
-    mount = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-    try:
-        _wait_mounted(data, mount)
-        print("2. running the workload (SQLite WAL, synchronous=FULL; files, renames, links)")
-        started = time.monotonic()
-        result = _workload(data)
-        result["workload_seconds"] = round(time.monotonic() - started, 3)
-        through_mount = snapshot(str(data), times=True)
-    finally:
-        mount.send_signal(signal.SIGTERM)
-        mount.wait(30)
-    print("3. unmounted; replaying the captured mutation stream onto the copy")
-    applied = replay_recording(stream.read_text().splitlines(), replica)
-    differences = diff(through_mount, snapshot(str(replica), times=True))
-    check = sqlite3.connect(replica / "orders.db")
-    rows = check.execute("SELECT count(*) FROM orders").fetchone()[0]
-    integrity = check.execute("PRAGMA integrity_check").fetchone()[0]
-    check.close()
-    result |= {
-        "mutations": applied,
-        "replica_identical": not differences,
-        "replica_rows": rows,
-        "replica_integrity": integrity,
-        "workdir": str(base),
+    lost = [t for t in transactions if rows.get(t) != 5]
+    missing_reports = [
+        r
+        for r in reports
+        if not (copy / "reports" / f"{r}.txt").exists()
+        or (copy / "reports" / f"{r}.txt").read_text() != f"report {r}\n" * 200
+    ]
+    return {
+        "transactions_committed_on_primary": len(transactions),
+        "transactions_on_secondary": len(rows),
+        "committed_transactions_lost": len(lost),
+        "reports_published": len(reports),
+        "reports_lost_or_damaged": len(missing_reports),
+        "sqlite_integrity_check": integrity,
     }
-    print("4. results")
-    print(json.dumps(result, indent=2))
-    for line in differences[:20]:
-        print(f"   difference: {line}")
-    ok = not differences and rows == result["rows_committed"] and integrity == "ok"
-    print("PASS: the copy holds every committed row, byte for byte" if ok else "FAIL")
-    return 0 if ok else 1
+
+
+def run_demo(workdir: str | None, keep: bool = False) -> int:
+    base = Path(workdir or tempfile.mkdtemp(prefix="tandem-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)
+    lab = Lab.at(str(base / "lab"))
+    log = base / "committed.log"  # the client's own record, outside the cluster
+    log.unlink(missing_ok=True)
+    print(f"1. starting a two-node lab in {lab.directory}")
+    print(lab.up(ack="applied", timeout=5.0))
+    try:
+        print("2. running the application on node a: SQLite WAL, synchronous=FULL, reports")
+        command = lab.exec_command(
+            "a", [sys.executable, "-c", APPLICATION, str(lab.shared_path), str(log)]
+        )
+        application = subprocess.Popen(command)
+        started = time.monotonic()
+        time.sleep(CRASH_AFTER_SECONDS)
+        if application.poll() is not None:
+            print(f"FAIL: the application stopped on its own (exit {application.returncode})")
+            return 1
+        print(
+            f"3. crashing node a after {time.monotonic() - started:.1f} s (SIGKILL, every process)"
+        )
+        lab.kill("a")
+        application.wait(30)
+        check = base / "secondary-copy"
+        shutil.rmtree(check, ignore_errors=True)
+        # the secondary's copy is read-only; SQLite recovers its WAL in a scratch copy
+        shutil.copytree(lab.node_dir("b") / "data", check, symlinks=True)
+        print("4. opening node b's copy of the directory")
+        result = _verify(check, log)
+        print(json.dumps(result, indent=2))
+        ok = (
+            result["transactions_committed_on_primary"] > 0
+            and result["committed_transactions_lost"] == 0
+            and result["reports_lost_or_damaged"] == 0
+            and result["sqlite_integrity_check"] == "ok"
+        )
+        print(
+            "PASS: the secondary holds every transaction and report the application saw committed"
+            if ok
+            else "FAIL"
+        )
+        return 0 if ok else 1
+    finally:
+        if keep:
+            print(f"the lab is still up: tandem lab --dir {lab.directory} status")
+        else:
+            lab.down()
+            print(f"lab removed; the client log and the checked copy are in {base}")
