@@ -244,7 +244,11 @@ def _cmd_receive(args: argparse.Namespace) -> int:
     path = check_target(args.directory)
     with open_root(path) as root_fd, read_only_in_place(path):
         receiver = Receiver(
-            root_fd, Identity(args.node, args.module), secret, durable=args.ack == "durable"
+            root_fd,
+            Identity(args.node, args.module),
+            secret,
+            durable=args.ack == "durable",
+            handshake_timeout=args.timeout,
         )
 
         async def serve() -> None:

@@ -116,6 +116,7 @@ class Node:
                 stream_identity(self.name, module, index),
                 self._secret,
                 durable=module.ack == "durable",
+                handshake_timeout=module.timeout,
             )
             await nursery.start(receiver.serve, listen, module.port_of(index))
             log.info("module %s: secondary for %s", module.name, directory)

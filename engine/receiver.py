@@ -57,7 +57,16 @@ def _apply_batch(root_fd: int, batch: list[tuple[int, Mutation]], durable: bool)
 
 
 class Receiver:
-    def __init__(self, root_fd: int, identity: Identity, secret: bytes, *, durable: bool) -> None:
+    def __init__(
+        self,
+        root_fd: int,
+        identity: Identity,
+        secret: bytes,
+        *,
+        durable: bool,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self._handshake_timeout = handshake_timeout
         self._root_fd = root_fd
         self.identity = identity
         self._secret = secret
@@ -79,12 +88,12 @@ class Receiver:
         async with stream:
             connection = Connection(Role.RESPONDER, self.identity, self._secret)
             try:
-                with trio.move_on_after(HANDSHAKE_TIMEOUT) as waited:
+                with trio.move_on_after(self._handshake_timeout) as waited:
                     first_events = await self._handshake(stream, connection)
                 if waited.cancelled_caught:
                     log.warning(
                         "a peer did not complete the handshake within %g s; connection closed",
-                        HANDSHAKE_TIMEOUT,
+                        self._handshake_timeout,
                     )
                     return
                 if first_events is None:

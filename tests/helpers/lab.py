@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,9 +46,10 @@ class LabCluster:
         kwargs.setdefault("timeout", 120)
         return subprocess.run([*self.on(node), *argv], capture_output=True, text=True, **kwargs)
 
-    def popen(self, node: str, *argv: str, **kwargs: Any) -> subprocess.Popen[bytes]:
-        """A process on ``node``: it dies with the node."""
-        return subprocess.Popen([*self.on(node), *argv], **kwargs)
+    def popen(self, node: str, *argv: str, **kwargs: Any) -> subprocess.Popen[Any]:
+        """A process on ``node``: it dies with the node, or with `stop_group`. (Killing the
+        `lab exec` process alone would not reach the command: nsenter forks it.)"""
+        return subprocess.Popen([*self.on(node), *argv], start_new_session=True, **kwargs)
 
     def kill(self, node: str) -> None:
         self.cli("kill", node)
@@ -66,3 +69,10 @@ class LabCluster:
 
     def log(self, node: str) -> str:
         return (self.directory / "nodes" / node / "node.log").read_text(errors="replace")
+
+
+def stop_group(process: subprocess.Popen[Any]) -> None:
+    """Kill a process started by `LabCluster.popen`, with the command it runs on the node."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()

@@ -1,0 +1,107 @@
+"""A misbehaving peer, as its own process: `fakepeer.py MODE HOST PORT [SECRET_FILE]`.
+
+Connecting modes (a bad primary): garbage, version, stall, auth-stall.
+Listening modes (a bad secondary): listen-version, listen-stall, listen-auth-stall.
+It prints what it saw, one line per event, and "closed after N.N s" when the other side hangs up.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+from tandem.engine.wire import (
+    AckKind,
+    Authenticated,
+    Connection,
+    ConnectionFailed,
+    Identity,
+    PeerError,
+    Role,
+)
+from tandem.fsdriver.mutation import Write
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def drain(sock: socket.socket, connection: Connection | None, limit: float = 60) -> None:
+    """Read until the other side closes, reporting what it said."""
+    started = time.monotonic()
+    sock.settimeout(limit)
+    try:
+        while data := sock.recv(65536):
+            for event in connection.receive(data) if connection else []:
+                if isinstance(event, PeerError | ConnectionFailed):
+                    say(f"peer said: {event.reason}")
+    except (TimeoutError, ConnectionResetError):
+        say("not closed")
+        return
+    say(f"closed after {time.monotonic() - started:.1f} s")
+
+
+def authenticate(sock: socket.socket, connection: Connection) -> None:
+    sock.sendall(connection.bytes_to_send())
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise SystemExit("peer closed during the handshake")
+        for event in connection.receive(data):
+            if isinstance(event, Authenticated):
+                sock.sendall(connection.bytes_to_send())
+                say("authenticated")
+                return
+            if isinstance(event, PeerError | ConnectionFailed):
+                raise SystemExit(f"refused: {event.reason}")
+        sock.sendall(connection.bytes_to_send())
+
+
+def main(mode: str, host: str, port: int, secret: bytes) -> None:
+    identity = Identity("intruder", "demo/0")
+    if mode.startswith("listen-"):
+        server = socket.create_server((host, port))
+        say("listening")
+        sock, _ = server.accept()
+    else:
+        sock = socket.create_connection((host, port), timeout=10)
+    role = Role.RESPONDER if mode.startswith("listen-") else Role.INITIATOR
+    if mode == "garbage":
+        sock.sendall(os.urandom(4096))
+        drain(sock, None)
+    elif mode in ("version", "listen-version"):
+        connection = Connection(role, identity, secret, versions=(9, 9))
+        sock.sendall(connection.bytes_to_send())
+        drain(sock, connection)
+    elif mode in ("stall", "listen-stall"):
+        hello = Connection(role, identity, secret).bytes_to_send()
+        sock.sendall(hello[: len(hello) // 2])  # half a frame, then nothing
+        drain(sock, None)
+    elif mode == "auth-stall":
+        connection = Connection(role, identity, secret)
+        authenticate(sock, connection)
+        connection.send_mutation(1, Write(b"stalled", 0, b"x" * 1000, ()))
+        frame = connection.bytes_to_send()
+        sock.sendall(frame[: len(frame) // 2])
+        drain(sock, connection)
+    elif mode == "listen-auth-stall":
+        connection = Connection(role, identity, secret)
+        authenticate(sock, connection)
+        sock.recv(65536)  # the first mutation; answer half an acknowledgement
+        connection.send_ack(AckKind.APPLIED, 1)
+        frame = connection.bytes_to_send()
+        sock.sendall(frame[: len(frame) // 2])
+        drain(sock, connection)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    secret = b"no-secret-given!"
+    if len(sys.argv) > 4:
+        with open(sys.argv[4], "rb") as secret_file:
+            secret = secret_file.read().strip()
+    main(mode, host, port, secret)
