@@ -51,7 +51,7 @@ while True:
 """
 
 
-def _verify(copy: Path, log: Path) -> dict[str, Any]:
+def verify_copy(copy: Path, log: Path) -> dict[str, Any]:
     transactions: list[int] = []
     reports: list[int] = []
     for line in log.read_text().splitlines():
@@ -108,7 +108,7 @@ def run_demo(workdir: str | None, keep: bool = False) -> int:
         # the secondary's copy is read-only; SQLite recovers its WAL in a scratch copy
         shutil.copytree(lab.node_dir("b") / "data", check, symlinks=True)
         print("4. opening node b's copy of the directory")
-        result = _verify(check, log)
+        result = verify_copy(check, log)
         print(json.dumps(result, indent=2))
         ok = (
             result["transactions_committed_on_primary"] > 0
