@@ -129,14 +129,16 @@ async def _serve(path: str, options: MountOptions, companion: Companion | None) 
             # e.g. the replicator's connection: it shares the trio loop with the handlers
             nursery.start_soon(companion, name="companion")
 
-        async def stop_on_signal() -> None:
+        async def stop_on_signal(task_status: trio.TaskStatus[None]) -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
                 async for signum in signals:
                     log.info("received %s, unmounting %s", signal.Signals(signum).name, path)
                     pyfuse3.terminate()
                     return
 
-        nursery.start_soon(stop_on_signal, name="signal-watcher")
+        # the handler must be in place before READY=1, or an early SIGTERM kills us outright
+        await nursery.start(stop_on_signal, name="signal-watcher")
         notify_systemd(b"READY=1")
         await pyfuse3.main(min_tasks=4, max_tasks=options.max_tasks)
         nursery.cancel_scope.cancel()

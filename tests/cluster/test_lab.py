@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tandem.engine.lab import Lab
 from tandem.fsdriver.mount import mounts_at
 from tests.helpers.lab import LabCluster
 from tests.helpers.mountproc import wait_for
@@ -70,14 +71,17 @@ def test_down_removes_every_namespace_mount_process_and_file(workspace: Path) ->
     state = json.loads((cluster.directory / "lab.json").read_text())
     pids = list(state["pids"].values())
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    tags = [line.split()[0] for line in netns.splitlines() if line.startswith("tandem-lab")]
-    assert len(tags) >= 3
+    ours = Lab.at(str(cluster.directory))
+    tags = [ours.netns(name) for name in ("a", "b", "sw")]
+    present = [line.split()[0] for line in netns.splitlines()]
+    assert all(tag in present for tag in tags)
     cluster.down()
     assert not cluster.directory.exists()
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not [tag for tag in tags if tag in after]
+    remaining = [line.split()[0] for line in after.splitlines()]
+    assert not [tag for tag in tags if tag in remaining]
     again = cluster.cli("status", check=False)
     assert again.returncode == 1 and "no lab" in again.stderr
 
