@@ -27,11 +27,13 @@ from typing import Any
 from tandem.fsdriver.mount import is_tandem_mount
 
 
-def _fio(directory: Path, name: str, seconds: int, extra: list[str]) -> dict[str, float]:
+def _fio(
+    directory: Path, name: str, seconds: int, extra: list[str], jobs: int = 1
+) -> dict[str, float]:
     args = [
-        "fio", f"--name={name}", f"--directory={directory}", "--ioengine=psync", "--numjobs=1",
-        "--size=64m", f"--runtime={seconds}", "--time_based", "--output-format=json",
-        "--group_reporting", *extra,
+        "fio", f"--name={name}", f"--directory={directory}", "--ioengine=psync",
+        f"--numjobs={jobs}", "--size=64m", f"--runtime={seconds}", "--time_based",
+        "--output-format=json", "--group_reporting", *extra,
     ]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, check=True)
     job = json.loads(done.stdout)["jobs"][0]["write"]
@@ -54,9 +56,9 @@ def sequential_1mib(directory: Path, total_mib: int) -> dict[str, float]:
     return {"mib_per_s": round(total_mib / elapsed, 1), "seconds": round(elapsed, 3)}
 
 
-def random_4k(directory: Path, seconds: int, fsync_each: bool) -> dict[str, float]:
+def random_4k(directory: Path, seconds: int, fsync_each: bool, jobs: int = 1) -> dict[str, float]:
     extra = ["--rw=randwrite", "--bs=4k"] + (["--fsync=1"] if fsync_each else [])
-    result = _fio(directory, "rand", seconds, extra)
+    result = _fio(directory, "rand", seconds, extra, jobs)
     for leftover in directory.glob("rand*"):
         leftover.unlink()
     return result

@@ -167,9 +167,14 @@ class Receiver:
             if batch:
                 last = batch[-1][0]
                 connection.send_ack(AckKind.RECEIVED, last)
-                await stream.send_all(connection.bytes_to_send())
                 try:
-                    await trio.to_thread.run_sync(_apply_batch, self._root_fd, batch, self._durable)
+                    if self._durable:
+                        # syncfs can take long: keep the loop free (a new primary may come)
+                        await trio.to_thread.run_sync(_apply_batch, self._root_fd, batch, True)
+                    else:
+                        # applying is a few syscalls per mutation: a thread hop would cost more
+                        # than it saves, and this connection has nothing else to do meanwhile
+                        _apply_batch(self._root_fd, batch, False)
                 except ApplyError as exc:
                     log.error("%s; the primary will go on alone", exc)
                     connection.send_error(str(exc))
