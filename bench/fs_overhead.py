@@ -159,33 +159,46 @@ def _fstype(path: Path) -> str:
     return found.stdout.strip()
 
 
-def main() -> int:
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark takes."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
     parser.add_argument("--dir", default="/var/tmp", help="where to create the test directories")
-    args = parser.parse_args()
+    return parser
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def emit(report: dict[str, Any], out: str | None) -> None:
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
+def main() -> int:
+    args = bench_parser(__doc__).parse_args()
     if shutil.which("fio") is None:
         print("fs_overhead: fio is not installed (bash .ci/setup installs it)", file=sys.stderr)
         return 1
     report = {
         "benchmark": "fs_overhead",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         # disk: what users get; tmpfs: the same without disk noise, i.e. the passthrough's own cost
         "disk": run_on("disk", args.dir, args.quick),
         "tmpfs": run_on("tmpfs", args.dir, args.quick),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import pwd
 import re
 import shutil
@@ -34,7 +33,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tandem.bench.fs_overhead import _fstype, _mounted, random_4k, sequential_1mib, small_files
+from tandem.bench.fs_overhead import (
+    _fstype,
+    _mounted,
+    bench_parser,
+    emit,
+    machine,
+    random_4k,
+    sequential_1mib,
+    small_files,
+)
 from tandem.engine.lab import Lab
 
 WORKLOADS = [
@@ -214,12 +222,7 @@ def _targets(figures: dict[str, Any], ratios: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", help="also write the JSON here")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, shorter runs")
-    parser.add_argument("--dir", default="/var/tmp", help="where to create the test directories")
+    parser = bench_parser(__doc__)
     parser.add_argument("--one", nargs=2, metavar=("WORKLOAD", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -237,21 +240,13 @@ def main() -> int:
     report = {
         "benchmark": "replication",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-            "filesystem": filesystem,
-        },
+        "machine": machine() | {"filesystem": filesystem},
         "quick": args.quick,
         "figures": figures,
         "ratios": ratios,
         "targets": _targets(figures, ratios),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
     return 0
 
 
