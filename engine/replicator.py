@@ -107,7 +107,9 @@ class Replicator:
             while self._acked < seq and self.alone_reason is None:
                 await self._progress.wait()
         if waited.cancelled_caught:
-            self.go_alone(f"peer {self.peer} did not acknowledge within {self._timeout:g} s")
+            # the writer's clock and the handshake's run out together: name what really stalled
+            stalled = "acknowledge" if self.connected else "complete the handshake"
+            self.go_alone(f"peer {self.peer} did not {stalled} within {self._timeout:g} s")
 
     # -- state ------------------------------------------------------------------------------
 
@@ -188,7 +190,9 @@ class Replicator:
                         self.go_alone(f"peer {self.peer} refused: {event.reason}")
                         return
         if waited.cancelled_caught:
-            self.go_alone(f"peer {self.peer} did not complete the handshake")
+            self.go_alone(
+                f"peer {self.peer} did not complete the handshake within {self._timeout:g} s"
+            )
 
     async def _send_loop(
         self, stream: trio.SocketStream, connection: Connection, scope: trio.CancelScope
