@@ -50,7 +50,7 @@ def _alive(pid: int) -> bool:
         with open(f"/proc/{pid}/stat") as stat:
             # a zombie has exited: it only waits for its parent to reap it
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while we read
         return False
 
 
