@@ -12,14 +12,14 @@ from collections.abc import Sequence
 
 import trio
 
-from tandem.fsdriver.mount import MountError, MountOptions, check_target, open_root, run_mount
+from tandem.fsdriver.mount import MountError, MountOptions, run_mount
 from tandem.fsdriver.mutation import FileRecordingSink, NullSink, ReplicationSink
 
 from . import __version__
 from .config import ConfigError, load_module, read_secret
-from .lab import LabError
+from .lab import Lab, LabError
 from .node import Assignment, Node, NodeFailed, Role, run_node
-from .receiver import Receiver, read_only_in_place
+from .receiver import Receiver, secondary_copy
 from .replicator import PeerAddress, Replicator
 from .wire import AckKind, Identity
 
@@ -241,8 +241,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
 
 def _cmd_receive(args: argparse.Namespace) -> int:
     secret = _secret(args.secret_file)
-    path = check_target(args.directory)
-    with open_root(path) as root_fd, read_only_in_place(path):
+    with secondary_copy(args.directory) as root_fd:
         receiver = Receiver(
             root_fd,
             Identity(args.node, args.module),
@@ -307,8 +306,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
-    from .lab import Lab
-
     lab = Lab.at(args.dir)
     action = args.lab_command
     if action == "up":

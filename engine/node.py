@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import trio
 
-from tandem.fsdriver.mount import check_target, is_tandem_mount, notify_systemd, open_root
+from tandem.fsdriver.mount import check_target, is_tandem_mount, notify_systemd
 
 from .config import ModuleConfig
-from .receiver import Receiver, read_only_in_place
+from .receiver import Receiver, secondary_copy
 from .wire import Identity
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,7 @@ class Node:
     ) -> None:
         listen = module.nodes[self.name]
         for index, directory in enumerate(module.directories):
-            path = check_target(directory)
-            root_fd = cleanup.enter_context(open_root(path))
-            cleanup.enter_context(read_only_in_place(path))
+            root_fd = cleanup.enter_context(secondary_copy(directory))
             receiver = Receiver(
                 root_fd,
                 stream_identity(self.name, module, index),

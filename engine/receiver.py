@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import trio
 
+from tandem.fsdriver.mount import check_target, open_root
 from tandem.fsdriver.mutation import Mutation
 from tandem.fsdriver.replay import apply
 from tandem.fsdriver.syscall import syncfs
@@ -194,6 +195,15 @@ class Receiver:
                 log.info("the primary closed the connection")
                 return
             events = connection.receive(data)
+
+
+@contextmanager
+def secondary_copy(directory: str) -> Iterator[int]:
+    """The secondary's copy of ``directory``: a descriptor to apply through, while the path
+    itself is read-only to applications."""
+    path = check_target(directory)
+    with open_root(path) as root_fd, read_only_in_place(path):
+        yield root_fd
 
 
 @contextmanager

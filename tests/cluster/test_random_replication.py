@@ -5,7 +5,6 @@ attribute, mtimes included."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
 from tandem.engine.treediff import diff, snapshot
 from tests.conftest import NOBODY, run_ops
 from tests.helpers.lab import LabCluster
-from tests.mount.test_random_sequences import sequences
+from tests.mount.test_random_sequences import example_settings, sequences
 
 pytestmark = pytest.mark.root
 
@@ -55,11 +54,7 @@ def _check(lab: LabCluster, ops: list[list[Any]], user: tuple[int, int]) -> None
     assert diff(primary, secondary) == [], "the secondary's copy differs from the primary's"
 
 
-SETTINGS = settings(
-    max_examples=int(os.environ.get("TANDEM_CLUSTER_EXAMPLES", "40")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+SETTINGS = example_settings("TANDEM_CLUSTER_EXAMPLES", 40)
 
 
 @SETTINGS

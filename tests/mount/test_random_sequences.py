@@ -154,11 +154,16 @@ def _check(arena: Arena, ops: list[list[Any]], user: tuple[int, int]) -> None:
     assert replayed == [], "replaying the mutation stream gave another tree"
 
 
-SETTINGS = settings(
-    max_examples=int(os.environ.get("TANDEM_HYPOTHESIS_EXAMPLES", "100")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+def example_settings(variable: str, default: int) -> settings:
+    """Slow real-process examples: no deadline; how many comes from ``variable``."""
+    return settings(
+        max_examples=int(os.environ.get(variable, str(default))),
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
+SETTINGS = example_settings("TANDEM_HYPOTHESIS_EXAMPLES", 100)
 
 
 @SETTINGS
