@@ -93,3 +93,17 @@ def test_a_second_up_and_bad_node_names_are_refused(lab: LabCluster) -> None:
     assert unknown.returncode == 1 and "no node 'c'" in unknown.stderr
     running = lab.cli("start", "a", check=False)
     assert running.returncode == 1 and "already running" in running.stderr
+
+
+def test_two_labs_in_different_directories_run_side_by_side(
+    lab: LabCluster, workspace: Path
+) -> None:
+    other = LabCluster(workspace / "other").up()
+    try:
+        for cluster, word in ((lab, "first"), (other, "second")):
+            done = cluster.exec("a", "sh", "-c", f"echo {word} > {cluster.path}/which")
+            assert done.returncode == 0, done.stderr
+        assert (lab.copy("b") / "which").read_text() == "first\n"
+        assert (other.copy("b") / "which").read_text() == "second\n"
+    finally:
+        other.down()
