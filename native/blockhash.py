@@ -12,6 +12,7 @@ it compare equal.
 
 from __future__ import annotations
 
+import importlib
 import os
 from array import array
 from types import ModuleType
@@ -30,10 +31,9 @@ class BlockHashUnavailable(RuntimeError):
 
 def _load_c() -> ModuleType | None:
     try:
-        from tandem.native import _blockhash  # type: ignore[attr-defined]
+        return importlib.import_module("tandem.native._blockhash")
     except ImportError:
         return None
-    return _blockhash  # type: ignore[no-any-return]
 
 
 def implementation() -> str:
