@@ -12,11 +12,13 @@ from collections.abc import Sequence
 
 import trio
 
+from tandem.fsdriver.change import NO_RECORDER
 from tandem.fsdriver.mount import MountError, MountOptions, run_mount
 from tandem.fsdriver.mutation import FileRecordingSink, NullSink, ReplicationSink
 
 from . import __version__
 from .config import ConfigError, load_module, read_secret
+from .journal import ChangeJournal
 from .lab import Lab, LabError
 from .node import Assignment, Node, NodeFailed, Role, run_node
 from .receiver import Receiver, secondary_copy
@@ -110,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
         "--record",
         metavar="FILE",
         help="append every mutation to FILE as JSON lines (what a peer would receive)",
+    )
+    mount.add_argument(
+        "--journal",
+        metavar="DIR",
+        help="record where this copy may come to differ from its peer's, before each change "
+        "(the reintegration journal; see docs/architecture.md D16)",
     )
     mount.add_argument(
         "--attr-timeout",
@@ -215,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_mount(args: argparse.Namespace) -> int:
     sink: ReplicationSink
     recorder = FileRecordingSink(args.record) if args.record else None
+    journal = ChangeJournal(args.journal) if args.journal else None
     companion = None
     if args.replicate_to is not None:
         if recorder is not None:
@@ -225,16 +234,21 @@ def _cmd_mount(args: argparse.Namespace) -> int:
             _secret(args.secret_file),
             ack=AckKind.DURABLE if args.ack == "durable" else AckKind.APPLIED,
             timeout=args.timeout,
+            on_alone=journal.go_alone if journal is not None else None,
         )
         sink, companion = replicator, replicator.run
     else:
         sink = recorder if recorder is not None else NullSink()
     options = MountOptions(attr_timeout=args.attr_timeout, entry_timeout=args.entry_timeout)
     try:
-        outcome = run_mount(args.directory, sink, options, companion)
+        outcome = run_mount(
+            args.directory, sink, options, companion, journal if journal else NO_RECORDER
+        )
     finally:
         if recorder is not None:
             recorder.close()
+        if journal is not None:
+            journal.close()
     print(f"tandem: {args.directory}: {outcome}", file=sys.stderr)
     return 0
 

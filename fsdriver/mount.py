@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from .change import NO_RECORDER, ChangeRecorder
 from .mutation import ReplicationSink
 from .ops import Passthrough
 from .syscall import MNT_DETACH, umount2
@@ -149,6 +150,7 @@ def run_mount(
     sink: ReplicationSink,
     options: MountOptions | None = None,
     companion: Companion | None = None,
+    recorder: ChangeRecorder = NO_RECORDER,
 ) -> str:
     """Mount over ``directory`` and serve in the foreground until SIGINT/SIGTERM or an external
     unmount. Returns how the mount ended (for the operator)."""
@@ -160,7 +162,11 @@ def run_mount(
     os.umask(0)
     with open_root(path) as root_fd:
         ops = Passthrough(
-            root_fd, sink, attr_timeout=options.attr_timeout, entry_timeout=options.entry_timeout
+            root_fd,
+            sink,
+            attr_timeout=options.attr_timeout,
+            entry_timeout=options.entry_timeout,
+            recorder=recorder,
         )
         fuse_options = set(pyfuse3.default_options) | {
             "allow_other",

@@ -22,6 +22,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
+from .change import NO_RECORDER, Change, ChangeKind, ChangeRecorder
 from .inode import ROOT_INODE, InodeTable, Key, Node
 from .mutation import (
     CreateFile,
@@ -121,8 +122,10 @@ class Passthrough(pyfuse3.Operations):
         *,
         attr_timeout: float = 1.0,
         entry_timeout: float = 1.0,
+        recorder: ChangeRecorder = NO_RECORDER,
     ) -> None:
         super().__init__()
+        self._recorder = recorder
         root = os.fstat(root_fd)
         self._root_fd = root_fd
         self._sink = sink
@@ -207,6 +210,19 @@ class Passthrough(pyfuse3.Operations):
         # A hard link we never looked up keeps the object alive: find it by scanning.
         node = self._table.get(ino)
         return self._rediscover(node)
+
+    def _name_for_journal(self, ino: int, fd: int | None = None) -> bytes | None:
+        """The path a change to ``ino`` is about to touch, found *before* the change (the
+        journal must hear of it first). None: no name left, nothing a peer could see."""
+        path = self._table.path(ino)
+        if path is not None:
+            return path
+        nlink = os.fstat(fd).st_nlink if fd is not None else self._stat_node(ino).st_nlink
+        return self._mutation_path(ino, nlink)
+
+    def _intend(self, kind: ChangeKind, path: bytes | None, **where: Any) -> None:
+        if path is not None:
+            self._recorder.intend(Change(kind, path, **where))
 
     def _rediscover(self, node: Node) -> bytes | None:
         pending: list[bytes] = [b"."]
@@ -325,6 +341,10 @@ class Passthrough(pyfuse3.Operations):
         before = os.stat(target, dir_fd=dir_fd, follow_symlinks=follow)
 
         size = attr.st_size if fields.update_size else None
+        journal_path = self._name_for_journal(inode, open_file.fd if open_file else None)
+        if size is not None:
+            self._intend(ChangeKind.RESIZE, journal_path, offset=size)
+        self._intend(ChangeKind.METADATA, journal_path)
         if size is not None:
             self._truncate(target, size, dir_fd)
         uid = attr.st_uid if fields.update_uid else -1
@@ -391,6 +411,7 @@ class Passthrough(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
+        self._intend(ChangeKind.CREATE, path)
         os.mknod(path, mode, rdev, dir_fd=self._root_fd)
         return await self._announce_new(
             path, parent_inode, name, mode, ctx,
@@ -402,6 +423,7 @@ class Passthrough(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
+        self._intend(ChangeKind.CREATE, path)
         os.mkdir(path, mode & 0o7777, dir_fd=self._root_fd)
         return await self._announce_new(
             path, parent_inode, name, mode, ctx,
@@ -415,6 +437,7 @@ class Passthrough(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
+        self._intend(ChangeKind.CREATE, path)
         os.symlink(target, path, dir_fd=self._root_fd)
         return await self._announce_new(
             path, parent_inode, name, 0o777, ctx,
@@ -427,6 +450,8 @@ class Passthrough(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         existing = self._path(inode)
         path = self._child(new_parent_inode, new_name)
+        change = Change(ChangeKind.LINK, existing, path)
+        self._recorder.intend(change)
         os.link(
             existing,
             path,
@@ -434,6 +459,7 @@ class Passthrough(pyfuse3.Operations):
             dst_dir_fd=self._root_fd,
             follow_symlinks=False,
         )
+        self._recorder.done(change)
         st = self._lstat(path)
         entry = self._new_entry(st, new_parent_inode, new_name)
         mutation = MakeHardLink(existing, path, stamps=(self._parent_stamp(new_parent_inode),))
@@ -456,6 +482,7 @@ class Passthrough(pyfuse3.Operations):
         st = self._lstat(path)
         if directory or st.st_nlink <= 1:
             self._keep_reachable(path, st)
+        self._intend(ChangeKind.REMOVE, path)
         if directory:
             os.rmdir(path, dir_fd=self._root_fd)
         else:
@@ -497,10 +524,14 @@ class Passthrough(pyfuse3.Operations):
         )
         if replaced is not None and replaced_gone and not flags & RENAME_EXCHANGE:
             self._keep_reachable(new, replaced)
+        exchange = bool(flags & RENAME_EXCHANGE)
+        change = Change(ChangeKind.EXCHANGE if exchange else ChangeKind.RENAME, old, new)
+        self._recorder.intend(change)
         if flags:
             renameat2(self._root_fd, old, self._root_fd, new, flags)
         else:
             os.rename(old, new, src_dir_fd=self._root_fd, dst_dir_fd=self._root_fd)
+        self._recorder.done(change)
         self._table.renamed(
             (parent_inode_old, name_old),
             (parent_inode_new, name_new),
@@ -531,6 +562,8 @@ class Passthrough(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         backing_flags = (flags & ~_OPEN_FLAGS_DROPPED) | os.O_CLOEXEC | os.O_NOFOLLOW
         path = self._table.path(inode)
+        if flags & os.O_TRUNC:
+            self._intend(ChangeKind.RESIZE, self._name_for_journal(inode), offset=0)
         if path is not None:
             fd = os.open(path, backing_flags, dir_fd=self._root_fd)
         else:
@@ -559,6 +592,7 @@ class Passthrough(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._child(parent_inode, name)
         backing_flags = (flags & ~_OPEN_FLAGS_DROPPED) | os.O_CLOEXEC | os.O_NOFOLLOW
+        self._intend(ChangeKind.CREATE, path)
         try:
             fd = os.open(
                 path, backing_flags | os.O_CREAT | os.O_EXCL, mode & 0o7777, dir_fd=self._root_fd
@@ -596,6 +630,10 @@ class Passthrough(pyfuse3.Operations):
     @_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         open_file = self._files[fh]
+        if self._recorder is not NO_RECORDER:
+            start = os.fstat(fh).st_size if open_file.append else off
+            journal_path = self._name_for_journal(open_file.ino, fh)
+            self._intend(ChangeKind.WRITE, journal_path, offset=start, length=len(buf))
         written = os.pwrite(fh, buf, off)
         st = os.fstat(fh)
         if open_file.append:
@@ -730,6 +768,7 @@ class Passthrough(pyfuse3.Operations):
     ) -> None:
         target, follow = self._xattr_target(inode)
         self._table.get(inode).no_capability_xattr = False
+        self._intend(ChangeKind.METADATA, self._name_for_journal(inode))
         os.setxattr(target, name, value, follow_symlinks=follow)
         st = self._stat_node(inode)
         path = self._mutation_path(inode, st.st_nlink)
@@ -758,6 +797,7 @@ class Passthrough(pyfuse3.Operations):
     @_boundary
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         target, follow = self._xattr_target(inode)
+        self._intend(ChangeKind.METADATA, self._name_for_journal(inode))
         os.removexattr(target, name, follow_symlinks=follow)
         st = self._stat_node(inode)
         path = self._mutation_path(inode, st.st_nlink)

@@ -1,0 +1,207 @@
+"""The reintegration journal: records, bounds, retirement, and when it may be trusted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tandem.engine import journal as journal_module
+from tandem.engine.journal import (
+    ChangeJournal,
+    Limits,
+    decode_records,
+    encode_record,
+    read_history,
+)
+from tandem.fsdriver.change import UNBOUNDED, Change, ChangeKind
+
+W, RESIZE, META, CREATE, REMOVE, RENAME = (
+    ChangeKind.WRITE,
+    ChangeKind.RESIZE,
+    ChangeKind.METADATA,
+    ChangeKind.CREATE,
+    ChangeKind.REMOVE,
+    ChangeKind.RENAME,
+)
+
+
+@pytest.fixture(autouse=True)
+def boot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(journal_module.BOOT_ID_VARIABLE, "boot-1")
+
+
+def in_sync(directory: Path, limits: Limits | None = None) -> ChangeJournal:
+    """A journal whose copy was just confirmed equal to the peer's."""
+    journal = ChangeJournal(directory, limits=limits)
+    journal.resynced(journal.sync_point(), 0)
+    return journal
+
+
+def write(path: bytes, offset: int, length: int) -> Change:
+    return Change(W, path, offset=offset, length=length)
+
+
+def test_records_round_trip_and_a_torn_tail_is_ignored() -> None:
+    records = encode_record(W, b"a/b", b"", 4096, 512) + encode_record(RENAME, b"x", b"y\xff")
+    assert decode_records(records) == (
+        [(W, b"a/b", b"", 4096, 512), (RENAME, b"x", b"y\xff", 0, 0)],
+        True,
+    )
+    torn = records + encode_record(W, b"c", b"", 0, 1)[:-3]
+    assert decode_records(torn)[0] == decode_records(records)[0]
+    assert decode_records(torn)[1] is False
+    corrupt = bytearray(records)
+    corrupt[12] ^= 0xFF  # inside the first payload: its checksum fails, nothing after counts
+    assert decode_records(bytes(corrupt)) == ([], False)
+
+
+def test_a_first_journal_is_not_trusted_until_a_resync_completes(tmp_path: Path) -> None:
+    journal = ChangeJournal(tmp_path / "j")
+    history = journal.read_history()
+    assert not history.complete and "first synchronization" in history.why_incomplete
+    assert journal.holding
+    journal.intend(write(b"f", 0, 10))
+    journal.resynced(journal.sync_point(), 5)
+    journal.intend(write(b"g", 0, 10))
+    history = journal.read_history()
+    assert history.complete
+    assert history.changes == [write(b"g", 0, 10)]  # before the sync point: obsolete
+
+
+def test_changes_after_the_sync_point_survive_the_resync(tmp_path: Path) -> None:
+    journal = in_sync(tmp_path)
+    journal.go_alone("peer lost")
+    journal.intend(write(b"old", 0, 1))
+    token = journal.sync_point()
+    journal.intend(write(b"in-flight", 0, 1))  # submitted after the barrier: maybe unacked
+    journal.resynced(token, 7)
+    assert journal.read_history().changes == [write(b"in-flight", 0, 1)]
+    journal.retire(6)
+    assert journal.read_history().changes == [write(b"in-flight", 0, 1)]
+    journal.retire(7)
+    assert journal.read_history().changes == []
+
+
+def test_rewriting_the_same_blocks_adds_no_records(tmp_path: Path) -> None:
+    journal = in_sync(tmp_path)
+    journal.go_alone("peer lost")
+    for _ in range(3):
+        journal.intend(write(b"f", 0, 4096))
+        journal.intend(write(b"f", 4096, 4096))
+        journal.intend(write(b"f", 100, 200))  # inside what is already recorded
+        journal.intend(Change(META, b"f"))
+    journal.intend(write(b"f", 8192, 10))
+    assert journal.read_history().changes == [
+        write(b"f", 0, 4096),
+        write(b"f", 4096, 4096),
+        Change(META, b"f"),
+        write(b"f", 8192, 10),
+    ]
+
+
+def test_a_rename_makes_the_journal_record_again(tmp_path: Path) -> None:
+    journal = in_sync(tmp_path)
+    journal.go_alone("peer lost")
+    journal.intend(write(b"a", 0, 10))
+    rename = Change(RENAME, b"b", b"a")
+    journal.intend(rename)
+    journal.done(rename)
+    journal.intend(write(b"a", 0, 10))  # a different file now bears the name
+    history = journal.read_history()
+    assert history.changes == [write(b"a", 0, 10), rename, write(b"a", 0, 10)]
+    assert history.committed == {1}
+
+
+def test_a_namespace_move_without_its_done_record_is_uncertain(tmp_path: Path) -> None:
+    journal = in_sync(tmp_path)
+    journal.intend(Change(RENAME, b"x", b"y"))  # the process died before the rename returned
+    history = journal.read_history()
+    assert history.changes == [Change(RENAME, b"x", b"y")] and history.committed == set()
+
+
+def test_too_many_ranges_in_one_file_become_the_whole_file(tmp_path: Path) -> None:
+    journal = in_sync(tmp_path, Limits(max_ranges_per_path=4))
+    journal.go_alone("peer lost")
+    for block in range(0, 20, 2):
+        journal.intend(write(b"big", block * 4096, 4096))
+    changes = journal.read_history().changes
+    assert changes[-1] == write(b"big", 0, UNBOUNDED)
+    assert len(changes) == 5  # four ranges, then the whole file in place of the fifth
+    journal.intend(write(b"big", 10 << 30, 4096))
+    assert len(journal.read_history().changes) == 5
+
+
+def test_held_records_are_bounded(tmp_path: Path) -> None:
+    journal = in_sync(tmp_path, Limits(max_records=10))
+    journal.go_alone("peer lost")
+    for index in range(50):
+        journal.intend(Change(CREATE, b"f%d" % index))
+    history = journal.read_history()
+    assert not history.complete and "more than 10 changes" in history.why_incomplete
+    assert len(history.changes) == 11  # nothing more is written once tracking gave up
+    assert history.alone_reasons == ["peer lost"]
+
+
+def test_mirrored_segments_retire_once_acknowledged(tmp_path: Path) -> None:
+    journal = in_sync(tmp_path)
+    journal.retire(0)
+    journal.intend(Change(CREATE, b"a"))
+    journal.checkpoint(3)
+    journal.intend(Change(CREATE, b"b"))
+    journal.checkpoint(5)
+    journal.intend(Change(CREATE, b"c"))
+    journal.retire(4)
+    assert [c.path for c in journal.read_history().changes] == [b"b", b"c"]
+    journal.retire(5)
+    assert [c.path for c in journal.read_history().changes] == [b"c"]
+    segments = list(tmp_path.glob("*.seg"))
+    assert len(segments) == 1  # only the open one
+
+
+def test_going_alone_keeps_everything_not_yet_acknowledged(tmp_path: Path) -> None:
+    journal = in_sync(tmp_path)
+    journal.retire(0)
+    journal.intend(Change(CREATE, b"sent"))
+    journal.checkpoint(9)
+    journal.go_alone("peer lost")
+    journal.retire(100)  # a late acknowledgement must not drop what the resync will need
+    journal.intend(Change(CREATE, b"alone"))
+    journal.checkpoint(12)
+    journal.retire(100)
+    assert [c.path for c in journal.read_history().changes] == [b"sent", b"alone"]
+
+
+@pytest.mark.parametrize(
+    ("clean", "same_boot", "trusted"),
+    [(True, True, True), (True, False, True), (False, True, True), (False, False, False)],
+)
+def test_trust_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean: bool, same_boot: bool, trusted: bool
+) -> None:
+    journal = in_sync(tmp_path)
+    journal.go_alone("peer lost")
+    journal.intend(write(b"f", 0, 10))
+    if clean:
+        journal.close()
+    # else: the process died; its records are in the page cache, or lost with a power cut
+    if not same_boot:
+        monkeypatch.setenv(journal_module.BOOT_ID_VARIABLE, "boot-2")
+    reopened = ChangeJournal(tmp_path)
+    history = reopened.read_history()
+    assert history.complete is trusted
+    assert write(b"f", 0, 10) in history.changes  # whatever the verdict, nothing is dropped
+    assert reopened.holding
+    if not trusted:
+        assert "restarted without a clean stop" in history.why_incomplete
+        # the verdict is written down: a later clean restart does not forget it
+        reopened.close()
+        assert not ChangeJournal(tmp_path).read_history().complete
+
+
+def test_an_empty_or_missing_journal_directory_is_not_trusted(tmp_path: Path) -> None:
+    assert not read_history(tmp_path).complete
+    journal = ChangeJournal(tmp_path / "new")
+    journal.close()
+    # a clean close of a first journal still owes the first synchronization
+    assert not ChangeJournal(tmp_path / "new").read_history().complete
