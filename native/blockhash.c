@@ -10,6 +10,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,7 @@
 #include "blockhash.h"
 
 /* Reads of at least this much keep the disk streaming even with small blocks. */
-#define MIN_CHUNK (4u << 20)
+#define MIN_CHUNK (1u << 20)
 
 static int64_t read_full(int fd, uint8_t *buf, uint64_t len, uint64_t off)
 {
@@ -53,6 +54,8 @@ int64_t tandem_hash_blocks(int fd, uint64_t offset, uint64_t length, uint64_t bl
         return -errno;
     /* past the end a read returns nothing, not zeros: only blocks inside the file are holes */
     const uint64_t file_size = (uint64_t)st.st_size;
+    /* a larger readahead window keeps the disk busy while a chunk is hashed */
+    (void)posix_fadvise(fd, (off_t)offset, (off_t)length, POSIX_FADV_SEQUENTIAL);
 
     uint64_t chunk = block_size >= MIN_CHUNK ? block_size : (MIN_CHUNK / block_size) * block_size;
     uint8_t *buf = malloc(chunk);
