@@ -214,6 +214,8 @@ class Passthrough(pyfuse3.Operations):
     def _name_for_journal(self, ino: int, fd: int | None = None) -> bytes | None:
         """The path a change to ``ino`` is about to touch, found *before* the change (the
         journal must hear of it first). None: no name left, nothing a peer could see."""
+        if self._recorder is NO_RECORDER:
+            return None  # nobody listens: spare the lookup (it may scan for a hard link)
         path = self._table.path(ino)
         if path is not None:
             return path
