@@ -47,7 +47,8 @@ ALONE = 102  # path: why replication stopped
 UNKNOWN = 103  # path: why tracking stopped being exact
 CLOSED = 104  # the process stopped cleanly
 SYNC_POINT = 105  # offset: a token; what follows is newer than the resync being completed
-SYNCED = 106  # offset: the token of the sync point whose resync the peer confirmed
+SYNCED = 106  # offset: the confirmed sync point's token; path: the generation both copies share
+RECEIVING = 107  # this copy is being written by a peer's stream (a secondary's journal)
 
 
 def current_boot_id() -> str:
@@ -74,6 +75,7 @@ class History:
     complete: bool = True
     why_incomplete: str = ""
     alone_reasons: list[str] = field(default_factory=list)
+    generation: str = ""  # the copies' shared state the changes start from ("": none known)
 
     def distrust(self, why: str) -> None:
         if self.complete:
@@ -173,7 +175,7 @@ class ChangeJournal:
         self._closed: list[tuple[Path, int | None]] = []  # (segment, label); None: never retire
         self._held_records = 0
         self._given_up = False
-        self._sync_token = 0
+        self._sync_segment: Path | None = None
         inherited = read_history(self.directory, self._boot) if existed else None
         for segment in self._segment_paths():
             self._closed.append((segment, None))
@@ -225,9 +227,9 @@ class ChangeJournal:
         if self._current_records:
             self._rotate(label)
 
-    def _rotate(self, label: int) -> None:
+    def _rotate(self, label: int | None) -> None:
         os.close(self._fd)
-        self._closed.append((self._current, None if self._hold else label))
+        self._closed.append((self._current, None if self._hold or label is None else label))
         self._number += 1
         self._open_segment()
 
@@ -261,22 +263,32 @@ class ChangeJournal:
         self._append(encode_record(ALONE, reason.encode()))
 
     def sync_point(self) -> int:
-        """Mark where a resync's final barrier stands; returns the token `resynced` takes."""
-        self._sync_token += 1
-        self._append(encode_record(SYNC_POINT, offset=self._sync_token))
-        return self._sync_token
+        """Mark where a resync starts mirroring: what follows is covered by the mirror itself,
+        what precedes by the resync. Returns the token `resynced` takes; the point starts a
+        segment of its own, so that confirming it can drop whole files."""
+        self._rotate(None)
+        token = int.from_bytes(os.urandom(8), "big") >> 1  # unique across runs of the journal
+        self._append(encode_record(SYNC_POINT, offset=token))
+        self._sync_segment = self._current
+        return token
 
-    def resynced(self, token: int, label: int) -> None:
-        """The peer confirmed its copy equals ours as of sync point `token`; mutations up to
-        `label` were submitted. Older history is obsolete: what came after the sync point stays
-        until the peer acknowledges `label`."""
-        self._append(encode_record(SYNCED, offset=token))
+    def resynced(self, token: int, label: int, generation: str) -> None:
+        """The peer confirmed its copy equals ours as of sync point `token` (the copies now
+        share `generation`); mutations up to `label` were submitted. History before the sync
+        point is obsolete; what came after stays until the peer acknowledges `label`."""
+        if self._sync_segment is None:
+            raise RuntimeError("resynced without a sync point")
+        self._append(encode_record(SYNCED, generation.encode(), offset=token))
         self._hold = False
         self._rotate(label)
-        *older, last = self._closed
-        for segment, _ in older:
-            segment.unlink(missing_ok=True)
-        self._closed = [(last[0], label)]
+        keep: list[tuple[Path, int | None]] = []
+        for segment, _ in self._closed:
+            if segment.name < self._sync_segment.name:
+                segment.unlink(missing_ok=True)
+            else:
+                keep.append((segment, label))
+        self._closed = keep
+        self._sync_segment = None
         self._given_up = False
         self._held_records = 0
         self._coverage.clear()
@@ -374,12 +386,16 @@ def read_history(directory: Path, boot: str | None = None) -> History:
             log.info("journal segment %s ends with a torn record (ignored)", segment.name)
         records.extend(found[1:])
     # only what follows the sync point of the last confirmed resync still matters
-    confirmed = {offset for kind, _, _, offset, _ in records if kind == SYNCED}
+    confirmed = {
+        offset: path.decode(errors="replace")
+        for kind, path, _, offset, _ in records
+        if kind == SYNCED
+    }
     start = 0
     for index, (kind, _, _, offset, _) in enumerate(records):
         if kind == SYNC_POINT and offset in confirmed:
             start = index + 1
-    history = History()
+    history = History(generation=confirmed.get(records[start - 1][3], "") if start else "")
     if not headers_ok:
         history.distrust("a journal segment has no readable header")
     pending: dict[tuple[int, bytes, bytes], list[int]] = {}
@@ -397,12 +413,75 @@ def read_history(directory: Path, boot: str | None = None) -> History:
             history.changes.append(Change(change_kind, path, other, offset, length))
             if change_kind in NAMESPACE_MOVES:
                 pending.setdefault((kind, path, other), []).append(len(history.changes) - 1)
-        elif kind not in (CLOSED, HEADER, SYNC_POINT, SYNCED):
+        elif kind not in (CLOSED, HEADER, SYNC_POINT, SYNCED, RECEIVING):
             history.distrust(f"a journal record of unknown kind {kind}")
     clean_close = bool(records) and records[-1][0] == CLOSED
     if boot is not None and not clean_close and last_boot != boot:
         history.distrust("the machine restarted without a clean stop (records may be lost)")
     return history
+
+
+class SecondaryJournal:
+    """The journal directory of a copy that a peer writes (this node is secondary): it says which
+    generation the copy shares with the primary, and keeps what this node changed when it last
+    served, until a resync confirms the copy equals the primary's.
+
+    While a stream is applied, the directory's newest segment has no CLOSED record: after a power
+    cut (applied data may be lost from the page cache) the copy is then not trusted.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._boot = current_boot_id()
+        self._fd = -1
+
+    def history(self) -> History:
+        """What this copy holds beyond the generation it shares (its own changes)."""
+        return read_history(self.directory, self._boot)
+
+    def begin_receiving(self) -> None:
+        self._close_segment()
+        self._fd = self._new_segment([encode_record(RECEIVING)])
+
+    def adopt_generation(self, generation: str) -> None:
+        """The copy now equals the primary's at `generation` (the caller made it durable)."""
+        self._close_segment()
+        token = int.from_bytes(os.urandom(8), "big") >> 1
+        older = sorted(self.directory.glob("*" + SEGMENT_SUFFIX))
+        records = [
+            encode_record(SYNC_POINT, offset=token),
+            encode_record(SYNCED, generation.encode(), offset=token),
+            encode_record(RECEIVING),
+        ]
+        self._fd = self._new_segment(records)
+        for segment in older:
+            segment.unlink(missing_ok=True)
+
+    def end_receiving(self) -> None:
+        self._close_segment()
+
+    def _close_segment(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            os.write(self._fd, encode_record(CLOSED))
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _new_segment(self, records: list[bytes]) -> int:
+        numbers = [
+            int(p.stem) for p in self.directory.glob("*" + SEGMENT_SUFFIX) if p.stem.isdigit()
+        ]
+        path = self.directory / f"{max(numbers, default=0) + 1:012d}{SEGMENT_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        header = json.dumps({"boot": self._boot, "version": 1}).encode()
+        os.write(fd, encode_record(HEADER, header) + b"".join(records))
+        os.fsync(fd)
+        _fsync_directory(self.directory)
+        return fd
 
 
 def _fsync_directory(path: Path) -> None:

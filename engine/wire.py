@@ -11,9 +11,13 @@ module names, a fresh nonce); each then proves it holds the cluster secret with
 the sender's role, so a proof cannot be reflected back. Nothing but HELLO and AUTH is accepted
 before the peer's proof checks out.
 
-After that: MUTATION frames (sequence number + one encoded `Mutation`, optionally
+After that the responder (the secondary) first says where its copy stands (PEER_STATE: the
+generation it shares with a primary, and the paths it changed itself since). Then: MUTATION
+frames (sequence number + one encoded `Mutation`, resync `Repair` or `Query`, optionally
 lz4-compressed when both sides offered it), cumulative ACKs of three kinds (received, applied,
-durable), and ERROR (a reason, then the sender closes). A frame kind this side does not know
+durable), RESULT frames answering a query (by its sequence number, possibly in several parts),
+UNSETTLED (paths a resyncing secondary could not settle: the primary compares them), and ERROR
+(a reason, then the sender closes). A frame kind this side does not know
 ends the connection, unless its sender marked it IGNORABLE (room for optional extensions).
 """
 
@@ -25,6 +29,7 @@ import hmac
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import lz4.block
 
@@ -45,9 +50,12 @@ from tandem.fsdriver.mutation import (
     Unlink,
     Write,
 )
+from tandem.fsdriver.repair import Ensure, LinkIfPresent, Move, RemoveTree, Repair, SetXattrs
+
+from .queries import Finish, HashQuery, ListQuery, Query
 
 MAGIC = b"TNDM"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: resync (PEER_STATE, RESULT, UNSETTLED, repairs and queries)
 MAX_FRAME = 8 << 20  # a 1 MiB FUSE write plus path and stamps fits many times over
 NONCE_SIZE = 32
 _HEADER = struct.Struct(">IBB")
@@ -67,6 +75,9 @@ class FrameKind(enum.IntEnum):
     MUTATION = 3
     ACK = 4
     ERROR = 5
+    RESULT = 6
+    UNSETTLED = 7
+    PEER_STATE = 8
 
 
 class FrameFlag(enum.IntFlag):
@@ -106,10 +117,33 @@ class Authenticated:
     features: Feature
 
 
+StreamItem: TypeAlias = Mutation | Repair | Query
+
+
 @dataclass(frozen=True)
 class MutationReceived:
     seq: int
-    mutation: Mutation
+    mutation: StreamItem
+
+
+@dataclass(frozen=True)
+class QueryAnswered:
+    seq: int
+    final: bool  # the last part of the answer
+    body: bytes
+
+
+@dataclass(frozen=True)
+class UnsettledPaths:
+    paths: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class PeerState:
+    generation: str  # "" when the copy shares no known state with a primary
+    complete: bool  # False: the copy's own changes are unknown (compare everything)
+    served_alone: bool  # it served alone since: its own changes were acknowledged
+    paths: tuple[bytes, ...]  # what it changed itself since `generation`
 
 
 @dataclass(frozen=True)
@@ -130,7 +164,16 @@ class ConnectionFailed:
     reason: str
 
 
-Event = Authenticated | MutationReceived | Acknowledged | PeerError | ConnectionFailed
+Event = (
+    Authenticated
+    | MutationReceived
+    | Acknowledged
+    | PeerError
+    | ConnectionFailed
+    | QueryAnswered
+    | UnsettledPaths
+    | PeerState
+)
 
 
 # -- value encoding -----------------------------------------------------------------------
@@ -223,7 +266,7 @@ class _Reader:
 
 
 # Field layout of each mutation on the wire. The numbers are the protocol: never reuse one.
-_U64, _I64, _BLOB, _OPT, _BOOL = "u64", "i64", "blob", "opt", "bool"
+_U64, _I64, _BLOB, _OPT, _BOOL, _PAIRS = "u64", "i64", "blob", "opt", "bool", "pairs"
 _LAYOUT: dict[type, tuple[int, tuple[tuple[str, str], ...]]] = {
     Write: (1, (("path", _BLOB), ("offset", _U64), ("data", _BLOB))),
     SetAttributes: (
@@ -244,11 +287,30 @@ _LAYOUT: dict[type, tuple[int, tuple[tuple[str, str], ...]]] = {
     SetXattr: (11, (("path", _BLOB), ("name", _BLOB), ("value", _BLOB))),
     RemoveXattr: (12, (("path", _BLOB), ("name", _BLOB))),
     Sync: (13, (("path", _BLOB), ("data_only", _BOOL))),
+    Ensure: (
+        14,
+        (
+            ("path", _BLOB),
+            ("mode", _U64),
+            ("uid", _U64),
+            ("gid", _U64),
+            ("rdev", _U64),
+            ("target", _BLOB),
+            ("fresh", _BOOL),
+        ),
+    ),
+    RemoveTree: (15, (("path", _BLOB),)),
+    SetXattrs: (16, (("path", _BLOB), ("xattrs", _PAIRS))),
+    Move: (17, (("old", _BLOB), ("new", _BLOB), ("flags", _U64))),
+    LinkIfPresent: (18, (("existing", _BLOB), ("path", _BLOB))),
+    ListQuery: (19, (("path", _BLOB),)),
+    HashQuery: (20, (("path", _BLOB), ("offset", _U64), ("length", _U64), ("block", _U64))),
+    Finish: (21, (("generation", _BLOB), ("unsettled", _U64))),
 }
 _BY_CODE = {code: (cls, fields) for cls, (code, fields) in _LAYOUT.items()}
 
 
-def encode_mutation(mutation: Mutation) -> bytes:
+def encode_mutation(mutation: StreamItem) -> bytes:
     code, layout = _LAYOUT[type(mutation)]
     out = _Writer()
     out.u8(code)
@@ -262,6 +324,11 @@ def encode_mutation(mutation: Mutation) -> bytes:
             out.optional_u64(value)
         elif kind == _BOOL:
             out.u8(1 if value else 0)
+        elif kind == _PAIRS:
+            out.u32(len(value))
+            for name_bytes, item in value:
+                out.blob(name_bytes)
+                out.blob(item)
     out.u16(len(mutation.stamps))
     for stamp in mutation.stamps:
         out.blob(stamp.path)
@@ -270,7 +337,7 @@ def encode_mutation(mutation: Mutation) -> bytes:
     return out.bytes()
 
 
-def decode_mutation(data: bytes) -> Mutation:
+def decode_mutation(data: bytes) -> StreamItem:
     source = _Reader(data)
     code = source.u8()
     if code not in _BY_CODE:
@@ -289,6 +356,8 @@ def decode_mutation(data: bytes) -> Mutation:
             if flag > 1:
                 raise ProtocolError("bad boolean")
             values[name] = bool(flag)
+        elif kind == _PAIRS:
+            values[name] = tuple((source.blob(), source.blob()) for _ in range(source.u32()))
     stamps = tuple(Stamp(source.blob(), source.i64(), source.i64()) for _ in range(source.u16()))
     source.end()
     for name, kind in layout:
@@ -296,8 +365,16 @@ def decode_mutation(data: bytes) -> Mutation:
             _check_path(values[name])  # type: ignore[arg-type]
     for stamp in stamps:
         _check_path(stamp.path)
-    mutation: Mutation = cls(**values, stamps=stamps)
+    mutation: StreamItem = cls(**values, stamps=stamps)
     return mutation
+
+
+def _decode_paths(source: _Reader) -> tuple[bytes, ...]:
+    paths = tuple(source.blob() for _ in range(source.u32()))
+    source.end()
+    for path in paths:
+        _check_path(path)
+    return paths
 
 
 def _check_path(path: bytes) -> None:
@@ -395,7 +472,7 @@ class Connection:
         if self.state is not State.READY:
             raise RuntimeError(f"connection is {self.state.value}, not ready")
 
-    def send_mutation(self, seq: int, mutation: Mutation) -> None:
+    def send_mutation(self, seq: int, mutation: StreamItem) -> None:
         self._require_ready()
         body = encode_mutation(mutation)
         flags = 0
@@ -408,6 +485,29 @@ class Connection:
     def send_ack(self, kind: AckKind, seq: int) -> None:
         self._require_ready()
         self._queue(FrameKind.ACK, struct.pack(">BQ", kind, seq))
+
+    def send_result(self, seq: int, body: bytes, *, final: bool) -> None:
+        self._require_ready()
+        self._queue(FrameKind.RESULT, struct.pack(">QB", seq, final) + body)
+
+    def send_unsettled(self, paths: tuple[bytes, ...]) -> None:
+        self._require_ready()
+        out = _Writer()
+        out.u32(len(paths))
+        for path in paths:
+            out.blob(path)
+        self._queue(FrameKind.UNSETTLED, out.bytes())
+
+    def send_peer_state(self, state: PeerState) -> None:
+        self._require_ready()
+        out = _Writer()
+        out.text(state.generation)
+        out.u8(state.complete)
+        out.u8(state.served_alone)
+        out.u32(len(state.paths))
+        for path in state.paths:
+            out.blob(path)
+        self._queue(FrameKind.PEER_STATE, out.bytes())
 
     def send_error(self, reason: str) -> None:
         if self.state is not State.CLOSED:
@@ -483,6 +583,20 @@ class Connection:
                 return Acknowledged(AckKind(ack_kind), seq)
             except ValueError:
                 raise ProtocolError(f"unknown acknowledgement kind {ack_kind}") from None
+        if kind == FrameKind.RESULT:
+            if len(body) < 9 or body[8] > 1:
+                raise ProtocolError("malformed result frame")
+            (seq,) = struct.unpack_from(">Q", body)
+            return QueryAnswered(seq, bool(body[8]), body[9:])
+        if kind == FrameKind.UNSETTLED:
+            return UnsettledPaths(_decode_paths(_Reader(body)))
+        if kind == FrameKind.PEER_STATE:
+            source = _Reader(body)
+            generation = source.text()
+            complete, served_alone = source.u8(), source.u8()
+            if complete > 1 or served_alone > 1:
+                raise ProtocolError("bad boolean")
+            return PeerState(generation, bool(complete), bool(served_alone), _decode_paths(source))
         if flags & FrameFlag.IGNORABLE:
             return None
         raise ProtocolError(f"unknown frame kind {kind}")

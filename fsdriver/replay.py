@@ -35,7 +35,7 @@ def _open(root_fd: int, path: bytes, flags: int) -> int:
     return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=root_fd)
 
 
-def _xattr_path(root_fd: int, path: bytes) -> bytes:
+def xattr_path(root_fd: int, path: bytes) -> bytes:
     return b"/proc/self/fd/%d/%s" % (root_fd, path)
 
 
@@ -45,13 +45,13 @@ def _chmod(root_fd: int, path: bytes, mode: int) -> None:
         os.chmod(path, stat.S_IMODE(mode), dir_fd=root_fd)
 
 
-def _owner_and_mode(root_fd: int, path: bytes, uid: int, gid: int, mode: int | None) -> None:
+def owner_and_mode(root_fd: int, path: bytes, uid: int, gid: int, mode: int | None) -> None:
     os.chown(path, uid, gid, dir_fd=root_fd, follow_symlinks=False)
     if mode is not None:
         _chmod(root_fd, path, mode)  # after chown, which clears set-id bits
 
 
-def _apply_stamps(root_fd: int, stamps: tuple[Stamp, ...]) -> None:
+def apply_stamps(root_fd: int, stamps: tuple[Stamp, ...]) -> None:
     for stamp in stamps:
         os.utime(
             stamp.path, ns=(stamp.atime_ns, stamp.mtime_ns), dir_fd=root_fd, follow_symlinks=False
@@ -60,6 +60,12 @@ def _apply_stamps(root_fd: int, stamps: tuple[Stamp, ...]) -> None:
 
 def apply(root_fd: int, mutation: Mutation) -> None:
     """Apply one mutation; raises OSError exactly as the syscall did."""
+    apply_change(root_fd, mutation)
+    apply_stamps(root_fd, mutation.stamps)
+
+
+def apply_change(root_fd: int, mutation: Mutation) -> None:
+    """The mutation without its stamps."""
     match mutation:
         case Write(path=path, offset=offset, data=data):
             fd = _open(root_fd, path, os.O_WRONLY)
@@ -89,16 +95,16 @@ def apply(root_fd: int, mutation: Mutation) -> None:
                 _chmod(root_fd, path, mode)
         case CreateFile(path=path, mode=mode, uid=uid, gid=gid):
             os.close(_open(root_fd, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-            _owner_and_mode(root_fd, path, uid, gid, mode)
+            owner_and_mode(root_fd, path, uid, gid, mode)
         case MakeDirectory(path=path, mode=mode, uid=uid, gid=gid):
             os.mkdir(path, 0o700, dir_fd=root_fd)
-            _owner_and_mode(root_fd, path, uid, gid, mode)
+            owner_and_mode(root_fd, path, uid, gid, mode)
         case MakeNode(path=path, mode=mode, rdev=rdev, uid=uid, gid=gid):
             os.mknod(path, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=root_fd)
-            _owner_and_mode(root_fd, path, uid, gid, mode)
+            owner_and_mode(root_fd, path, uid, gid, mode)
         case MakeSymlink(path=path, target=target, uid=uid, gid=gid):
             os.symlink(target, path, dir_fd=root_fd)
-            _owner_and_mode(root_fd, path, uid, gid, None)
+            owner_and_mode(root_fd, path, uid, gid, None)
         case MakeHardLink(existing=existing, path=path):
             os.link(existing, path, src_dir_fd=root_fd, dst_dir_fd=root_fd, follow_symlinks=False)
         case Unlink(path=path):
@@ -108,9 +114,9 @@ def apply(root_fd: int, mutation: Mutation) -> None:
         case Rename(old=old, new=new, flags=flags):
             renameat2(root_fd, old, root_fd, new, flags)
         case SetXattr(path=path, name=name, value=value):
-            os.setxattr(_xattr_path(root_fd, path), name, value, follow_symlinks=False)
+            os.setxattr(xattr_path(root_fd, path), name, value, follow_symlinks=False)
         case RemoveXattr(path=path, name=name):
-            os.removexattr(_xattr_path(root_fd, path), name, follow_symlinks=False)
+            os.removexattr(xattr_path(root_fd, path), name, follow_symlinks=False)
         case Sync(path=path, data_only=data_only):
             fd = _open(root_fd, path, os.O_RDONLY)
             try:
@@ -119,7 +125,6 @@ def apply(root_fd: int, mutation: Mutation) -> None:
                 os.close(fd)
         case _:
             raise TypeError(f"not a mutation: {mutation!r}")
-    _apply_stamps(root_fd, mutation.stamps)
 
 
 def replay_recording(lines: Iterable[str], root_dir: str | os.PathLike[str]) -> int:

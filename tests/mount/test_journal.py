@@ -33,7 +33,7 @@ BLOCK = 4096
 def journal_in_sync(directory: Path) -> Path:
     """A journal as a node leaves it after a completed resync: trusted, empty."""
     journal = ChangeJournal(directory)
-    journal.resynced(journal.sync_point(), 0)
+    journal.resynced(journal.sync_point(), 0, "g0")
     journal.close()
     return directory
 

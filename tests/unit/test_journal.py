@@ -34,7 +34,7 @@ def boot(monkeypatch: pytest.MonkeyPatch) -> None:
 def in_sync(directory: Path, limits: Limits | None = None) -> ChangeJournal:
     """A journal whose copy was just confirmed equal to the peer's."""
     journal = ChangeJournal(directory, limits=limits)
-    journal.resynced(journal.sync_point(), 0)
+    journal.resynced(journal.sync_point(), 0, "g0")
     return journal
 
 
@@ -62,7 +62,7 @@ def test_a_first_journal_is_not_trusted_until_a_resync_completes(tmp_path: Path)
     assert not history.complete and "first synchronization" in history.why_incomplete
     assert journal.holding
     journal.intend(write(b"f", 0, 10))
-    journal.resynced(journal.sync_point(), 5)
+    journal.resynced(journal.sync_point(), 5, "g1")
     journal.intend(write(b"g", 0, 10))
     history = journal.read_history()
     assert history.complete
@@ -75,7 +75,7 @@ def test_changes_after_the_sync_point_survive_the_resync(tmp_path: Path) -> None
     journal.intend(write(b"old", 0, 1))
     token = journal.sync_point()
     journal.intend(write(b"in-flight", 0, 1))  # submitted after the barrier: maybe unacked
-    journal.resynced(token, 7)
+    journal.resynced(token, 7, "g1")
     assert journal.read_history().changes == [write(b"in-flight", 0, 1)]
     journal.retire(6)
     assert journal.read_history().changes == [write(b"in-flight", 0, 1)]
@@ -205,3 +205,53 @@ def test_an_empty_or_missing_journal_directory_is_not_trusted(tmp_path: Path) ->
     journal.close()
     # a clean close of a first journal still owes the first synchronization
     assert not ChangeJournal(tmp_path / "new").read_history().complete
+
+
+def test_records_after_the_sync_point_survive_rotations_during_the_resync(tmp_path: Path) -> None:
+    journal = in_sync(tmp_path)
+    journal.go_alone("peer lost")
+    journal.intend(write(b"while-alone", 0, 1))
+    token = journal.sync_point()
+    journal.intend(write(b"mirrored-1", 0, 1))
+    journal.checkpoint(3)  # the periodic checkpoint keeps running while the resync does
+    journal.intend(write(b"mirrored-2", 0, 1))
+    journal.resynced(token, 9, "g2")
+    history = journal.read_history()
+    assert history.generation == "g2"
+    assert history.changes == [write(b"mirrored-1", 0, 1), write(b"mirrored-2", 0, 1)]
+
+
+def test_a_sync_point_of_an_earlier_run_does_not_confirm_a_later_one(tmp_path: Path) -> None:
+    first = in_sync(tmp_path)
+    first.close()
+    second = ChangeJournal(tmp_path)
+    second.intend(write(b"kept", 0, 1))
+    second.sync_point()  # a resync that never completed: history still starts at "g0"
+    second.close()
+    history = ChangeJournal(tmp_path).read_history()
+    assert history.generation == "g0"
+    assert write(b"kept", 0, 1) in history.changes
+
+
+def test_a_secondary_journal_says_its_generation_and_distrusts_a_power_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    primary_once = in_sync(tmp_path)  # this node served once, then crashed with a change
+    primary_once.intend(write(b"unacknowledged", 0, 1))
+    secondary = journal_module.SecondaryJournal(tmp_path)
+    history = secondary.history()
+    assert history.complete and history.generation == "g0"
+    assert history.changes == [write(b"unacknowledged", 0, 1)]
+    secondary.begin_receiving()
+    secondary.adopt_generation("g7")
+    history = secondary.history()
+    assert (history.complete, history.generation, history.changes) == (True, "g7", [])
+    monkeypatch.setenv(journal_module.BOOT_ID_VARIABLE, "boot-2")  # power cut while receiving
+    assert not journal_module.SecondaryJournal(tmp_path).history().complete
+    monkeypatch.setenv(journal_module.BOOT_ID_VARIABLE, "boot-1")
+    secondary.end_receiving()
+    monkeypatch.setenv(journal_module.BOOT_ID_VARIABLE, "boot-2")  # clean stop, then reboot
+    history = journal_module.SecondaryJournal(tmp_path).history()
+    assert history.complete and history.generation == "g7"
+    # a node that then serves starts from the generation it shares
+    assert ChangeJournal(tmp_path).read_history().generation == "g7"

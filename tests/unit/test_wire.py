@@ -9,8 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tandem.engine.queries import Finish, HashQuery, ListQuery
 from tandem.engine.wire import (
     MAX_FRAME,
+    PROTOCOL_VERSION,
     AckKind,
     Acknowledged,
     Authenticated,
@@ -22,9 +24,13 @@ from tandem.engine.wire import (
     Identity,
     MutationReceived,
     PeerError,
+    PeerState,
     ProtocolError,
+    QueryAnswered,
     Role,
     State,
+    StreamItem,
+    UnsettledPaths,
     decode_mutation,
     encode_mutation,
 )
@@ -45,6 +51,7 @@ from tandem.fsdriver.mutation import (
     Unlink,
     Write,
 )
+from tandem.fsdriver.repair import Ensure, LinkIfPresent, Move, RemoveTree, SetXattrs
 
 SECRET = b"correct horse battery staple"
 
@@ -75,8 +82,8 @@ def pump(a: Connection, b: Connection) -> tuple[list[object], list[object]]:
 def test_handshake_authenticates_both_sides() -> None:
     a, b = pair()
     got_a, got_b = pump(a, b)
-    assert got_a == [Authenticated("b", "data", 1, Feature.LZ4)]
-    assert got_b == [Authenticated("a", "data", 1, Feature.LZ4)]
+    assert got_a == [Authenticated("b", "data", PROTOCOL_VERSION, Feature.LZ4)]
+    assert got_b == [Authenticated("a", "data", PROTOCOL_VERSION, Feature.LZ4)]
     assert a.state is b.state is State.READY
 
 
@@ -148,7 +155,7 @@ def test_not_a_tandem_peer() -> None:
     assert b.receive(b"more garbage") == []
 
 
-EVERY_KIND: list[Mutation] = [
+EVERY_KIND: list[StreamItem] = [
     Write(b"d/f", 2**40, b"\x00data" * 100, (Stamp(b"d/f", -1, 2**62),)),
     SetAttributes(b"f", mode=0o4755, uid=None, gid=7, size=0),
     CreateFile(b"f", 0o640, 1000, 1000, (Stamp(b"f", 1, 2), Stamp(b".", 3, 4))),
@@ -162,6 +169,14 @@ EVERY_KIND: list[Mutation] = [
     SetXattr(b".", b"user.k", b"\xff" * 3000),
     RemoveXattr(b"f", b"security.capability"),
     Sync(b"f", data_only=True),
+    Ensure(b"d/l", 0o120777, 5, 6, 0, b"target", fresh=True),
+    RemoveTree(b"d"),
+    SetXattrs(b"f", ((b"user.a", b""), (b"user.b", b"\x00" * 10))),
+    Move(b"a", b"b/c", 0),
+    LinkIfPresent(b"a", b"b"),
+    ListQuery(b"."),
+    HashQuery(b"f", 4096, 2**40, 65536),
+    Finish(b"0123abcd", 7),
 ]
 
 
@@ -173,7 +188,7 @@ def test_every_mutation_kind_crosses_the_wire_with_its_sequence() -> None:
     _, got_b = pump(a, b)
     assert got_b == [MutationReceived(seq, m) for seq, m in enumerate(EVERY_KIND, start=1)]
     assert {type(m) for m in EVERY_KIND} == set(type(m) for m in EVERY_KIND)  # one per kind
-    assert len({type(m) for m in EVERY_KIND}) == 13
+    assert len({type(m) for m in EVERY_KIND}) == 21
 
 
 def test_acks_of_each_kind() -> None:
@@ -212,7 +227,7 @@ def test_frames_split_anywhere_are_reassembled() -> None:
     events: list[object] = []
     for i in range(len(raw)):
         events += b.receive(raw[i : i + 1])
-    assert [e.seq for e in events if isinstance(e, MutationReceived)] == list(range(1, 14))
+    assert [e.seq for e in events if isinstance(e, MutationReceived)] == list(range(1, len(EVERY_KIND) + 1))
 
 
 def _ready_pair() -> tuple[Connection, Connection]:
@@ -283,11 +298,22 @@ mutations = st.one_of(
     st.builds(SetXattr, paths, st.binary(min_size=1, max_size=50), st.binary(max_size=500), stamps),
     st.builds(RemoveXattr, paths, st.binary(min_size=1, max_size=50), stamps),
     st.builds(Sync, paths, st.booleans(), stamps),
+    st.builds(Ensure, paths, u32, u32, u32, u32, st.binary(max_size=50), st.booleans(), stamps),
+    st.builds(RemoveTree, paths, stamps),
+    st.builds(
+        SetXattrs,
+        paths,
+        st.lists(st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=50))).map(tuple),
+        stamps,
+    ),
+    st.builds(Move, paths, paths, st.sampled_from([0, 2]), stamps),
+    st.builds(LinkIfPresent, paths, paths, stamps),
+    st.builds(HashQuery, paths, st.integers(0, 2**63), st.integers(0, 2**63), u32),
 )
 
 
 @given(mutations)
-def test_codec_round_trip(mutation: Mutation) -> None:
+def test_codec_round_trip(mutation: StreamItem) -> None:
     assert decode_mutation(encode_mutation(mutation)) == mutation
 
 
@@ -296,7 +322,16 @@ def test_codec_round_trip(mutation: Mutation) -> None:
 def test_garbage_never_crashes_a_ready_connection(garbage: bytes) -> None:
     _, b = _ready_pair()
     for event in b.receive(garbage):
-        assert isinstance(event, ConnectionFailed | MutationReceived | Acknowledged | PeerError)
+        assert isinstance(
+            event,
+            ConnectionFailed
+            | MutationReceived
+            | Acknowledged
+            | PeerError
+            | QueryAnswered
+            | UnsettledPaths
+            | PeerState,
+        )
 
 
 @given(mutations, st.integers(0, 200), st.integers(0, 255))
@@ -309,3 +344,30 @@ def test_a_corrupted_mutation_frame_is_refused_or_decodes_cleanly(
         decode_mutation(bytes(body))
     except ProtocolError:
         pass
+
+
+def test_resync_frames_cross_the_wire() -> None:
+    a, b = pair()
+    pump(a, b)
+    state = PeerState("5f1e", True, False, (b"x", b"d/y"))
+    b.send_peer_state(state)
+    b.send_unsettled((b"d/z",))
+    b.send_result(3, b"part one", final=False)
+    b.send_result(3, b"", final=True)
+    got_a, _ = pump(a, b)
+    assert got_a == [
+        state,
+        UnsettledPaths((b"d/z",)),
+        QueryAnswered(3, False, b"part one"),
+        QueryAnswered(3, True, b""),
+    ]
+
+
+@pytest.mark.parametrize("path", [b"/etc", b"a/../../b", b""])
+def test_a_peer_cannot_name_paths_outside_the_copy_in_resync_frames(path: bytes) -> None:
+    a, b = pair()
+    pump(a, b)
+    b.send_unsettled((path,))
+    got_a, _ = pump(a, b)
+    assert isinstance(got_a[0], ConnectionFailed)
+    assert a.state is State.CLOSED

@@ -1,0 +1,221 @@
+"""What a resync compares: a directory's entries (names, types, modes, owners, sizes, times,
+link targets, a digest of the extended attributes) and a file's per-block hashes, read the same
+way on both nodes and encoded compactly for the wire."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import sys
+from array import array
+from dataclasses import dataclass
+
+import xxhash
+
+from tandem.native.blockhash import hash_blocks
+
+_ENTRY = struct.Struct("<HIIIQqQQIH")
+_HASHES = struct.Struct("<BQI")
+MISSING, NOT_A_FILE, FOUND = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    name: bytes  # b"" is the surveyed object itself
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    rdev: int
+    xattrs: int  # digest of the extended attributes (0: none)
+    nlink: int
+    target: bytes = b""
+
+    @property
+    def kind(self) -> int:
+        return stat.S_IFMT(self.mode)
+
+    def same_object(self, other: Entry) -> bool:
+        """Same type, and where a type has an identity of its own (link target, device)."""
+        return (self.kind, self.target, self.rdev) == (other.kind, other.target, other.rdev)
+
+    def same_attributes(self, other: Entry) -> bool:
+        mode = stat.S_IMODE(self.mode) if self.kind != stat.S_IFLNK else 0
+        theirs = stat.S_IMODE(other.mode) if other.kind != stat.S_IFLNK else 0
+        return (mode, self.uid, self.gid, self.xattrs) == (
+            theirs,
+            other.uid,
+            other.gid,
+            other.xattrs,
+        )
+
+
+def xattr_items(root_fd: int, path: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    target = b"/proc/self/fd/%d/%s" % (root_fd, path)
+    try:
+        names = sorted(os.fsencode(n) for n in os.listxattr(target, follow_symlinks=False))
+        return tuple((n, os.getxattr(target, n, follow_symlinks=False)) for n in names)
+    except OSError:
+        return ()  # symlinks on some filesystems, or gone meanwhile: nothing to compare
+
+
+def _digest(items: tuple[tuple[bytes, bytes], ...]) -> int:
+    if not items:
+        return 0
+    hasher = xxhash.xxh3_64()
+    for name, value in items:
+        hasher.update(struct.pack("<II", len(name), len(value)) + name + value)
+    return hasher.intdigest() or 1
+
+
+def entry_of(root_fd: int, path: bytes, name: bytes, st: os.stat_result) -> Entry:
+    is_link = stat.S_ISLNK(st.st_mode)
+    return Entry(
+        name=name,
+        mode=st.st_mode,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        size=st.st_size if stat.S_ISREG(st.st_mode) else 0,
+        mtime_ns=st.st_mtime_ns,
+        rdev=st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0,
+        xattrs=0 if is_link else _digest(xattr_items(root_fd, path)),
+        nlink=st.st_nlink,
+        target=os.readlink(path, dir_fd=root_fd) if is_link else b"",
+    )
+
+
+def child_path(parent: bytes, name: bytes) -> bytes:
+    return name if parent == b"." else parent + b"/" + name
+
+
+def survey(root_fd: int, path: bytes) -> list[Entry] | None:
+    """The object at ``path`` and, if it is a directory, its children (sorted by name); None
+    when nothing is there. Children that vanish while being read are left out."""
+    try:
+        st = os.stat(path, dir_fd=root_fd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    found = [entry_of(root_fd, path, b"", st)]
+    if not stat.S_ISDIR(st.st_mode):
+        return found
+    try:
+        fd = os.open(
+            path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        names = sorted(os.fsencode(n) for n in os.listdir(fd))
+    finally:
+        os.close(fd)
+    for name in names:
+        child = child_path(path, name)
+        try:
+            child_st = os.stat(child, dir_fd=root_fd, follow_symlinks=False)
+            found.append(entry_of(root_fd, child, name, child_st))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return found
+
+
+def encode_entries(entries: list[Entry] | None) -> bytes:
+    if entries is None:
+        return b""
+    parts = []
+    for e in entries:
+        parts.append(
+            _ENTRY.pack(
+                len(e.name),
+                e.mode,
+                e.uid,
+                e.gid,
+                e.size,
+                e.mtime_ns,
+                e.rdev,
+                e.xattrs,
+                e.nlink,
+                len(e.target),
+            )
+        )
+        parts.append(e.name)
+        parts.append(e.target)
+    return b"".join(parts)
+
+
+class SurveyError(ValueError):
+    pass
+
+
+def decode_entries(data: bytes) -> list[Entry] | None:
+    if not data:
+        return None
+    entries: list[Entry] = []
+    position = 0
+    while position < len(data):
+        if position + _ENTRY.size > len(data):
+            raise SurveyError("a directory entry ends early")
+        name_len, mode, uid, gid, size, mtime, rdev, xattrs, nlink, target_len = _ENTRY.unpack_from(
+            data, position
+        )
+        position += _ENTRY.size
+        name = data[position : position + name_len]
+        target = data[position + name_len : position + name_len + target_len]
+        position += name_len + target_len
+        if len(name) != name_len or len(target) != target_len:
+            raise SurveyError("a directory entry ends early")
+        if (entries and (not name or b"/" in name or name in (b".", b".."))) or (
+            not entries and name
+        ):
+            raise SurveyError(f"bad entry name {name!r}")
+        entries.append(Entry(name, mode, uid, gid, size, mtime, rdev, xattrs, nlink, target))
+    return entries
+
+
+@dataclass(frozen=True)
+class BlockHashes:
+    status: int  # MISSING, NOT_A_FILE or FOUND
+    size: int
+    hashes: array[int]  # of the blocks from the asked offset
+
+
+def hash_file_range(root_fd: int, path: bytes, offset: int, length: int, block: int) -> BlockHashes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return BlockHashes(MISSING, 0, array("Q"))
+    except OSError:
+        return BlockHashes(NOT_A_FILE, 0, array("Q"))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return BlockHashes(NOT_A_FILE, 0, array("Q"))
+        end = min(offset + length, st.st_size)
+        hashes = (
+            hash_blocks(fd, offset, max(0, end - offset), block) if end > offset else array("Q")
+        )
+        return BlockHashes(FOUND, st.st_size, hashes)
+    finally:
+        os.close(fd)
+
+
+def encode_hashes(result: BlockHashes) -> bytes:
+    hashes = result.hashes
+    if sys.byteorder != "little":
+        hashes = array("Q", hashes)
+        hashes.byteswap()
+    return _HASHES.pack(result.status, result.size, len(hashes)) + hashes.tobytes()
+
+
+def decode_hashes(data: bytes) -> BlockHashes:
+    if len(data) < _HASHES.size:
+        raise SurveyError("a hash reply ends early")
+    status, size, count = _HASHES.unpack_from(data)
+    if status not in (MISSING, NOT_A_FILE, FOUND) or len(data) != _HASHES.size + 8 * count:
+        raise SurveyError("a malformed hash reply")
+    hashes = array("Q")
+    hashes.frombytes(data[_HASHES.size :])
+    if sys.byteorder != "little":
+        hashes.byteswap()
+    return BlockHashes(status, size, hashes)
