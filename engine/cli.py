@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import trio
 
 from tandem.fsdriver.change import NO_RECORDER
-from tandem.fsdriver.mount import MountError, MountOptions, run_mount
+from tandem.fsdriver.mount import MountError, MountOptions, check_target, run_mount
 from tandem.fsdriver.mutation import FileRecordingSink, NullSink, ReplicationSink
 
 from . import __version__
 from .config import ConfigError, load_module, read_secret
-from .journal import ChangeJournal
+from .journal import ChangeJournal, SecondaryJournal
 from .lab import Lab, LabError
 from .node import Assignment, Node, NodeFailed, Role, run_node
 from .receiver import Receiver, secondary_copy
@@ -65,6 +65,14 @@ def _replication_options(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         metavar="SECONDS",
         help="stop waiting for a silent peer after this long and go on alone (default 10)",
+    )
+    parser.add_argument(
+        "--journal",
+        metavar="DIR",
+        help="this copy's journal directory: on a primary, where the copy may come to differ "
+        "from its peer's, recorded before each change; on a secondary, which state it shares "
+        "with the primary. With it, a reconnection resyncs only what changed "
+        "(docs/architecture.md D16)",
     )
     parser.add_argument("--module", default="default", help="module name (both sides)")
     parser.add_argument("--node", default=socket.gethostname(), help="this node's name")
@@ -114,12 +122,6 @@ def _parser() -> argparse.ArgumentParser:
         help="append every mutation to FILE as JSON lines (what a peer would receive)",
     )
     mount.add_argument(
-        "--journal",
-        metavar="DIR",
-        help="record where this copy may come to differ from its peer's, before each change "
-        "(the reintegration journal; see docs/architecture.md D16)",
-    )
-    mount.add_argument(
         "--attr-timeout",
         type=_positive_float,
         default=1.0,
@@ -139,6 +141,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         type=_peer,
         help="mirror every change synchronously to the secondary listening there",
+    )
+    mount.add_argument(
+        "--retry",
+        type=_positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often to try reconnecting a lost peer (default 2)",
+    )
+    mount.add_argument(
+        "--resync-bandwidth",
+        type=_positive_float,
+        metavar="MIB_PER_S",
+        help="cap the file data a resync sends (default: no cap; new writes are never capped)",
     )
     _replication_options(mount)
 
@@ -225,6 +240,8 @@ def _cmd_mount(args: argparse.Namespace) -> int:
     recorder = FileRecordingSink(args.record) if args.record else None
     journal = ChangeJournal(args.journal) if args.journal else None
     companion = None
+    # the resync reads the copy itself, not through the mount: open it before the mount hides it
+    backing_fd = os.open(check_target(args.directory), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     if args.replicate_to is not None:
         if recorder is not None:
             raise ConfigError("--record and --replicate-to cannot be combined")
@@ -234,7 +251,10 @@ def _cmd_mount(args: argparse.Namespace) -> int:
             _secret(args.secret_file),
             ack=AckKind.DURABLE if args.ack == "durable" else AckKind.APPLIED,
             timeout=args.timeout,
-            on_alone=journal.go_alone if journal is not None else None,
+            retry=args.retry,
+            root_fd=backing_fd,
+            journal=journal,
+            bandwidth=args.resync_bandwidth * (1 << 20) if args.resync_bandwidth else None,
         )
         sink, companion = replicator, replicator.run
     else:
@@ -245,6 +265,7 @@ def _cmd_mount(args: argparse.Namespace) -> int:
             args.directory, sink, options, companion, journal if journal else NO_RECORDER
         )
     finally:
+        os.close(backing_fd)
         if recorder is not None:
             recorder.close()
         if journal is not None:
@@ -262,6 +283,7 @@ def _cmd_receive(args: argparse.Namespace) -> int:
             secret,
             durable=args.ack == "durable",
             handshake_timeout=args.timeout,
+            journal=SecondaryJournal(args.journal) if args.journal else None,
         )
 
         async def serve() -> None:

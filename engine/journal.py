@@ -76,6 +76,7 @@ class History:
     why_incomplete: str = ""
     alone_reasons: list[str] = field(default_factory=list)
     generation: str = ""  # the copies' shared state the changes start from ("": none known)
+    served_alone: bool = False  # changes were made (and acknowledged) while alone
 
     def distrust(self, why: str) -> None:
         if self.complete:
@@ -399,16 +400,19 @@ def read_history(directory: Path, boot: str | None = None) -> History:
     if not headers_ok:
         history.distrust("a journal segment has no readable header")
     pending: dict[tuple[int, bytes, bytes], list[int]] = {}
+    alone = False
     for kind, path, other, offset, length in records[start:]:
         if kind == UNKNOWN:
             history.distrust(path.decode(errors="replace"))
         elif kind == ALONE:
             history.alone_reasons.append(path.decode(errors="replace"))
+            alone = True
         elif kind == DONE:
             waiting = pending.get((offset, path, other))
             if waiting:
                 history.committed.add(waiting.pop(0))
         elif kind in ChangeKind._value2member_map_:
+            history.served_alone = history.served_alone or alone
             change_kind = ChangeKind(kind)
             history.changes.append(Change(change_kind, path, other, offset, length))
             if change_kind in NAMESPACE_MOVES:

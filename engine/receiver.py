@@ -2,6 +2,12 @@
 mutations in sequence order to the local copy, and acknowledges them (received, applied, and in
 durable mode durable). A mutation it cannot apply (disk full, copies diverged) is reported to the
 primary, which then goes on alone: the copy is never left with a silent gap.
+
+Each connection starts with a resync: the secondary first says where its copy stands (from its
+journal directory: the generation it shares with a primary, the paths it changed itself), then
+applies the stream *tolerantly* (what it cannot apply, it names back as UNSETTLED instead of
+failing) and answers the primary's queries, until the primary's Finish finds nothing unsettled
+left: the copy is then made durable, the new generation recorded, and applying becomes strict.
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ from contextlib import contextmanager
 import trio
 
 from tandem.fsdriver.mount import check_target, open_root
-from tandem.fsdriver.mutation import Mutation
+from tandem.fsdriver.repair import REPAIR_TYPES, apply_repair, apply_tolerantly
 from tandem.fsdriver.replay import apply
 from tandem.fsdriver.syscall import syncfs
 
+from .journal import SecondaryJournal
+from .queries import Finish, HashQuery, ListQuery, Query
 from .replicator import RECEIVE_SIZE
+from .resync_plan import plan_from_history
+from .survey import encode_entries, encode_hashes, hash_file_range, survey
 from .wire import (
+    MAX_FRAME,
     AckKind,
     Authenticated,
     Connection,
@@ -29,8 +40,10 @@ from .wire import (
     Identity,
     MutationReceived,
     PeerError,
+    PeerState,
     Role,
     State,
+    StreamItem,
 )
 
 log = logging.getLogger(__name__)
@@ -42,19 +55,45 @@ class ApplyError(Exception):
     pass
 
 
-def _apply_batch(root_fd: int, batch: list[tuple[int, Mutation]], durable: bool) -> None:
-    for seq, mutation in batch:
+MAX_REPORTED_PATHS = 100_000  # beyond, the peer is told to compare everything
+RESULT_PART = MAX_FRAME // 2
+MAX_HASHES_PER_QUERY = 1 << 20
+
+
+def _apply_batch(
+    root_fd: int, batch: list[tuple[int, StreamItem]], durable: bool, tolerant: bool
+) -> list[bytes]:
+    """Apply in order; returns the paths a tolerant application could not settle."""
+    unsettled: list[bytes] = []
+    for seq, item in batch:
         try:
-            apply(root_fd, mutation)
+            if isinstance(item, REPAIR_TYPES):
+                unsettled.extend(apply_repair(root_fd, item))
+            elif tolerant:
+                unsettled.extend(apply_tolerantly(root_fd, item))
+            else:
+                apply(root_fd, item)
         except OSError as exc:
-            what = type(mutation).__name__
-            path = getattr(mutation, "path", getattr(mutation, "old", b"?"))
+            what = type(item).__name__
+            path = getattr(item, "path", getattr(item, "old", b"?"))
             name = errno.errorcode.get(exc.errno or 0, "error")
             raise ApplyError(
                 f"cannot apply mutation {seq} ({what} {path!r}): {name} {exc.strerror}"
             ) from None
     if durable:
         syncfs(root_fd)
+    return unsettled
+
+
+def _answer(root_fd: int, query: Query) -> bytes:
+    match query:
+        case ListQuery(path=path):
+            return encode_entries(survey(root_fd, path))
+        case HashQuery(path=path, offset=offset, length=length, block=block):
+            if block < 512 or length // block > MAX_HASHES_PER_QUERY:
+                raise ApplyError(f"refused a hash query of {length} bytes in {block}-byte blocks")
+            return encode_hashes(hash_file_range(root_fd, path, offset, length, block))
+    raise TypeError(f"not a query: {query!r}")
 
 
 class Receiver:
@@ -66,8 +105,12 @@ class Receiver:
         *,
         durable: bool,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        journal: SecondaryJournal | None = None,
     ) -> None:
         self._handshake_timeout = handshake_timeout
+        self._journal = journal
+        self._last_unsettled: list[bytes] = []
+        self.in_sync = False
         self._root_fd = root_fd
         self.identity = identity
         self._secret = secret
@@ -104,8 +147,15 @@ class Receiver:
                 with trio.CancelScope() as scope:
                     self._current = (scope, done)
                     try:
+                        connection.send_peer_state(await self._where_the_copy_stands())
+                        await stream.send_all(connection.bytes_to_send())
+                        if self._journal is not None:
+                            self._journal.begin_receiving()
                         await self._session(stream, connection, first_events)
                     finally:
+                        self.in_sync = False
+                        with trio.CancelScope(shield=True):
+                            await self._end_receiving()
                         done.set()
                         if self._current is not None and self._current[0] is scope:
                             self._current = None
@@ -137,6 +187,35 @@ class Receiver:
                         await stream.send_all(connection.bytes_to_send())
                     return None
 
+    async def _where_the_copy_stands(self) -> PeerState:
+        if self._journal is None:
+            return PeerState("", False, False, ())
+        history = await trio.to_thread.run_sync(self._journal.history)
+        if not history.complete:
+            log.info("this copy's own changes are unknown (%s)", history.why_incomplete)
+            return PeerState(history.generation, False, history.served_alone, ())
+        paths = plan_from_history(history).paths()
+        if len(paths) > MAX_REPORTED_PATHS:
+            return PeerState(history.generation, False, history.served_alone, ())
+        if paths:
+            log.warning(
+                "this copy changed %d path(s) since it last agreed with a primary%s; "
+                "the primary's versions replace them",
+                len(paths),
+                " (it served alone meanwhile)" if history.served_alone else "",
+            )
+        return PeerState(history.generation, True, history.served_alone, tuple(paths))
+
+    async def _end_receiving(self) -> None:
+        """Mark the copy cleanly left (trusted after a reboot) once what it holds is on disk."""
+        if self._journal is None:
+            return
+        try:
+            await trio.to_thread.run_sync(syncfs, self._root_fd)
+            self._journal.end_receiving()
+        except OSError as exc:
+            log.warning("could not mark the copy cleanly left: %s", exc.strerror)
+
     async def _take_over(self) -> None:
         """A primary that proved itself replaces one that went silent (a dead host leaves a
         half-open connection behind). The old session ends before the new one applies."""
@@ -151,8 +230,10 @@ class Receiver:
         self, stream: trio.SocketStream, connection: Connection, events: list[Event]
     ) -> None:
         expected = 1
+        tolerant = True  # until the resync is confirmed
+        unsettled_sent = 0
         while True:
-            batch: list[tuple[int, Mutation]] = []
+            batch: list[tuple[int, StreamItem]] = []
             for event in events:
                 if isinstance(event, MutationReceived):
                     if event.seq != expected:
@@ -160,31 +241,48 @@ class Receiver:
                         log.error("out-of-order mutation %d (expected %d)", event.seq, expected)
                         break
                     expected += 1
-                    batch.append((event.seq, event.mutation))
+                    item = event.mutation
+                    if not isinstance(item, ListQuery | HashQuery | Finish):
+                        batch.append((event.seq, item))
+                        continue
+                    # a query sees every mutation before it applied, and nothing after
+                    if not await self._apply(stream, connection, batch, tolerant):
+                        return
+                    sent = await self._unsettled(connection)
+                    unsettled_sent += sent
+                    batch = []
+                    if isinstance(item, Finish):
+                        finished = tolerant and item.unsettled == unsettled_sent
+                        if finished:
+                            await self._confirm(item.generation.decode(errors="replace"))
+                            tolerant = False
+                        connection.send_result(
+                            event.seq, b"\x01" if finished else b"\x00", final=True
+                        )
+                    else:
+                        try:
+                            body = await trio.to_thread.run_sync(_answer, self._root_fd, item)
+                        except ApplyError as exc:
+                            connection.send_error(str(exc))
+                            await stream.send_all(connection.bytes_to_send())
+                            return
+                        for start in range(0, max(len(body), 1), RESULT_PART):
+                            final = start + RESULT_PART >= len(body)
+                            connection.send_result(
+                                event.seq, body[start : start + RESULT_PART], final=final
+                            )
+                    self._acknowledge(connection, event.seq)
+                    await stream.send_all(connection.bytes_to_send())
                 elif isinstance(event, ConnectionFailed):
                     log.error("the primary sent something invalid: %s", event.reason)
                 elif isinstance(event, PeerError):
                     log.warning("the primary ended replication: %s", event.reason)
             if batch:
-                last = batch[-1][0]
-                connection.send_ack(AckKind.RECEIVED, last)
-                try:
-                    if self._durable:
-                        # syncfs can take long: keep the loop free (a new primary may come)
-                        await trio.to_thread.run_sync(_apply_batch, self._root_fd, batch, True)
-                    else:
-                        # applying is a few syscalls per mutation: a thread hop would cost more
-                        # than it saves, and this connection has nothing else to do meanwhile
-                        _apply_batch(self._root_fd, batch, False)
-                except ApplyError as exc:
-                    log.error("%s; the primary will go on alone", exc)
-                    connection.send_error(str(exc))
-                    await stream.send_all(connection.bytes_to_send())
+                connection.send_ack(AckKind.RECEIVED, batch[-1][0])
+                if not await self._apply(stream, connection, batch, tolerant):
                     return
-                self.applied += len(batch)
-                connection.send_ack(AckKind.APPLIED, last)
-                if self._durable:
-                    connection.send_ack(AckKind.DURABLE, last)
+                unsettled_sent += await self._unsettled(connection)
+                self._acknowledge(connection, batch[-1][0])
             outgoing = connection.bytes_to_send()
             if outgoing:
                 await stream.send_all(outgoing)
@@ -195,6 +293,57 @@ class Receiver:
                 log.info("the primary closed the connection")
                 return
             events = connection.receive(data)
+
+    async def _apply(
+        self,
+        stream: trio.SocketStream,
+        connection: Connection,
+        batch: list[tuple[int, StreamItem]],
+        tolerant: bool,
+    ) -> bool:
+        self._last_unsettled = []
+        if not batch:
+            return True
+        try:
+            if self._durable or tolerant:
+                # syncfs and resync repairs can take long: keep the loop free (a new primary
+                # may come)
+                self._last_unsettled = await trio.to_thread.run_sync(
+                    _apply_batch, self._root_fd, batch, self._durable, tolerant
+                )
+            else:
+                # applying is a few syscalls per mutation: a thread hop would cost more than it
+                # saves, and this connection has nothing else to do meanwhile
+                _apply_batch(self._root_fd, batch, False, False)
+        except ApplyError as exc:
+            log.error("%s; the primary will go on alone", exc)
+            connection.send_error(str(exc))
+            await stream.send_all(connection.bytes_to_send())
+            return False
+        self.applied += len(batch)
+        return True
+
+    async def _unsettled(self, connection: Connection) -> int:
+        """Name what the last batch could not settle; returns how many requests that took."""
+        if not self._last_unsettled:
+            return 0
+        paths = tuple(dict.fromkeys(self._last_unsettled))
+        self._last_unsettled = []
+        connection.send_unsettled(paths)
+        return 1
+
+    def _acknowledge(self, connection: Connection, seq: int) -> None:
+        connection.send_ack(AckKind.APPLIED, seq)
+        if self._durable:
+            connection.send_ack(AckKind.DURABLE, seq)
+
+    async def _confirm(self, generation: str) -> None:
+        """The resync is over: the copy equals the primary's. Durable first, then said so."""
+        await trio.to_thread.run_sync(syncfs, self._root_fd)
+        if self._journal is not None:
+            await trio.to_thread.run_sync(self._journal.adopt_generation, generation)
+        self.in_sync = True
+        log.info("this copy is up to date (generation %s)", generation)
 
 
 @contextmanager

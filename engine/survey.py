@@ -16,7 +16,7 @@ import xxhash
 from tandem.native.blockhash import hash_blocks
 
 _ENTRY = struct.Struct("<HIIIQqQQIH")
-_HASHES = struct.Struct("<BQI")
+_HASHES = struct.Struct("<BQQII")
 MISSING, NOT_A_FILE, FOUND = 0, 1, 2
 
 
@@ -178,6 +178,8 @@ class BlockHashes:
     status: int  # MISSING, NOT_A_FILE or FOUND
     size: int
     hashes: array[int]  # of the blocks from the asked offset
+    ino: int = 0  # which file this is on its side (hard links share it)
+    nlink: int = 0
 
 
 def hash_file_range(root_fd: int, path: bytes, offset: int, length: int, block: int) -> BlockHashes:
@@ -195,7 +197,7 @@ def hash_file_range(root_fd: int, path: bytes, offset: int, length: int, block: 
         hashes = (
             hash_blocks(fd, offset, max(0, end - offset), block) if end > offset else array("Q")
         )
-        return BlockHashes(FOUND, st.st_size, hashes)
+        return BlockHashes(FOUND, st.st_size, hashes, st.st_ino, st.st_nlink)
     finally:
         os.close(fd)
 
@@ -205,17 +207,18 @@ def encode_hashes(result: BlockHashes) -> bytes:
     if sys.byteorder != "little":
         hashes = array("Q", hashes)
         hashes.byteswap()
-    return _HASHES.pack(result.status, result.size, len(hashes)) + hashes.tobytes()
+    header = _HASHES.pack(result.status, result.size, result.ino, result.nlink, len(hashes))
+    return header + hashes.tobytes()
 
 
 def decode_hashes(data: bytes) -> BlockHashes:
     if len(data) < _HASHES.size:
         raise SurveyError("a hash reply ends early")
-    status, size, count = _HASHES.unpack_from(data)
+    status, size, ino, nlink, count = _HASHES.unpack_from(data)
     if status not in (MISSING, NOT_A_FILE, FOUND) or len(data) != _HASHES.size + 8 * count:
         raise SurveyError("a malformed hash reply")
     hashes = array("Q")
     hashes.frombytes(data[_HASHES.size :])
     if sys.byteorder != "little":
         hashes.byteswap()
-    return BlockHashes(status, size, hashes)
+    return BlockHashes(status, size, hashes, ino, nlink)

@@ -93,7 +93,17 @@ REPAIR_TYPES = (Ensure, RemoveTree, SetXattrs, Move, LinkIfPresent)
 # a stale copy may refuse an ordinary mutation with these: the object is missing, or another
 # kind of object is in the way. Anything else (ENOSPC, EIO, EROFS...) is a real failure.
 _DIVERGED = frozenset(
-    {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ELOOP}
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENOTEMPTY,
+        errno.EEXIST,
+        errno.ELOOP,
+        errno.EPERM,  # as root: user xattrs on a symlink, a hard link to a directory
+        errno.EINVAL,  # a directory moved into its own subtree (the copy's tree is stale)
+        errno.ENODATA,  # removing an xattr the stale copy never had
+    }
 )
 
 
@@ -253,17 +263,18 @@ def _move(root_fd: int, move: Move) -> None:
         renameat2(root_fd, move.old, root_fd, move.new, 0)
 
 
-def _link(root_fd: int, link: LinkIfPresent) -> None:
+def _link(root_fd: int, link: LinkIfPresent) -> tuple[bytes, ...]:
     existing = _lstat(root_fd, link.existing)
     if existing is None or stat.S_ISDIR(existing.st_mode):
-        return
+        return (link.existing, link.path)  # not what the primary saw: compare both
     current = _lstat(root_fd, link.path)
     if current is not None:
         if (current.st_dev, current.st_ino) == (existing.st_dev, existing.st_ino):
-            return
+            return ()
         remove_tree(root_fd, link.path)
     make_parents(root_fd, link.path)
     os.link(link.existing, link.path, src_dir_fd=root_fd, dst_dir_fd=root_fd, follow_symlinks=False)
+    return ()
 
 
 def apply_repair(root_fd: int, repair: Repair) -> tuple[bytes, ...]:
@@ -279,7 +290,7 @@ def apply_repair(root_fd: int, repair: Repair) -> tuple[bytes, ...]:
         case Move():
             _move(root_fd, repair)
         case LinkIfPresent():
-            _link(root_fd, repair)
+            unsettled = _link(root_fd, repair)
         case _:
             raise TypeError(f"not a repair: {repair!r}")
     _stamps_if_present(root_fd, repair.stamps)

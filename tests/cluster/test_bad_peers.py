@@ -116,7 +116,8 @@ def _fake_secondary(pair: Pair, mode: str) -> subprocess.Popen[str]:
     [
         ("listen-version", "refused:"),
         ("listen-stall", "did not complete the handshake"),
-        ("listen-auth-stall", f"did not acknowledge within {TIMEOUT:g} s"),
+        # the secondary's PEER_STATE ends the handshake: a peer silent after its proof stalls it
+        ("listen-auth-stall", "did not complete the handshake"),
     ],
 )
 def test_a_bad_secondary_never_hangs_the_primary(pair: Pair, mode: str, reason: str) -> None:
@@ -127,7 +128,7 @@ def test_a_bad_secondary_never_hangs_the_primary(pair: Pair, mode: str, reason: 
         (pair.a / "written").write_text("the application is not held up for long\n")
         elapsed = time.monotonic() - started
         assert elapsed < TIMEOUT * 2 + 2, f"a write took {elapsed:.1f} s"
-        wait_for(lambda: "going on alone" in primary.log(), 20, "the primary alone")
+        wait_for(lambda: "retrying every" in primary.log(), 20, "the primary alone")
         assert reason in primary.log(), primary.log()
         assert (pair.a / "written").read_text().startswith("the application")
     finally:

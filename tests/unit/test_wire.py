@@ -227,7 +227,9 @@ def test_frames_split_anywhere_are_reassembled() -> None:
     events: list[object] = []
     for i in range(len(raw)):
         events += b.receive(raw[i : i + 1])
-    assert [e.seq for e in events if isinstance(e, MutationReceived)] == list(range(1, len(EVERY_KIND) + 1))
+    assert [e.seq for e in events if isinstance(e, MutationReceived)] == list(
+        range(1, len(EVERY_KIND) + 1)
+    )
 
 
 def _ready_pair() -> tuple[Connection, Connection]:

@@ -1,0 +1,90 @@
+"""From journal history to resync work: ranges follow renames, moves are replayed and compared,
+uncertain moves compare both names, removals drop what was pending under them."""
+
+from __future__ import annotations
+
+from tandem.engine.journal import History
+from tandem.engine.resync_plan import Need, plan_from_history
+from tandem.fsdriver.change import UNBOUNDED, Change, ChangeKind
+from tandem.fsdriver.repair import RENAME_EXCHANGE, LinkIfPresent, Move
+
+W, RESIZE, META = ChangeKind.WRITE, ChangeKind.RESIZE, ChangeKind.METADATA
+CREATE, REMOVE, RENAME = ChangeKind.CREATE, ChangeKind.REMOVE, ChangeKind.RENAME
+
+
+def history(*changes: Change, uncommitted: tuple[int, ...] = ()) -> History:
+    moves = {
+        i for i, c in enumerate(changes) if c.kind in (RENAME, ChangeKind.EXCHANGE, ChangeKind.LINK)
+    }
+    return History(changes=list(changes), committed=moves - set(uncommitted))
+
+
+def test_ranges_merge_and_a_resize_reaches_the_end() -> None:
+    plan = plan_from_history(
+        history(
+            Change(W, b"f", offset=0, length=4096),
+            Change(W, b"f", offset=4096, length=4096),
+            Change(W, b"f", offset=65536, length=10),
+            Change(RESIZE, b"g", offset=100),
+            Change(META, b"g"),
+        )
+    )
+    assert plan.work[b"f"].ranges == [(0, 8192), (65536, 65546)]
+    assert plan.work[b"f"].need == Need.RANGES
+    assert plan.work[b"g"].ranges == [(100, UNBOUNDED)]
+    assert plan.work[b"g"].need == Need.RANGES | Need.SIZE | Need.META
+    assert plan.moves == []
+
+
+def test_what_was_written_before_a_rename_is_sent_under_the_new_name() -> None:
+    plan = plan_from_history(
+        history(
+            Change(W, b"d/a", offset=0, length=10),
+            Change(W, b"other", offset=0, length=1),
+            Change(RENAME, b"d", b"e"),
+            Change(W, b"e/a", offset=100, length=10),
+        )
+    )
+    assert plan.moves == [Move(b"d", b"e")]
+    assert b"d/a" not in plan.work
+    assert plan.work[b"e/a"].ranges == [(0, 10), (100, 110)]
+    assert plan.work[b"e"].need & Need.TREE  # the move is replayed, then compared
+    assert plan.work[b"d"].need & Need.ENTRY
+    assert plan.work[b"other"].ranges == [(0, 1)]
+
+
+def test_a_move_that_may_not_have_happened_is_compared_under_both_names() -> None:
+    plan = plan_from_history(
+        history(Change(W, b"a", offset=0, length=1), Change(RENAME, b"a", b"b"), uncommitted=(1,))
+    )
+    assert plan.moves == []
+    assert plan.work[b"a"].need & Need.TREE and plan.work[b"b"].need & Need.TREE
+
+
+def test_exchange_and_link_replay() -> None:
+    plan = plan_from_history(
+        history(
+            Change(W, b"x", offset=0, length=1),
+            Change(ChangeKind.EXCHANGE, b"x", b"y"),
+            Change(ChangeKind.LINK, b"y", b"z"),
+        )
+    )
+    assert plan.moves == [Move(b"x", b"y", RENAME_EXCHANGE), LinkIfPresent(b"y", b"z")]
+    assert plan.work[b"y"].ranges == [(0, 1)]  # x's data now lives at y
+    assert plan.work[b"z"].need & Need.ENTRY
+
+
+def test_a_removed_directory_drops_what_was_pending_under_it() -> None:
+    plan = plan_from_history(
+        history(
+            Change(CREATE, b"d"),
+            Change(CREATE, b"d/f"),
+            Change(W, b"d/f", offset=0, length=5),
+            Change(REMOVE, b"d/f"),
+            Change(REMOVE, b"d"),
+            Change(CREATE, b"d2"),
+        )
+    )
+    assert set(plan.work) == {b"d", b"d2"}
+    assert plan.work[b"d"].need == Need.ENTRY
+    assert plan.paths() == [b"d", b"d2"]
