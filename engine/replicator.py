@@ -141,6 +141,7 @@ class Replicator:
         self._progress = trio.Event()  # set (and replaced) whenever acks advance or state changes
         self._has_unsent = trio.Event()
         self._connection_scope: trio.CancelScope | None = None
+        self._sending = trio.Lock()  # one task at a time may write to the socket
         self._resync: Resync | None = None
         self.connected = False
         self.in_sync = False
@@ -415,7 +416,8 @@ class Replicator:
                 seq, item = self._unsent.popleft()
                 connection.send_mutation(seq, item)
                 self._in_flight.append((seq, _weight(item)))
-            await stream.send_all(connection.bytes_to_send())
+            async with self._sending:
+                await stream.send_all(connection.bytes_to_send())
 
     async def _receive_loop(self, stream: trio.SocketStream, connection: Connection) -> None:
         while True:
@@ -426,7 +428,8 @@ class Replicator:
             for event in connection.receive(data):
                 if not self._handle(event):
                     with trio.move_on_after(1):
-                        await stream.send_all(connection.bytes_to_send())
+                        async with self._sending:
+                            await stream.send_all(connection.bytes_to_send())
                     return
 
     def _handle(self, event: Event) -> bool:

@@ -111,9 +111,8 @@ def _follow(plan: Plan, change: Change, *, committed: bool) -> None:
         case ChangeKind.METADATA:
             plan.need(path, Need.META)
         case ChangeKind.CREATE | ChangeKind.REMOVE:
-            if change.kind == ChangeKind.REMOVE:
-                for key in [k for k in plan.work if _under(k, path) and k != path]:
-                    del plan.work[key]
+            # what is pending under a removed path stays: the removal may have failed (it is
+            # recorded before it is tried), and settling a path that is gone costs one removal
             plan.need(path, Need.ENTRY)
         case ChangeKind.RENAME if committed:
             _move_keys(plan, path, other)
@@ -128,6 +127,9 @@ def _follow(plan: Plan, change: Change, *, committed: bool) -> None:
         case ChangeKind.LINK if committed:
             plan.moves.append(LinkIfPresent(path, other))
             plan.need(other, Need.ENTRY)
+        case ChangeKind.SHARED:
+            # a file with several names changed; the journal knows only one of them
+            plan.need(b".", Need.TREE)
         case ChangeKind.RENAME | ChangeKind.EXCHANGE | ChangeKind.LINK:
             # it may or may not have happened: compare both names whole
             plan.need(path, Need.TREE)

@@ -25,6 +25,7 @@ class ChangeKind(enum.IntEnum):
     RENAME = 6  # path moved to other (replacing what was there)
     EXCHANGE = 7  # path and other swapped
     LINK = 8  # other became a new name of path
+    SHARED = 9  # path has other names: what changes through it also changes them, unnamed
 
 
 # kinds whose effect depends on objects' identities: the journal also records that they happened

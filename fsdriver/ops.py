@@ -222,9 +222,21 @@ class Passthrough(pyfuse3.Operations):
         nlink = os.fstat(fd).st_nlink if fd is not None else self._stat_node(ino).st_nlink
         return self._mutation_path(ino, nlink)
 
-    def _intend(self, kind: ChangeKind, path: bytes | None, **where: Any) -> None:
+    def _intend(self, kind: ChangeKind, path: bytes | None, nlink: int = 1, **where: Any) -> None:
         if path is not None:
+            if nlink > 1:
+                # the journal names changes by path: this file's other names never show
+                self._recorder.intend(Change(ChangeKind.SHARED, path))
             self._recorder.intend(Change(kind, path, **where))
+
+    def _links_of(self, inode: int) -> int:
+        """How many names the object has (only asked when a journal listens)."""
+        if self._recorder is NO_RECORDER:
+            return 1
+        try:
+            return self._stat_node(inode).st_nlink
+        except OSError:
+            return 1
 
     def _rediscover(self, node: Node) -> bytes | None:
         pending: list[bytes] = [b"."]
@@ -344,9 +356,10 @@ class Passthrough(pyfuse3.Operations):
 
         size = attr.st_size if fields.update_size else None
         journal_path = self._name_for_journal(inode, open_file.fd if open_file else None)
+        links = 1 if stat.S_ISDIR(before.st_mode) else before.st_nlink
         if size is not None:
-            self._intend(ChangeKind.RESIZE, journal_path, offset=size)
-        self._intend(ChangeKind.METADATA, journal_path)
+            self._intend(ChangeKind.RESIZE, journal_path, links, offset=size)
+        self._intend(ChangeKind.METADATA, journal_path, links)
         if size is not None:
             self._truncate(target, size, dir_fd)
         uid = attr.st_uid if fields.update_uid else -1
@@ -565,7 +578,8 @@ class Passthrough(pyfuse3.Operations):
         backing_flags = (flags & ~_OPEN_FLAGS_DROPPED) | os.O_CLOEXEC | os.O_NOFOLLOW
         path = self._table.path(inode)
         if flags & os.O_TRUNC:
-            self._intend(ChangeKind.RESIZE, self._name_for_journal(inode), offset=0)
+            journal_path = self._name_for_journal(inode)
+            self._intend(ChangeKind.RESIZE, journal_path, self._links_of(inode), offset=0)
         if path is not None:
             fd = os.open(path, backing_flags, dir_fd=self._root_fd)
         else:
@@ -633,9 +647,12 @@ class Passthrough(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         open_file = self._files[fh]
         if self._recorder is not NO_RECORDER:
-            start = os.fstat(fh).st_size if open_file.append else off
+            before = os.fstat(fh)
+            start = before.st_size if open_file.append else off
             journal_path = self._name_for_journal(open_file.ino, fh)
-            self._intend(ChangeKind.WRITE, journal_path, offset=start, length=len(buf))
+            self._intend(
+                ChangeKind.WRITE, journal_path, before.st_nlink, offset=start, length=len(buf)
+            )
         written = os.pwrite(fh, buf, off)
         st = os.fstat(fh)
         if open_file.append:
@@ -770,7 +787,8 @@ class Passthrough(pyfuse3.Operations):
     ) -> None:
         target, follow = self._xattr_target(inode)
         self._table.get(inode).no_capability_xattr = False
-        self._intend(ChangeKind.METADATA, self._name_for_journal(inode))
+        journal_path = self._name_for_journal(inode)
+        self._intend(ChangeKind.METADATA, journal_path, self._links_of(inode))
         os.setxattr(target, name, value, follow_symlinks=follow)
         st = self._stat_node(inode)
         path = self._mutation_path(inode, st.st_nlink)
@@ -799,7 +817,8 @@ class Passthrough(pyfuse3.Operations):
     @_boundary
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         target, follow = self._xattr_target(inode)
-        self._intend(ChangeKind.METADATA, self._name_for_journal(inode))
+        journal_path = self._name_for_journal(inode)
+        self._intend(ChangeKind.METADATA, journal_path, self._links_of(inode))
         os.removexattr(target, name, follow_symlinks=follow)
         st = self._stat_node(inode)
         path = self._mutation_path(inode, st.st_nlink)

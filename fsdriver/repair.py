@@ -280,21 +280,33 @@ def _link(root_fd: int, link: LinkIfPresent) -> tuple[bytes, ...]:
 def apply_repair(root_fd: int, repair: Repair) -> tuple[bytes, ...]:
     """Apply a resync mutation; returns the paths the primary must now compare whole."""
     unsettled: tuple[bytes, ...] = ()
-    match repair:
-        case Ensure():
-            unsettled = _ensure(root_fd, repair)
-        case RemoveTree(path=path):
-            remove_tree(root_fd, path)
-        case SetXattrs(path=path, xattrs=xattrs):
-            _set_xattrs(root_fd, path, xattrs)
-        case Move():
-            _move(root_fd, repair)
-        case LinkIfPresent():
-            unsettled = _link(root_fd, repair)
-        case _:
-            raise TypeError(f"not a repair: {repair!r}")
+    try:
+        match repair:
+            case Ensure():
+                unsettled = _ensure(root_fd, repair)
+            case RemoveTree(path=path):
+                remove_tree(root_fd, path)
+            case SetXattrs(path=path, xattrs=xattrs):
+                _set_xattrs(root_fd, path, xattrs)
+            case Move():
+                _move(root_fd, repair)
+            case LinkIfPresent():
+                unsettled = _link(root_fd, repair)
+            case _:
+                raise TypeError(f"not a repair: {repair!r}")
+    except OSError as exc:
+        # the copy moved under the repair (an earlier item of the stream changed it): compare
+        if exc.errno not in _DIVERGED:
+            raise
+        return (repair.old, repair.new) if isinstance(repair, Move) else _named_repair(repair)
     _stamps_if_present(root_fd, repair.stamps)
     return unsettled
+
+
+def _named_repair(repair: Ensure | RemoveTree | SetXattrs | LinkIfPresent) -> tuple[bytes, ...]:
+    if isinstance(repair, LinkIfPresent):
+        return (repair.existing, repair.path)
+    return (repair.path,)
 
 
 def _stamps_if_present(root_fd: int, stamps: tuple[Stamp, ...]) -> None:

@@ -129,7 +129,7 @@ def test_wrong_secret_replicates_nothing_and_the_primary_goes_on(workspace: Path
         pair.start_secondary()
         other = write_secret(workspace / "other-secret", b"not-the-cluster-secret-at-all")
         node = pair.start_primary("--secret-file", str(other), expect_peer=False)
-        node.wait_log("going on alone")
+        node.wait_log("retrying every")
         assert "failed authentication" in node.log() + pair.secondary.log()  # type: ignore[union-attr]
         (pair.a / "f").write_text("local only")
         assert (pair.a / "f").read_text() == "local only"
@@ -152,11 +152,14 @@ def test_a_silent_secondary_does_not_hang_writers(pair: Pair) -> None:
     assert (pair.b / "before").read_text() == "mirrored"
 
 
-def test_an_unreachable_secondary_at_start_means_alone(pair: Pair) -> None:
-    node = pair.start_primary("--timeout", "2", expect_peer=False)
-    node.wait_log("going on alone")
+def test_an_unreachable_secondary_at_start_means_alone_until_it_comes(pair: Pair) -> None:
+    node = pair.start_primary("--timeout", "2", "--retry", "0.2", expect_peer=False)
+    node.wait_log("retrying every")
     (pair.a / "f").write_text("ok")
     assert (pair.a / "f").read_text() == "ok"
+    pair.start_secondary()
+    node.wait_log("replicating")  # connected, compared (no journal: everything), in sync
+    assert (pair.b / "f").read_text() == "ok"
 
 
 def test_a_full_secondary_disk_loses_nothing_on_the_primary(pair: Pair) -> None:

@@ -106,8 +106,20 @@ def random_mutation(
     return CreateFile(new, 0o600, 0, 0)
 
 
-def journal_changes(mutation: Mutation) -> list[Change]:
+def journal_changes(root_fd: int, mutation: Mutation) -> list[Change]:
     """What the filesystem would tell the journal before making this change."""
+    shared: list[Change] = []
+    if isinstance(mutation, Write | SetAttributes | SetXattr):
+        try:
+            st = os.stat(mutation.path, dir_fd=root_fd, follow_symlinks=False)
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                shared = [Change(ChangeKind.SHARED, mutation.path)]
+        except OSError:
+            pass
+    return shared + _journal_changes(mutation)
+
+
+def _journal_changes(mutation: Mutation) -> list[Change]:
     match mutation:
         case Write(path=path, offset=offset, data=data):
             return [Change(ChangeKind.WRITE, path, offset=offset, length=len(data))]
@@ -137,7 +149,7 @@ def change(
     """Apply a random change locally (told to ``journal`` first, as the filesystem does);
     returns it with its stamps, or None if it failed."""
     mutation = random_mutation(root, root_fd, rng, links=links)
-    announced = journal_changes(mutation) if journal is not None else []
+    announced = journal_changes(root_fd, mutation) if journal is not None else []
     for announced_change in announced:
         assert journal is not None
         journal.intend(announced_change)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     # chunk loops are exercised by small files
     monkeypatch.setattr(resync_module, "COMPARE_CHUNK", 64 << 10)
     monkeypatch.setattr(resync_module, "SEND_CHUNK", 16 << 10)
+    monkeypatch.setenv(journal_module.BOOT_ID_VARIABLE, "boot-1")
 
 
 def _fresh(base: Path, *names: str) -> list[Path]:
@@ -47,39 +49,53 @@ def assert_same(a: Path, b: Path) -> None:
 def test_a_full_resync_with_the_application_running_leaves_identical_copies(
     tmp_path_factory: pytest.TempPathFactory, seed: int, during: int
 ) -> None:
+    # Hard links are left out here: see the next test, and docs/architecture.md D18
     base = tmp_path_factory.mktemp("full")
+    a, b = _fresh(base, "a", "b")
+    rng = random.Random(seed)
+    random_tree(a, rng, 30, links=False)
+    shutil.rmtree(b)
+    shutil.copytree(a, b, symlinks=True)  # b was a copy once, then both went their own ways
+    random_tree(a, rng, 15, links=False)
+    random_tree(b, rng, 15, links=False)
+    replicator = trio.run(run_pair, a, b, application(a, rng, during, links=False))
+    assert replicator.resync_how.startswith("full comparison")
+    assert_same(a, b)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_a_full_resync_links_the_names_of_a_file_as_ours_are(
+    tmp_path_factory: pytest.TempPathFactory, seed: int
+) -> None:
+    base = tmp_path_factory.mktemp("links")
     a, b = _fresh(base, "a", "b")
     rng = random.Random(seed)
     random_tree(a, rng, 30)
     shutil.rmtree(b)
-    shutil.copytree(a, b, symlinks=True)  # b was a copy once, then both went their own ways
+    shutil.copytree(a, b, symlinks=True)  # copytree makes every name a file of its own
     random_tree(a, rng, 15)
     random_tree(b, rng, 15)
-    replicator = trio.run(run_pair, a, b, application(a, rng, during))
-    assert replicator.resync_how.startswith("full comparison")
+    trio.run(run_pair, a, b)
     assert_same(a, b)
 
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), away=st.integers(1, 40), during=st.integers(0, 30))
 def test_a_tracked_resync_sends_what_changed_while_the_peer_was_away(
-    tmp_path_factory: pytest.TempPathFactory,
-    monkeypatch: pytest.MonkeyPatch,
-    seed: int,
-    away: int,
-    during: int,
+    tmp_path_factory: pytest.TempPathFactory, seed: int, away: int, during: int
 ) -> None:
-    monkeypatch.setenv(journal_module.BOOT_ID_VARIABLE, "boot-1")
     base = tmp_path_factory.mktemp("tracked")
     a, b, ja, jb = _fresh(base, "a", "b", "ja", "jb")
     rng = random.Random(seed)
     random_tree(a, rng, 30)
-    trio.run(run_pair, a, b, None, journal_a=ja, journal_b=jb)  # first sync: full
+    trio.run(partial(run_pair, a, b, journal_a=ja, journal_b=jb))  # first sync: full
     assert_same(a, b)
     journal = ChangeJournal(ja)  # the peer is away: this node serves alone
     journal.go_alone("the peer is away")
     random_tree(a, rng, away, journal)
     journal.close()
-    replicator = trio.run(run_pair, a, b, application(a, rng, during), journal_a=ja, journal_b=jb)
+    app = application(a, rng, during, links=False)
+    replicator = trio.run(partial(run_pair, a, b, app, journal_a=ja, journal_b=jb))
     assert replicator.resync_how.startswith("tracked"), replicator.resync_how
     assert_same(a, b)
