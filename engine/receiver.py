@@ -17,10 +17,12 @@ import logging
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import trio
 
 from tandem.fsdriver.mount import check_target, open_root
+from tandem.fsdriver.mutation import Mutation
 from tandem.fsdriver.repair import REPAIR_TYPES, apply_repair, apply_tolerantly
 from tandem.fsdriver.replay import apply
 from tandem.fsdriver.syscall import syncfs
@@ -70,9 +72,9 @@ def _apply_batch(
             if isinstance(item, REPAIR_TYPES):
                 unsettled.extend(apply_repair(root_fd, item))
             elif tolerant:
-                unsettled.extend(apply_tolerantly(root_fd, item))
+                unsettled.extend(apply_tolerantly(root_fd, cast(Mutation, item)))
             else:
-                apply(root_fd, item)
+                apply(root_fd, cast(Mutation, item))  # queries never reach a batch
         except OSError as exc:
             what = type(item).__name__
             path = getattr(item, "path", getattr(item, "old", b"?"))
