@@ -240,11 +240,14 @@ def _cmd_mount(args: argparse.Namespace) -> int:
     recorder = FileRecordingSink(args.record) if args.record else None
     journal = ChangeJournal(args.journal) if args.journal else None
     companion = None
-    # the resync reads the copy itself, not through the mount: open it before the mount hides it
-    backing_fd = os.open(check_target(args.directory), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    backing_fd = -1
     if args.replicate_to is not None:
         if recorder is not None:
             raise ConfigError("--record and --replicate-to cannot be combined")
+        # the resync reads the copy itself, not through the mount: open it before the mount
+        # hides it
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        backing_fd = os.open(check_target(args.directory), flags)
         replicator = Replicator(
             args.replicate_to,
             Identity(args.node, args.module),
@@ -265,7 +268,8 @@ def _cmd_mount(args: argparse.Namespace) -> int:
             args.directory, sink, options, companion, journal if journal else NO_RECORDER
         )
     finally:
-        os.close(backing_fd)
+        if backing_fd >= 0:
+            os.close(backing_fd)
         if recorder is not None:
             recorder.close()
         if journal is not None:

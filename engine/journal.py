@@ -122,11 +122,11 @@ class _Coverage:
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._ranges: dict[bytes, list[tuple[int, int]]] = {}
-        self._metadata: set[bytes] = set()
+        self._said: set[tuple[int, bytes]] = set()
 
     def clear(self) -> None:
         self._ranges.clear()
-        self._metadata.clear()
+        self._said.clear()
 
     def covers(self, path: bytes, start: int, end: int) -> bool:
         ranges = self._ranges.get(path)
@@ -156,10 +156,10 @@ class _Coverage:
     def whole(self, path: bytes) -> None:
         self._ranges[path] = [(0, UNBOUNDED)]
 
-    def metadata_seen(self, path: bytes) -> bool:
-        if path in self._metadata:
+    def said(self, kind: int, path: bytes) -> bool:
+        if (kind, path) in self._said:
             return True
-        self._metadata.add(path)
+        self._said.add((kind, path))
         return False
 
 
@@ -333,8 +333,9 @@ class ChangeJournal:
             if self._coverage.covers(change.path, change.offset, UNBOUNDED):
                 return
             self._coverage.add(change.path, change.offset, UNBOUNDED)
-        elif kind == ChangeKind.METADATA:
-            if self._coverage.metadata_seen(change.path):
+        elif kind in (ChangeKind.METADATA, ChangeKind.SHARED):
+            # once said, saying it again adds nothing (and must not cost every write a record)
+            if self._coverage.said(kind, change.path):
                 return
         else:
             # names move or vanish: what was remembered under them no longer holds

@@ -87,7 +87,7 @@ def _apply_batch(
     return unsettled
 
 
-def _answer(root_fd: int, query: Query) -> bytes:
+def answer_query(root_fd: int, query: Query) -> bytes:
     match query:
         case ListQuery(path=path):
             return encode_entries(survey(root_fd, path))
@@ -111,7 +111,6 @@ class Receiver:
     ) -> None:
         self._handshake_timeout = handshake_timeout
         self._journal = journal
-        self._last_unsettled: list[bytes] = []
         self.in_sync = False
         self._root_fd = root_fd
         self.identity = identity
@@ -248,9 +247,9 @@ class Receiver:
                         batch.append((event.seq, item))
                         continue
                     # a query sees every mutation before it applied, and nothing after
-                    if not await self._apply(stream, connection, batch, tolerant):
+                    sent = await self._apply(stream, connection, batch, tolerant)
+                    if sent is None:
                         return
-                    sent = await self._unsettled(connection)
                     unsettled_sent += sent
                     batch = []
                     if isinstance(item, Finish):
@@ -263,7 +262,7 @@ class Receiver:
                         )
                     else:
                         try:
-                            body = await trio.to_thread.run_sync(_answer, self._root_fd, item)
+                            body = await trio.to_thread.run_sync(answer_query, self._root_fd, item)
                         except ApplyError as exc:
                             connection.send_error(str(exc))
                             await stream.send_all(connection.bytes_to_send())
@@ -281,9 +280,10 @@ class Receiver:
                     log.warning("the primary ended replication: %s", event.reason)
             if batch:
                 connection.send_ack(AckKind.RECEIVED, batch[-1][0])
-                if not await self._apply(stream, connection, batch, tolerant):
+                sent = await self._apply(stream, connection, batch, tolerant)
+                if sent is None:
                     return
-                unsettled_sent += await self._unsettled(connection)
+                unsettled_sent += sent
                 self._acknowledge(connection, batch[-1][0])
             outgoing = connection.bytes_to_send()
             if outgoing:
@@ -302,15 +302,17 @@ class Receiver:
         connection: Connection,
         batch: list[tuple[int, StreamItem]],
         tolerant: bool,
-    ) -> bool:
-        self._last_unsettled = []
+    ) -> int | None:
+        """Apply a batch; returns how many UNSETTLED requests that took (0 or 1), None when it
+        failed (the primary was told, the session ends)."""
         if not batch:
-            return True
+            return 0
+        unsettled: list[bytes] = []
         try:
             if self._durable or tolerant:
                 # syncfs and resync repairs can take long: keep the loop free (a new primary
                 # may come)
-                self._last_unsettled = await trio.to_thread.run_sync(
+                unsettled = await trio.to_thread.run_sync(
                     _apply_batch, self._root_fd, batch, self._durable, tolerant
                 )
             else:
@@ -321,17 +323,11 @@ class Receiver:
             log.error("%s; the primary will go on alone", exc)
             connection.send_error(str(exc))
             await stream.send_all(connection.bytes_to_send())
-            return False
+            return None
         self.applied += len(batch)
-        return True
-
-    async def _unsettled(self, connection: Connection) -> int:
-        """Name what the last batch could not settle; returns how many requests that took."""
-        if not self._last_unsettled:
+        if not unsettled:
             return 0
-        paths = tuple(dict.fromkeys(self._last_unsettled))
-        self._last_unsettled = []
-        connection.send_unsettled(paths)
+        connection.send_unsettled(tuple(dict.fromkeys(unsettled)))
         return 1
 
     def _acknowledge(self, connection: Connection, seq: int) -> None:

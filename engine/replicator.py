@@ -19,7 +19,6 @@ import logging
 import os
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -28,7 +27,7 @@ from tandem.fsdriver.mutation import DONE, Mutation, Receipt, Write
 
 from .journal import ChangeJournal
 from .queries import Query
-from .resync import PeerRefused, Progress, Resync
+from .resync import PeerRefused, Resync
 from .resync_plan import Plan, compare_paths, full_plan, plan_from_history
 from .wire import (
     AckKind,
@@ -117,8 +116,6 @@ class Replicator:
         root_fd: int | None = None,
         journal: ChangeJournal | None = None,
         bandwidth: float | None = None,
-        on_alone: Callable[[str], None] | None = None,
-        on_progress: Callable[[str, Progress | None], None] | None = None,
     ) -> None:
         self.peer = peer
         self.identity = identity
@@ -129,8 +126,6 @@ class Replicator:
         self._root_fd = root_fd
         self._journal = journal
         self._bandwidth = bandwidth
-        self._on_alone = on_alone
-        self._on_progress = on_progress
         self._epoch = 0
         self._next_seq = 1
         self._unsent: deque[tuple[int, StreamItem]] = deque()
@@ -223,9 +218,6 @@ class Replicator:
         self._wake()
         if self._connection_scope is not None:
             self._connection_scope.cancel()
-        if self._on_alone is not None:
-            self._on_alone(reason)
-        self._report(None)
 
     def _wake(self) -> None:
         self._progress.set()
@@ -234,11 +226,6 @@ class Replicator:
     @property
     def acknowledged(self) -> int:
         return self._acked
-
-    def _report(self, progress: Progress | None) -> None:
-        if self._on_progress is not None:
-            state = "in sync" if self.in_sync else "resyncing" if self.connected else "alone"
-            self._on_progress(state, progress)
 
     # -- the connection task ----------------------------------------------------------------
 
@@ -335,10 +322,8 @@ class Replicator:
         resync = Resync(
             self._root_fd if self._root_fd is not None else -1,
             _Channel(self),
-            Plan(),
             generation,
             bandwidth=self._bandwidth,
-            on_progress=self._report,
         )
         self._resync = resync
         async with trio.open_nursery() as nursery:
@@ -372,7 +357,6 @@ class Replicator:
             summary["bytes_sent"],
         )
         log.info("replicating %s to %s (in sync)", self.identity.module, self.peer)
-        self._report(progress)
 
     def _resync_failed(self, exc: Exception) -> None:
         leaves = _leaves(exc)

@@ -20,7 +20,8 @@ import os
 import stat
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -173,20 +174,17 @@ class Resync:
         self,
         root_fd: int,
         stream: ResyncStream,
-        plan: Plan,
         generation: str,
         *,
         workers: int = WORKERS,
         bandwidth: float | None = None,  # bytes/s of file data, None: unlimited
-        on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self._root_fd = root_fd
         self._stream = stream
-        self._plan = plan
+        self._plan = Plan()  # until `adopt`: the history is read after mirroring started
         self.generation = generation
         self._workers = workers
         self._bandwidth = bandwidth
-        self._on_progress = on_progress
         self.progress = Progress()
         self._changes = _Changes()
         self._pending: dict[bytes, Work] = {}
@@ -196,7 +194,6 @@ class Resync:
         self._unsettled_received = 0
         self._directories: set[bytes] = set()  # whose times the resync disturbed on the peer
         self._allowance_at = time.monotonic()
-        self._spent = 0
         # hard-linked files: the name compared first, and when that comparison ended
         self._links: dict[tuple[int, int], tuple[bytes, trio.Event]] = {}
         self._their_inodes: dict[int, tuple[int, int]] = {}  # peer's inode -> ours
@@ -269,12 +266,7 @@ class Resync:
             finally:
                 self._busy -= 1
                 self.progress.paths_done += 1
-                self._report()
                 self._wakeup.set()
-
-    def _report(self) -> None:
-        if self._on_progress is not None:
-            self._on_progress(self.progress)
 
     # -- settling one path ------------------------------------------------------------------
 
@@ -515,22 +507,30 @@ class Resync:
     async def _ask_into(self, box: list[bytes], query: Query) -> None:
         box.append(await self._stream.ask(query))
 
-    async def _hash_local(
-        self, path: bytes, offset: int
-    ) -> tuple[os.stat_result, array[int]] | None:
+    @contextmanager
+    def _open_regular(self, path: bytes) -> Iterator[tuple[int, os.stat_result] | None]:
+        """The regular file at ``path`` now (descriptor and status), or None."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root_fd)
         except OSError:
-            return None
+            yield None
+            return
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+            yield (fd, st) if stat.S_ISREG(st.st_mode) else None
+        finally:
+            os.close(fd)
+
+    async def _hash_local(
+        self, path: bytes, offset: int
+    ) -> tuple[os.stat_result, array[int]] | None:
+        with self._open_regular(path) as opened:
+            if opened is None:
                 return None
+            fd, st = opened
             length = max(0, min(COMPARE_CHUNK, st.st_size - offset))
             hashes = await trio.to_thread.run_sync(hash_blocks, fd, offset, length, BLOCK)
             return st, hashes
-        finally:
-            os.close(fd)
 
     async def _send_differences(
         self,
@@ -577,19 +577,18 @@ class Resync:
             sent = self._send_chunk(path, position, end, skip_holes)
             if sent is None:
                 return
-            position = sent
-            await self._pace()
+            position, size = sent
+            await self._pace(size)
 
-    def _send_chunk(self, path: bytes, position: int, end: int, skip_holes: bool) -> int | None:
-        """One atomic step: read and submit; returns where the next chunk starts."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root_fd)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+    def _send_chunk(
+        self, path: bytes, position: int, end: int, skip_holes: bool
+    ) -> tuple[int, int] | None:
+        """One atomic step: read and submit; returns where the next chunk starts and how much
+        was sent (None: nothing more to send)."""
+        with self._open_regular(path) as opened:
+            if opened is None:
                 return None
+            fd, st = opened
             stop = min(end, st.st_size)
             if position >= stop:
                 if end > st.st_size:
@@ -606,20 +605,17 @@ class Resync:
                 if position >= min(end, st.st_size):
                     return None
             data = os.pread(fd, min(SEND_CHUNK, stop - position), position)
-        finally:
-            os.close(fd)
         if not data:
             return None
         self._stream.submit(Write(path, position, data))
         self.progress.bytes_sent += len(data)
-        self._spent = len(data)
-        return position + len(data)
+        return position + len(data), len(data)
 
-    async def _pace(self) -> None:
+    async def _pace(self, sent: int) -> None:
         await self._stream.room()
         if self._bandwidth:
             self._allowance_at = max(self._allowance_at, time.monotonic()) + (
-                self._spent / self._bandwidth
+                sent / self._bandwidth
             )
             delay = self._allowance_at - time.monotonic()
             if delay > 0:

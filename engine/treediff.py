@@ -9,9 +9,7 @@ import stat
 from typing import Any
 
 
-def snapshot(
-    root: str, *, times: bool = False, owners: bool = True, links: bool = True
-) -> dict[str, Any]:
+def snapshot(root: str, *, times: bool = False, owners: bool = True) -> dict[str, Any]:
     """Every object under ``root`` (not following symlinks), with hard links as groups."""
     objects: dict[str, dict[str, Any]] = {}
     by_inode: dict[tuple[int, int], list[str]] = {}
@@ -24,9 +22,8 @@ def snapshot(
             entry: dict[str, Any] = {
                 "type": stat.S_IFMT(st.st_mode),
                 "perm": stat.S_IMODE(st.st_mode),
+                "nlink": st.st_nlink,
             }
-            if links:
-                entry["nlink"] = st.st_nlink
             if owners:
                 entry["owner"] = (st.st_uid, st.st_gid)
             if times:
@@ -52,8 +49,8 @@ def snapshot(
             objects[rel] = entry
     finally:
         os.close(root_fd)
-    groups = sorted(sorted(paths) for paths in by_inode.values() if len(paths) > 1)
-    return {"objects": objects, "hard_links": groups if links else []}
+    links = sorted(sorted(paths) for paths in by_inode.values() if len(paths) > 1)
+    return {"objects": objects, "hard_links": links}
 
 
 def diff(left: dict[str, Any], right: dict[str, Any]) -> list[str]:

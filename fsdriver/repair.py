@@ -298,15 +298,9 @@ def apply_repair(root_fd: int, repair: Repair) -> tuple[bytes, ...]:
         # the copy moved under the repair (an earlier item of the stream changed it): compare
         if exc.errno not in _DIVERGED:
             raise
-        return (repair.old, repair.new) if isinstance(repair, Move) else _named_repair(repair)
+        return _named(repair)
     _stamps_if_present(root_fd, repair.stamps)
     return unsettled
-
-
-def _named_repair(repair: Ensure | RemoveTree | SetXattrs | LinkIfPresent) -> tuple[bytes, ...]:
-    if isinstance(repair, LinkIfPresent):
-        return (repair.existing, repair.path)
-    return (repair.path,)
 
 
 def _stamps_if_present(root_fd: int, stamps: tuple[Stamp, ...]) -> None:
@@ -317,14 +311,17 @@ def _stamps_if_present(root_fd: int, stamps: tuple[Stamp, ...]) -> None:
             pass
 
 
-def _named(mutation: Mutation) -> tuple[bytes, ...]:
-    match mutation:
-        case Rename(old=old, new=new):
+def _named(item: Mutation | Repair) -> tuple[bytes, ...]:
+    """Every path an item names (what to compare when it could not be applied)."""
+    match item:
+        case Rename(old=old, new=new) | Move(old=old, new=new):
             return (old, new)
-        case MakeHardLink(existing=existing, path=path):
+        case (
+            MakeHardLink(existing=existing, path=path) | LinkIfPresent(existing=existing, path=path)
+        ):
             return (existing, path)
         case _:
-            return (mutation.path,)
+            return (item.path,)
 
 
 def apply_tolerantly(root_fd: int, mutation: Mutation) -> tuple[bytes, ...]:

@@ -5,6 +5,7 @@ the change and its submission in one step, with the stamps the filesystem would 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import stat
@@ -168,12 +169,7 @@ def change(
             paths = [_parent(path), path]
         case _:
             paths = [mutation.path, _parent(mutation.path)]
-    stamps = _stamps(root_fd, *dict.fromkeys(paths))
-    return type(mutation)(**{**_fields(mutation), "stamps": stamps})
-
-
-def _fields(mutation: Mutation) -> dict[str, object]:
-    return {name: getattr(mutation, name) for name in mutation.__slots__}  # type: ignore[attr-defined]
+    return dataclasses.replace(mutation, stamps=_stamps(root_fd, *dict.fromkeys(paths)))
 
 
 def random_tree(

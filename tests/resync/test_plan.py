@@ -1,10 +1,19 @@
 """From journal history to resync work: ranges follow renames, moves are replayed and compared,
-uncertain moves compare both names, removals drop what was pending under them."""
+uncertain moves compare both names; and the secondary refuses queries it should not answer."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
+
 from tandem.engine.journal import History
+from tandem.engine.queries import HashQuery
+from tandem.engine.receiver import ApplyError
+from tandem.engine.receiver import answer_query as answer
 from tandem.engine.resync_plan import Need, plan_from_history
+from tandem.engine.survey import decode_hashes
 from tandem.fsdriver.change import UNBOUNDED, Change, ChangeKind
 from tandem.fsdriver.repair import RENAME_EXCHANGE, LinkIfPresent, Move
 
@@ -89,3 +98,16 @@ def test_what_was_pending_under_a_removed_path_stays() -> None:
     assert set(plan.work) == {b"d", b"d/f", b"d2"}
     assert plan.work[b"d"].need == Need.ENTRY
     assert plan.work[b"d/f"].need == Need.ENTRY | Need.RANGES
+
+
+def test_a_hash_query_asking_for_too_many_hashes_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(ApplyError, match="refused a hash query"):
+            answer(root_fd, HashQuery(b"f", 0, 1 << 40, 512))
+        with pytest.raises(ApplyError, match="refused a hash query"):
+            answer(root_fd, HashQuery(b"f", 0, 4096, 1))
+        assert decode_hashes(answer(root_fd, HashQuery(b"f", 0, 4096, 4096))).size == 10
+    finally:
+        os.close(root_fd)

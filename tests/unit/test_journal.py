@@ -255,3 +255,12 @@ def test_a_secondary_journal_says_its_generation_and_distrusts_a_power_cut(
     assert history.complete and history.generation == "g7"
     # a node that then serves starts from the generation it shares
     assert ChangeJournal(tmp_path).read_history().generation == "g7"
+
+
+def test_writes_to_a_file_with_several_names_say_so_once(tmp_path: Path) -> None:
+    journal = in_sync(tmp_path)
+    journal.go_alone("peer lost")
+    for _ in range(3):
+        journal.intend(Change(ChangeKind.SHARED, b"f"))
+        journal.intend(write(b"f", 0, 4096))
+    assert journal.read_history().changes == [Change(ChangeKind.SHARED, b"f"), write(b"f", 0, 4096)]
