@@ -8,7 +8,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -18,11 +18,23 @@ from tandem.fsdriver.mutation import FileRecordingSink, NullSink, ReplicationSin
 
 from . import __version__
 from .config import ConfigError, load_module, read_secret
+from .control import ControlError, Handler, serve_control
 from .journal import ChangeJournal, SecondaryJournal
 from .lab import Lab, LabError
-from .node import Assignment, Node, NodeFailed, Role, run_node
+from .node import (
+    DEFAULT_STATE_DIR,
+    STATE_DIR_VARIABLE,
+    Assignment,
+    Node,
+    NodeFailed,
+    Role,
+    default_state_dir,
+    run_node,
+)
+from .operate import run_verify, show_state, start_full_resync
 from .receiver import Receiver, secondary_copy
 from .replicator import PeerAddress, Replicator
+from .stream_control import primary_commands, secondary_commands
 from .wire import AckKind, Identity
 
 EXIT_FAILED = 1
@@ -74,6 +86,11 @@ def _replication_options(parser: argparse.ArgumentParser) -> None:
         "with the primary. With it, a reconnection resyncs only what changed "
         "(docs/architecture.md D16)",
     )
+    parser.add_argument(
+        "--control",
+        metavar="SOCKET",
+        help="answer `tandem state/verify/resync` on this Unix socket (created mode 0600)",
+    )
     parser.add_argument("--module", default="default", help="module name (both sides)")
     parser.add_argument("--node", default=socket.gethostname(), help="this node's name")
 
@@ -101,6 +118,15 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--node", default=socket.gethostname(), help="this node's name (default: hostname)"
+    )
+
+
+def _state_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        default=default_state_dir(),
+        metavar="DIR",
+        help=f"journals and control sockets (default ${STATE_DIR_VARIABLE} or {DEFAULT_STATE_DIR})",
     )
 
 
@@ -173,6 +199,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     node.add_argument("assignments", nargs="+", metavar="MODULE=ROLE", type=_assignment)
     _node_options(node)
+    _state_dir_option(node)
+
+    state = commands.add_parser(
+        "state",
+        help="each module's replication on this node: in sync, resyncing (with progress), alone",
+        description="Exit code 0 when every module found answered, 1 otherwise.",
+    )
+    state.add_argument("modules", nargs="*", metavar="MODULE", help="default: every module")
+    state.add_argument("--json", action="store_true", help="print the documented JSON shape")
+    _state_dir_option(state)
+
+    verify = commands.add_parser(
+        "verify",
+        help="compare both copies block by block while the application runs; changes nothing",
+        description="Run on the primary. Exit code 0: identical; 1: differences (listed), or "
+        "the verify could not run.",
+    )
+    verify.add_argument("module", metavar="MODULE")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    _state_dir_option(verify)
+
+    resync = commands.add_parser(
+        "resync",
+        help="force a complete comparison of both copies (after a suspected divergence)",
+        description="Run on the primary. The connection to the secondary starts over and "
+        "compares every file by hashes, sending only what differs.",
+    )
+    resync.add_argument("module", metavar="MODULE")
+    resync.add_argument(
+        "--full", action="store_true", required=True, help="compare everything (required)"
+    )
+    _state_dir_option(resync)
 
     check = commands.add_parser(
         "check",
@@ -259,8 +317,15 @@ def _cmd_mount(args: argparse.Namespace) -> int:
             journal=journal,
             bandwidth=args.resync_bandwidth * (1 << 20) if args.resync_bandwidth else None,
         )
-        sink, companion = replicator, replicator.run
+        sink, companion = (
+            replicator,
+            _with_control(
+                replicator.run, args.control, primary_commands(replicator, args.directory)
+            ),
+        )
     else:
+        if args.control:
+            raise ConfigError("--control needs --replicate-to (it reports on replication)")
         sink = recorder if recorder is not None else NullSink()
     options = MountOptions(attr_timeout=args.attr_timeout, entry_timeout=args.entry_timeout)
     try:
@@ -276,6 +341,20 @@ def _cmd_mount(args: argparse.Namespace) -> int:
             journal.close()
     print(f"tandem: {args.directory}: {outcome}", file=sys.stderr)
     return 0
+
+
+def _with_control(
+    run: Callable[[], Awaitable[None]], control: str | None, commands: dict[str, Handler]
+) -> Callable[[], Awaitable[None]]:
+    if control is None:
+        return run
+
+    async def both() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_control, control, commands)
+            await run()
+
+    return both
 
 
 def _cmd_receive(args: argparse.Namespace) -> int:
@@ -294,6 +373,9 @@ def _cmd_receive(args: argparse.Namespace) -> int:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(receiver.serve, args.listen.host, args.listen.port)
+                    if args.control:
+                        commands = secondary_commands(receiver, args.directory)
+                        nursery.start_soon(serve_control, args.control, commands)
                     async for _ in signals:
                         nursery.cancel_scope.cancel()
                         break
@@ -312,7 +394,14 @@ def _cmd_node(args: argparse.Namespace) -> int:
     assignments = [
         Assignment(load_module(args.config_dir, name), role) for name, role in args.assignments
     ]
-    node = Node(args.node, assignments, secret, secret_file, verbose=args.verbose)
+    node = Node(
+        args.node,
+        assignments,
+        secret,
+        secret_file,
+        state_dir=args.state_dir,
+        verbose=args.verbose,
+    )
     try:
         run_node(node)
     except NodeFailed as failure:
@@ -392,7 +481,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_check(args)
         if args.command == "lab":
             return _cmd_lab(args)
-    except (MountError, ConfigError, LabError) as exc:
+        if args.command == "state":
+            return show_state(args.state_dir, args.modules, as_json=args.json)
+        if args.command == "verify":
+            return run_verify(args.state_dir, args.module, as_json=args.json)
+        if args.command == "resync":
+            return start_full_resync(args.state_dir, args.module)
+    except (MountError, ConfigError, LabError, ControlError) as exc:
         print(f"tandem: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     if args.command == "demo":

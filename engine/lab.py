@@ -25,6 +25,8 @@ from pathlib import Path
 
 from tandem.fsdriver.mount import mounts_at
 
+from .node import STATE_DIR_VARIABLE
+
 DEFAULT_LAB_DIR = "/var/lib/tandem-lab"
 MODULE = "demo"
 NODES = {"a": "198.18.0.1", "b": "198.18.0.2"}
@@ -86,6 +88,9 @@ class Lab:
 
     def config_dir(self, node: str) -> Path:
         return self.node_dir(node) / "etc"
+
+    def state_dir(self, node: str) -> Path:
+        return self.node_dir(node) / "state"
 
     @property
     def _state_file(self) -> Path:
@@ -231,6 +236,8 @@ class Lab:
             "node",
             "--config-dir",
             str(self.config_dir(node)),
+            "--state-dir",
+            str(self.state_dir(node)),
             "--node",
             node,
             f"{MODULE}={roles[node]}",
@@ -297,7 +304,9 @@ class Lab:
         if pid is None:
             raise LabError(f"node {node} is not running (tandem lab start {node})")
         enter = ["nsenter", f"--target={pid}", "--mount", "--net", "--pid"]
-        return [*enter, f"--wd={os.getcwd()}", "--", *command]
+        # `tandem state/verify/resync` run there find that node's streams by themselves
+        environment = ["env", f"{STATE_DIR_VARIABLE}={self.state_dir(node)}"]
+        return [*enter, f"--wd={os.getcwd()}", "--", *environment, *command]
 
     def cut(self, node: str, connected: bool = False) -> None:
         """Unplug (or plug back) the node's network cable: its veth on the switch goes down."""

@@ -25,7 +25,10 @@ import trio
 from tandem.fsdriver.mount import check_target, is_tandem_mount, notify_systemd
 
 from .config import ModuleConfig
+from .control import SOCKET_NAME, serve_control
+from .journal import SecondaryJournal
 from .receiver import Receiver, secondary_copy
+from .stream_control import secondary_commands
 from .wire import Identity
 
 log = logging.getLogger(__name__)
@@ -53,8 +56,34 @@ def stream_identity(node: str, module: ModuleConfig, index: int) -> Identity:
     return Identity(node, f"{module.name}/{index}")
 
 
+DEFAULT_STATE_DIR = "/var/lib/tandem"
+STATE_DIR_VARIABLE = "TANDEM_STATE_DIR"
+
+
+def default_state_dir() -> str:
+    return os.environ.get(STATE_DIR_VARIABLE) or DEFAULT_STATE_DIR
+
+
+def stream_dir(state_dir: str, module: str, index: int) -> str:
+    """Where a stream keeps its journal and control socket, whichever role the node has."""
+    return os.path.join(state_dir, "modules", module, str(index))
+
+
+def journal_dir(state_dir: str, module: str, index: int) -> str:
+    return os.path.join(stream_dir(state_dir, module, index), "journal")
+
+
+def control_socket(state_dir: str, module: str, index: int) -> str:
+    return os.path.join(stream_dir(state_dir, module, index), SOCKET_NAME)
+
+
 def mount_command(
-    node: str, module: ModuleConfig, index: int, secret_file: str, verbose: bool
+    node: str,
+    module: ModuleConfig,
+    index: int,
+    secret_file: str,
+    state_dir: str,
+    verbose: bool,
 ) -> list[str]:
     _, peer_address = module.peer_of(node)
     host = f"[{peer_address}]" if ":" in peer_address else peer_address
@@ -66,6 +95,8 @@ def mount_command(
     command += ["--secret-file", secret_file, "--ack", module.ack]
     command += ["--timeout", repr(module.timeout)]
     command += ["--module", stream_identity(node, module, index).module, "--node", node]
+    command += ["--journal", journal_dir(state_dir, module.name, index)]
+    command += ["--control", control_socket(state_dir, module.name, index)]
     return command
 
 
@@ -77,10 +108,12 @@ class Node:
         secret: bytes,
         secret_file: str,
         *,
+        state_dir: str = DEFAULT_STATE_DIR,
         verbose: bool = False,
     ) -> None:
         self.name = name
         self.assignments = list(assignments)
+        self.state_dir = state_dir
         self._secret = secret
         self._secret_file = secret_file
         self._verbose = verbose
@@ -103,11 +136,19 @@ class Node:
                 )
                 task_status.started()
 
+    def _make_stream_dir(self, module: ModuleConfig, index: int) -> None:
+        path = stream_dir(self.state_dir, module.name, index)
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise NodeFailed(f"cannot create the state directory {path}: {exc.strerror}") from None
+
     async def _start_secondary(
         self, nursery: trio.Nursery, cleanup: ExitStack, module: ModuleConfig
     ) -> None:
         listen = module.nodes[self.name]
         for index, directory in enumerate(module.directories):
+            self._make_stream_dir(module, index)
             root_fd = cleanup.enter_context(secondary_copy(directory))
             receiver = Receiver(
                 root_fd,
@@ -115,8 +156,12 @@ class Node:
                 self._secret,
                 durable=module.ack == "durable",
                 handshake_timeout=module.timeout,
+                journal=SecondaryJournal(journal_dir(self.state_dir, module.name, index)),
             )
             await nursery.start(receiver.serve, listen, module.port_of(index))
+            commands = secondary_commands(receiver, directory)
+            control = control_socket(self.state_dir, module.name, index)
+            await nursery.start(serve_control, control, commands)
             log.info("module %s: secondary for %s", module.name, directory)
 
     async def _run_mount(
@@ -127,7 +172,10 @@ class Node:
     ) -> None:
         directory = module.directories[index]
         check_target(directory)
-        command = mount_command(self.name, module, index, self._secret_file, self._verbose)
+        self._make_stream_dir(module, index)
+        command = mount_command(
+            self.name, module, index, self._secret_file, self.state_dir, self._verbose
+        )
         # the node alone speaks to systemd; a child's READY would be taken for the node's
         env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
         process = await trio.lowlevel.open_process(command, env=env)

@@ -118,6 +118,21 @@ class Receiver:
         self._durable = durable
         self._current: tuple[trio.CancelScope, trio.Event] | None = None
         self.applied = 0  # mutations applied over this process's life (for status and tests)
+        self._primary = ""  # the connected primary's node name
+
+    def status(self) -> dict[str, object]:
+        if self._current is None:
+            replication = "waiting for the primary"
+        else:
+            replication = "in sync" if self.in_sync else "resyncing"
+        return {
+            "role": "secondary",
+            "node": self.identity.node,
+            "module": self.identity.module,
+            "peer": self._primary or None,
+            "replication": replication,
+            "applied": self.applied,
+        }
 
     async def serve(
         self,
@@ -181,6 +196,7 @@ class Receiver:
             for index, event in enumerate(events):
                 if isinstance(event, Authenticated):
                     log.info("primary %s connected (protocol %d)", event.peer_node, event.version)
+                    self._primary = event.peer_node
                     return events[index + 1 :]
                 if isinstance(event, ConnectionFailed | PeerError):
                     log.error("refused a peer: %s", event.reason)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from .journal import ChangeJournal
 from .queries import Query
 from .resync import PeerRefused, Resync
 from .resync_plan import Plan, compare_paths, full_plan, plan_from_history
+from .verify import Verify
 from .wire import (
     AckKind,
     Acknowledged,
@@ -70,6 +72,10 @@ class PeerAddress:
 
 class _Lost(Exception):
     """The connection ended while something waited on it."""
+
+
+class Refused(Exception):
+    """An operator's request that cannot be carried out now (worded for the operator)."""
 
 
 class _AckReceipt:
@@ -138,6 +144,11 @@ class Replicator:
         self._connection_scope: trio.CancelScope | None = None
         self._sending = trio.Lock()  # one task at a time may write to the socket
         self._resync: Resync | None = None
+        self._verify: Verify | None = None
+        self._last_verify: dict[str, object] | None = None
+        self._last_resync: dict[str, object] | None = None
+        self._full_requested = ""  # why the next resync must compare everything
+        self._reconnect_now = trio.Event()
         self.connected = False
         self.in_sync = False
         self.alone_reason: str | None = "not connected to the peer yet"
@@ -149,6 +160,8 @@ class Replicator:
         if self.alone_reason is not None:
             return DONE
         seq = self._enqueue(mutation)
+        if self._verify is not None:
+            self._verify.observe(mutation)
         if self._resync is not None:
             self._resync.observe(mutation)
             return _RoomReceipt(self)
@@ -227,6 +240,88 @@ class Replicator:
     def acknowledged(self) -> int:
         return self._acked
 
+    # -- what an operator may ask -----------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        if self.in_sync:
+            replication = "in sync"
+        elif self._resync is not None:
+            replication = "resyncing"
+        else:
+            replication = "alone"
+        resync = None
+        if self._resync is not None:
+            resync = {"how": self.resync_how, **self._resync.progress.as_dict()}
+        verify = self._verify.report.as_dict() if self._verify is not None else None
+        return {
+            "role": "primary",
+            "node": self.identity.node,
+            "module": self.identity.module,
+            "peer": str(self.peer),
+            "replication": replication,
+            "reason": self.alone_reason,
+            "resync": resync,
+            "last_resync": self._last_resync,
+            "full_resync_pending": bool(self._full_requested),
+            "verify": verify if verify is not None else self._last_verify,
+            "acknowledged": self._acked,
+        }
+
+    def request_full_resync(self, why: str = "requested by the operator") -> str:
+        """Compare everything: now if connected (the connection starts over), else at the next
+        connection. What it says is for the operator."""
+        self._full_requested = why
+        log.info("full resync %s", why)
+        if self.connected:
+            self.go_alone(f"full resync {why}; reconnecting")
+            self._reconnect_now.set()
+            return "the connection starts over with a full comparison"
+        self._reconnect_now.set()
+        return f"not connected ({self.alone_reason}); the next connection compares everything"
+
+    async def verify(self) -> dict[str, object]:
+        """Compare both copies block by block, changing nothing; the report (as a dict)."""
+        if self._root_fd is None:
+            raise Refused("this mount has no copy to read (no backing directory)")
+        if not self.in_sync:
+            state = "resyncing" if self._resync is not None else f"alone: {self.alone_reason}"
+            raise Refused(f"the copies are not in sync yet ({state}); verify once they are")
+        if self._verify is not None:
+            raise Refused("a verify is already running")
+        verify = Verify(self._root_fd, _Channel(self))
+        self._verify = verify
+        log.info("verify with %s started", self.peer)
+        try:
+            report = await verify.run()
+        except _Lost:
+            raise Refused(
+                f"the connection to the peer ended during the verify ({self.alone_reason})"
+            ) from None
+        finally:
+            self._verify = None
+            self._last_verify = verify.report.as_dict()
+        summary = report.as_dict()
+        if summary["identical"]:
+            log.info(
+                "verify: copies identical (%d paths, %d bytes compared in %.2f s)",
+                report.paths_checked,
+                report.bytes_compared,
+                summary["elapsed_s"],
+            )
+        else:
+            named = ", ".join(
+                f"{path}: {what}" for path, what in list(report.differences.items())[:5]
+            )
+            log.warning(
+                "verify: %d difference(s)%s%s",
+                report.difference_count,
+                f" ({named})" if named else "",
+                f"; not verified (kept changing): {len(report.not_verified)}"
+                if report.not_verified
+                else "",
+            )
+        return summary
+
     # -- the connection task ----------------------------------------------------------------
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -237,7 +332,9 @@ class Replicator:
                 nursery.start_soon(self._checkpoints)
             while True:
                 await self._connect_once()
-                await trio.sleep(self._retry)
+                with trio.move_on_after(self._retry):
+                    await self._reconnect_now.wait()
+                self._reconnect_now = trio.Event()
 
     async def _checkpoints(self) -> None:
         assert self._journal is not None
@@ -347,7 +444,9 @@ class Replicator:
             self._journal.resynced(token, label, resync.generation)
         self._resync = None
         self.in_sync = True
+        self._full_requested = ""
         summary = progress.as_dict()
+        self._last_resync = {"how": self.resync_how, "finished_at": time.time(), **summary}
         log.info(
             "resync with %s done in %.2f s: %d paths, %d bytes compared, %d bytes sent",
             self.peer,
@@ -370,6 +469,8 @@ class Replicator:
         self.go_alone(f"resync failed: {next(x for x in leaves if not isinstance(x, _Lost))!r}")
 
     async def _plan(self, peer: PeerState) -> tuple[Plan, str]:
+        if self._full_requested:
+            return full_plan(), f"full comparison ({self._full_requested})"
         if self._journal is None:
             return full_plan(), "full comparison (no journal on this node)"
         history = await trio.to_thread.run_sync(self._journal.read_history)

@@ -9,7 +9,8 @@ application write is applied after the resync data it supersedes.
 
 Comparisons are the only place where staleness could creep in: the peer answers a query at a
 point of the stream, the local side is read later. A block is skipped as equal only if nothing
-submitted since the query could have changed it (``_Changes``); otherwise it is sent as it is now.
+submitted since the query could have changed it (``ChangeClock``); otherwise it is sent as it
+is now.
 """
 
 from __future__ import annotations
@@ -76,28 +77,78 @@ class PeerRefused(Exception):
 @dataclass
 class Progress:
     started: float = field(default_factory=time.monotonic)
-    paths_total: int = 0
+    paths_total: int = 0  # grows as directories are listed
     paths_done: int = 0
     bytes_compared: int = 0  # local bytes hashed
     bytes_sent: int = 0  # file data sent by the resync
+    bytes_done: int = 0  # of the plan's bytes (compared, or sent without comparing)
+    bytes_total: int | None = None  # the plan's bytes, once estimated (a walk of its paths)
+    files_total: int | None = None  # objects under the plan's paths, once estimated
     unsettled: int = 0  # paths the peer asked to have compared again
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | None]:
         elapsed = time.monotonic() - self.started
+        rate = self.bytes_done / elapsed if elapsed > 0 else 0.0
+        remaining = None
+        if self.bytes_total is not None and rate > 0:
+            remaining = round(max(0, self.bytes_total - self.bytes_done) / rate, 1)
         return {
-            "paths_total": self.paths_total,
+            "paths_total": max(self.paths_total, self.files_total or 0),
             "paths_done": self.paths_done,
+            "bytes_total": self.bytes_total,
+            "bytes_done": min(self.bytes_done, self.bytes_total or self.bytes_done),
             "bytes_compared": self.bytes_compared,
             "bytes_sent": self.bytes_sent,
             "unsettled": self.unsettled,
             "elapsed_s": round(elapsed, 3),
-            "rate_bytes_s": round((self.bytes_compared + self.bytes_sent) / elapsed)
-            if elapsed
-            else 0,
+            "rate_bytes_s": round(rate),
+            "eta_s": remaining,
         }
 
 
-class _Changes:
+def estimate(root_fd: int, plan: Plan) -> tuple[int, int]:
+    """(objects, bytes) a plan covers, as the tree is now: what progress is measured against.
+    A walk of names and sizes, far cheaper than the hashing it announces."""
+    objects = size = 0
+    for path, work in plan.work.items():
+        try:
+            st = os.stat(path, dir_fd=root_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        objects += 1
+        if stat.S_ISREG(st.st_mode):
+            if work.need & (Need.TREE | Need.ENTRY):
+                size += st.st_size
+            else:
+                size += sum(max(0, min(end, st.st_size) - start) for start, end in work.ranges)
+        elif stat.S_ISDIR(st.st_mode) and work.need & Need.TREE:
+            found, found_size = _walk_sizes(root_fd, path)
+            objects += found
+            size += found_size
+    return objects, size
+
+
+def _walk_sizes(root_fd: int, top: bytes) -> tuple[int, int]:
+    objects = size = 0
+    stack = [b"/proc/self/fd/%d/%s" % (root_fd, top)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            objects += 1
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    size += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return objects, size
+
+
+class ChangeClock:
     """What the application changed since a point of the stream (the resync's clock is the
     number of mutations it observed), so a comparison never trusts an answer it outran."""
 
@@ -186,7 +237,7 @@ class Resync:
         self._workers = workers
         self._bandwidth = bandwidth
         self.progress = Progress()
-        self._changes = _Changes()
+        self._changes = ChangeClock()
         self._pending: dict[bytes, Work] = {}
         self._heap: list[tuple[int, bytes]] = []
         self._busy = 0
@@ -228,6 +279,19 @@ class Resync:
         self._wakeup.set()
 
     async def run(self) -> Progress:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._estimate)
+            await self._settle_all()
+            nursery.cancel_scope.cancel()
+        return self.progress
+
+    async def _estimate(self) -> None:
+        objects, size = await trio.to_thread.run_sync(
+            estimate, self._root_fd, self._plan, abandon_on_cancel=True
+        )
+        self.progress.files_total, self.progress.bytes_total = objects, size
+
+    async def _settle_all(self) -> None:
         for move in self._plan.moves:
             self._stream.submit(move)
         for path, work in self._plan.work.items():
@@ -241,7 +305,7 @@ class Resync:
                 Finish(self.generation.encode(), self._unsettled_received)
             )
             if answer == b"\x01":
-                return self.progress
+                return
             if answer != b"\x00":
                 raise PeerRefused(f"the peer answered the resync's end with {answer!r}")
             if not self._heap:
@@ -284,6 +348,7 @@ class Resync:
                 return
             for start, end in work.ranges:
                 await self._send_range(path, start, end, skip_holes=False)
+                self.progress.bytes_done += max(0, min(end, st.st_size) - start)
             self._finish_object(path, xattrs=bool(work.need & Need.META))
 
     def _local(self, path: bytes) -> os.stat_result | None:
@@ -462,9 +527,11 @@ class Resync:
 
     async def _send_new_file(self, path: bytes) -> None:
         """The peer has no such file (or another kind of object): a new one, all its data."""
-        self._ensure_now(path, fresh=True)
+        st = self._ensure_now(path, fresh=True)
         await self._send_range(path, 0, UNBOUNDED, skip_holes=True)
         self._finish_object(path, xattrs=False)
+        if st is not None:
+            self.progress.bytes_done += st.st_size
 
     async def _compare_file(self, path: bytes, *, check_links: bool = True) -> bool:
         """Send the blocks that differ; False when the peer has no file there to compare, or
@@ -489,6 +556,7 @@ class Resync:
             if offset == 0 and check_links and not self._same_links(st, theirs.ino, theirs.nlink):
                 return False
             self.progress.bytes_compared += len(local_hashes) * BLOCK
+            self.progress.bytes_done += max(0, min(COMPARE_CHUNK, st.st_size - offset))
             changed = self._changes.changed_blocks(path, since, st.st_nlink)
             await self._send_differences(path, offset, local_hashes, theirs.hashes, changed)
             offset += COMPARE_CHUNK
