@@ -430,6 +430,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f" ({', '.join(module.directories)}), peer {peer} at {address}, "
             f"ports {module.port}-{module.port_of(len(module.directories) - 1)}, "
             f"ack {module.ack}, timeout {module.timeout:g} s"
+            + (
+                f", resync capped at {module.resync_bandwidth:g} MiB/s"
+                if module.resync_bandwidth
+                else ""
+            )
         )
     return 0
 

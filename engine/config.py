@@ -7,6 +7,7 @@ Every problem is reported as ``FILE: KEY: problem`` so an admin can fix it witho
     port = 7400                     # optional (default 7400)
     ack = "applied"                 # or "durable" (optional, default "applied")
     timeout = 10.0                  # seconds without an answer before going on alone
+    resync_bandwidth = 50.0         # optional: MiB/s a resync may send (default: no cap)
     [nodes]                         # exactly two: node name = address
     alpha = "198.18.0.1"
     beta = "198.18.0.2"
@@ -29,7 +30,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
-_KEYS = {"directories", "port", "ack", "timeout", "nodes"}
+_KEYS = {"directories", "port", "ack", "timeout", "resync_bandwidth", "nodes"}
 
 
 class ConfigError(Exception):
@@ -44,6 +45,7 @@ class ModuleConfig:
     port: int = DEFAULT_PORT
     ack: str = "applied"
     timeout: float = DEFAULT_TIMEOUT
+    resync_bandwidth: float | None = None  # MiB/s
     source: str = ""
 
     def peer_of(self, node: str) -> tuple[str, str]:
@@ -163,8 +165,16 @@ def parse_module(name: str, text: str, source: str) -> ModuleConfig:
         raise _fail(
             source, "timeout", f"must be a number of seconds above 0, got {_describe(timeout)}"
         )
+    bandwidth = raw.get("resync_bandwidth")
+    if bandwidth is not None and (
+        isinstance(bandwidth, bool) or not isinstance(bandwidth, int | float) or not bandwidth > 0
+    ):
+        raise _fail(
+            source, "resync_bandwidth", f"must be MiB/s above 0, got {_describe(bandwidth)}"
+        )
     return ModuleConfig(
         name=name,
+        resync_bandwidth=None if bandwidth is None else float(bandwidth),
         directories=directories,
         nodes=_nodes(source, raw["nodes"]),
         port=port,

@@ -41,7 +41,7 @@ BOOT_ID_VARIABLE = "TANDEM_BOOT_ID"  # tests simulate a reboot with it
 SEGMENT_SUFFIX = ".seg"
 
 # journal-only record kinds (after ChangeKind's values)
-HEADER = 100  # path: JSON {"boot": ..., "version": 1}
+HEADER = 100  # path: JSON {"boot": ..., "version": 1, "generation": the base of its records}
 DONE = 101  # offset: the ChangeKind of the namespace move that succeeded; path, other: its names
 ALONE = 102  # path: why replication stopped
 UNKNOWN = 103  # path: why tracking stopped being exact
@@ -178,6 +178,9 @@ class ChangeJournal:
         self._given_up = False
         self._sync_segment: Path | None = None
         inherited = read_history(self.directory, self._boot) if existed else None
+        # every segment's header names the generation its records start from: retiring the
+        # segment that confirmed it must not forget what both copies share
+        self._generation = inherited.generation if inherited is not None else ""
         for segment in self._segment_paths():
             self._closed.append((segment, None))
         # keep holding whatever an earlier run left: it is history until a resync completes
@@ -204,8 +207,8 @@ class ChangeJournal:
         self._current = path
         self._current_records = 0
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        header = json.dumps({"boot": self._boot, "version": 1}).encode()
-        self._append(encode_record(HEADER, header))
+        header = {"boot": self._boot, "version": 1, "generation": self._generation}
+        self._append(encode_record(HEADER, json.dumps(header).encode()))
         # the segment's name must survive a crash, or its records would
         _fsync_directory(self.directory)
 
@@ -281,6 +284,7 @@ class ChangeJournal:
             raise RuntimeError("resynced without a sync point")
         self._append(encode_record(SYNCED, generation.encode(), offset=token))
         self._hold = False
+        self._generation = generation
         self._rotate(label)
         keep: list[tuple[Path, int | None]] = []
         for segment, _ in self._closed:
@@ -375,14 +379,18 @@ def read_history(directory: Path, boot: str | None = None) -> History:
     records: list[tuple[int, bytes, bytes, int, int]] = []
     headers_ok = True
     last_boot = None
+    base_generation = None  # what the oldest segment's records start from
     for segment in segments:
         found, intact = decode_records(segment.read_bytes())
         if not found or found[0][0] != HEADER:
             headers_ok = False
             continue
         try:
-            last_boot = json.loads(found[0][1])["boot"]
-        except (ValueError, KeyError, TypeError):
+            header = json.loads(found[0][1])
+            last_boot = header["boot"]
+            if base_generation is None:
+                base_generation = str(header.get("generation", ""))
+        except (ValueError, KeyError, TypeError, AttributeError):
             headers_ok = False
         if not intact:
             log.info("journal segment %s ends with a torn record (ignored)", segment.name)
@@ -397,7 +405,10 @@ def read_history(directory: Path, boot: str | None = None) -> History:
     for index, (kind, _, _, offset, _) in enumerate(records):
         if kind == SYNC_POINT and offset in confirmed:
             start = index + 1
-    history = History(generation=confirmed.get(records[start - 1][3], "") if start else "")
+    if start:
+        history = History(generation=confirmed.get(records[start - 1][3], ""))
+    else:
+        history = History(generation=base_generation or "")
     if not headers_ok:
         history.distrust("a journal segment has no readable header")
     pending: dict[tuple[int, bytes, bytes], list[int]] = {}

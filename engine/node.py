@@ -97,6 +97,8 @@ def mount_command(
     command += ["--module", stream_identity(node, module, index).module, "--node", node]
     command += ["--journal", journal_dir(state_dir, module.name, index)]
     command += ["--control", control_socket(state_dir, module.name, index)]
+    if module.resync_bandwidth is not None:
+        command += ["--resync-bandwidth", repr(module.resync_bandwidth)]
     return command
 
 

@@ -16,6 +16,7 @@ directories = ["/srv/app", "/var/lib/app/"]
 port = 7500
 ack = "durable"
 timeout = 2.5
+resync_bandwidth = 20
 [nodes]
 alpha = "198.18.0.1"
 beta = "beta.example"
@@ -27,6 +28,7 @@ def test_a_good_module_parses() -> None:
     assert module.directories == ("/srv/app", "/var/lib/app")
     assert module.port_of(1) == 7501
     assert module.ack == "durable" and module.timeout == 2.5
+    assert module.resync_bandwidth == 20.0
     assert module.peer_of("alpha") == ("beta", "beta.example")
     assert module.peer_of("beta") == ("alpha", "198.18.0.1")
 
@@ -34,6 +36,7 @@ def test_a_good_module_parses() -> None:
 def test_defaults() -> None:
     module = parse_module("m", 'directories = ["/d"]\n[nodes]\na = "::1"\nb = "10.0.0.2"', "m")
     assert (module.port, module.ack, module.timeout) == (7400, "applied", 10.0)
+    assert module.resync_bandwidth is None
 
 
 def _with(line: str, drop: str | None = None) -> str:
@@ -60,6 +63,14 @@ BAD = [
     (_with('ack = "fast"', drop="ack"), 'ack: must be "applied" or "durable"'),
     (_with("timeout = 0", drop="timeout"), "timeout: must be a number of seconds above 0"),
     (_with("timeout = true", drop="timeout"), "timeout: must be a number"),
+    (
+        _with("resync_bandwidth = 0", drop="resync"),
+        "resync_bandwidth: must be MiB/s above 0, got int 0",
+    ),
+    (
+        _with('resync_bandwidth = "fast"', drop="resync"),
+        "resync_bandwidth: must be MiB/s above 0, got str",
+    ),
     ('directories = ["/d"]\nnodes = 3', "nodes: must be a table"),
     ('directories = ["/d"]\n[nodes]\na = "198.18.0.1"', "nodes: a mirror module has exactly two"),
     ('directories = ["/d"]\n[nodes]\na = "h"\nb = "h"', "nodes: both nodes have the same address"),
@@ -112,7 +123,7 @@ def test_check_describes_what_the_files_define(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == (
         "web: 2 directories (/srv/app, /var/lib/app), peer beta at beta.example, "
-        "ports 7500-7501, ack durable, timeout 2.5 s\n"
+        "ports 7500-7501, ack durable, timeout 2.5 s, resync capped at 20 MiB/s\n"
     )
 
 

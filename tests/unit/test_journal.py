@@ -221,6 +221,26 @@ def test_records_after_the_sync_point_survive_rotations_during_the_resync(tmp_pa
     assert history.changes == [write(b"mirrored-1", 0, 1), write(b"mirrored-2", 0, 1)]
 
 
+def test_the_shared_generation_outlives_the_retired_segment_that_confirmed_it(
+    tmp_path: Path,
+) -> None:
+    """In sync for a while, every segment acknowledged and retired, then the peer is lost:
+    the history still knows what both copies share (else the return compares everything)."""
+    journal = in_sync(tmp_path)
+    for label in range(1, 4):
+        journal.intend(write(b"f", label, 1))
+        journal.checkpoint(label)
+        journal.retire(label)
+    kinds = {r[0] for p in tmp_path.glob("*.seg") for r in decode_records(p.read_bytes())[0]}
+    assert journal_module.SYNCED not in kinds  # the record that confirmed "g0" is gone
+    journal.go_alone("peer lost")
+    journal.intend(write(b"alone", 0, 1))
+    journal.close()
+    history = ChangeJournal(tmp_path).read_history()
+    assert history.complete and history.generation == "g0"
+    assert history.changes == [write(b"alone", 0, 1)]
+
+
 def test_a_sync_point_of_an_earlier_run_does_not_confirm_a_later_one(tmp_path: Path) -> None:
     first = in_sync(tmp_path)
     first.close()
