@@ -61,8 +61,8 @@ def current_boot_id() -> str:
 
 @dataclass(frozen=True)
 class Limits:
-    max_ranges_per_path: int = 256  # beyond: the whole file from 0 is named, one record
-    max_remembered_paths: int = 100_000  # beyond: forget what was recorded (more records)
+    max_ranges_per_path: int = 65_536  # beyond: the file is compared by hashes (one record)
+    max_remembered_ranges: int = 500_000  # beyond: forget what was recorded (more records)
     max_records: int = 8_000_000  # held records (~0.5 GiB) beyond which tracking gives up
 
 
@@ -122,11 +122,13 @@ class _Coverage:
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._ranges: dict[bytes, list[tuple[int, int]]] = {}
+        self._count = 0  # ranges remembered over all paths (bounded memory)
         self._said: set[tuple[int, bytes]] = set()
 
     def clear(self) -> None:
         self._ranges.clear()
         self._said.clear()
+        self._count = 0
 
     def covers(self, path: bytes, start: int, end: int) -> bool:
         ranges = self._ranges.get(path)
@@ -137,9 +139,10 @@ class _Coverage:
 
     def add(self, path: bytes, start: int, end: int) -> bool:
         """Remember [start, end); True when the path now has too many ranges to keep."""
-        if path not in self._ranges and len(self._ranges) >= self._limits.max_remembered_paths:
+        if self._count >= self._limits.max_remembered_ranges:
             self.clear()
         ranges = self._ranges.setdefault(path, [])
+        self._count -= len(ranges)
         index = bisect.bisect_left(ranges, (start, start))
         # merge with touching neighbours on both sides
         if index > 0 and ranges[index - 1][1] >= start:
@@ -151,9 +154,11 @@ class _Coverage:
             end = max(end, ranges[index][1])
             del ranges[index]
         ranges.insert(index, (start, end))
+        self._count += len(ranges)
         return len(ranges) > self._limits.max_ranges_per_path
 
     def whole(self, path: bytes) -> None:
+        self._count -= len(self._ranges.get(path, ())) - 1
         self._ranges[path] = [(0, UNBOUNDED)]
 
     def said(self, kind: int, path: bytes) -> bool:
@@ -331,8 +336,9 @@ class ChangeJournal:
             if self._coverage.covers(change.path, start, end):
                 return
             if self._coverage.add(change.path, start, end):
+                # listing every range would cost more than comparing the file: say so once
                 self._coverage.whole(change.path)
-                change = Change(ChangeKind.WRITE, change.path, offset=0, length=UNBOUNDED)
+                change = Change(ChangeKind.SCATTERED, change.path)
         elif kind == ChangeKind.RESIZE:
             if self._coverage.covers(change.path, change.offset, UNBOUNDED):
                 return
@@ -344,7 +350,9 @@ class ChangeJournal:
         else:
             # names move or vanish: what was remembered under them no longer holds
             self._coverage.clear()
-        self._record(encode_record(kind, change.path, change.other, change.offset, change.length))
+        self._record(
+            encode_record(change.kind, change.path, change.other, change.offset, change.length)
+        )
 
     def done(self, change: Change) -> None:
         if self._given_up or change.kind not in NAMESPACE_MOVES:

@@ -158,6 +158,7 @@ class ChangeClock:
         self._meta: dict[bytes, int] = {}  # path -> last clock its attributes changed
         self._ranges: dict[bytes, list[tuple[int, int, int]]] = {}  # path -> (clock, start, end)
         self._data_clock = 0  # last data change anywhere (hard-linked files change unnamed)
+        self._meta_clock = 0  # last attribute change anywhere (likewise)
         self._forgot_at = 0  # before this clock, everything counts as changed
 
     def observe(self, mutation: Mutation) -> tuple[bytes, ...]:
@@ -177,8 +178,10 @@ class ChangeClock:
                 if size is not None:
                     self._ranges.setdefault(path, []).append((clock, size, UNBOUNDED))
                     self._data_clock = clock
-                self._meta[path] = clock
-            case SetXattr(path=path) | RemoveXattr(path=path) | Sync(path=path):
+                self._meta[path] = self._meta_clock = clock
+            case SetXattr(path=path) | RemoveXattr(path=path):
+                self._meta[path] = self._meta_clock = clock
+            case Sync(path=path):
                 self._meta[path] = clock
             case Rename(old=old, new=new, flags=flags):
                 self._names[old] = self._names[new] = clock
@@ -206,6 +209,11 @@ class ChangeClock:
             or self._named_since(path, since)
             or self._meta.get(path, 0) > since
         )
+
+    def attributes_changed(self, path: bytes, since: int, nlink: int) -> bool:
+        """Whether ``path``'s attributes may have changed since ``since`` (through another name
+        too, for a file with several)."""
+        return self.changed(path, since) or (nlink > 1 and self._meta_clock > since)
 
     def changed_blocks(self, path: bytes, since: int, nlink: int) -> list[tuple[int, int]] | None:
         """Byte ranges of ``path`` changed since ``since``; None: possibly all of it."""

@@ -110,6 +110,8 @@ def _follow(plan: Plan, change: Change, *, committed: bool) -> None:
             plan.need(path, Need.RANGES | Need.SIZE, ((change.offset, UNBOUNDED),))
         case ChangeKind.METADATA:
             plan.need(path, Need.META)
+        case ChangeKind.SCATTERED:
+            plan.need(path, Need.ENTRY)  # hashes find the changed blocks among the others
         case ChangeKind.CREATE | ChangeKind.REMOVE:
             # what is pending under a removed path stays: the removal may have failed (it is
             # recorded before it is tried), and settling a path that is gone costs one removal

@@ -193,7 +193,8 @@ class Verify:
         nlink = max(mine.nlink if mine else 1, theirs.nlink if theirs else 1)
         blocks = self._clock.changed_blocks(path, since, nlink)
         written = blocks is None or bool(blocks)
-        if self._moved(path, since) or (written and not both_files):
+        moved = self._moved(path, since) or self._clock.attributes_changed(path, since, nlink)
+        if moved or (written and not both_files):
             self._look_again(path)
             return
         self.report.paths_checked += 1

@@ -26,6 +26,7 @@ class ChangeKind(enum.IntEnum):
     EXCHANGE = 7  # path and other swapped
     LINK = 8  # other became a new name of path
     SHARED = 9  # path has other names: what changes through it also changes them, unnamed
+    SCATTERED = 10  # path's content changed in too many places to list: compare it by hashes
 
 
 # kinds whose effect depends on objects' identities: the journal also records that they happened

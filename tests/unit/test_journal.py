@@ -14,7 +14,8 @@ from tandem.engine.journal import (
     encode_record,
     read_history,
 )
-from tandem.fsdriver.change import UNBOUNDED, Change, ChangeKind
+from tandem.engine.resync_plan import Need, plan_from_history
+from tandem.fsdriver.change import Change, ChangeKind
 
 W, RESIZE, META, CREATE, REMOVE, RENAME = (
     ChangeKind.WRITE,
@@ -120,16 +121,30 @@ def test_a_namespace_move_without_its_done_record_is_uncertain(tmp_path: Path) -
     assert history.changes == [Change(RENAME, b"x", b"y")] and history.committed == set()
 
 
-def test_too_many_ranges_in_one_file_become_the_whole_file(tmp_path: Path) -> None:
+def test_too_many_ranges_in_one_file_have_it_compared_by_hashes(tmp_path: Path) -> None:
     journal = in_sync(tmp_path, Limits(max_ranges_per_path=4))
     journal.go_alone("peer lost")
     for block in range(0, 20, 2):
         journal.intend(write(b"big", block * 4096, 4096))
     changes = journal.read_history().changes
-    assert changes[-1] == write(b"big", 0, UNBOUNDED)
-    assert len(changes) == 5  # four ranges, then the whole file in place of the fifth
+    assert changes[-1] == Change(ChangeKind.SCATTERED, b"big")
+    assert len(changes) == 5  # four ranges, then "compare it" in place of the fifth
     journal.intend(write(b"big", 10 << 30, 4096))
     assert len(journal.read_history().changes) == 5
+    work = plan_from_history(journal.read_history()).work[b"big"]
+    assert work.need & Need.ENTRY  # compared by hashes: only the differing blocks are sent
+
+
+def test_remembered_ranges_are_bounded_over_all_paths(tmp_path: Path) -> None:
+    journal = in_sync(tmp_path, Limits(max_remembered_ranges=8))
+    journal.go_alone("peer lost")
+    for index in range(20):
+        journal.intend(write(b"f%d" % index, 0, 4096))
+    assert journal._coverage._count <= 8
+    journal.intend(write(b"f19", 0, 4096))  # still remembered: no new record
+    journal.intend(write(b"f0", 0, 4096))  # forgotten: recorded again (costs a record only)
+    changes = journal.read_history().changes
+    assert len(changes) == 21 and changes[-1] == write(b"f0", 0, 4096)
 
 
 def test_held_records_are_bounded(tmp_path: Path) -> None:
