@@ -15,7 +15,8 @@ import xxhash
 
 from tandem.native.blockhash import hash_blocks
 
-_ENTRY = struct.Struct("<HIIIQqQQIH")
+_ENTRY = struct.Struct("<HIIIQqQQIHQ")
+SMALL_FILE = 64 << 10  # files up to this size have their content digest in a listing
 _HASHES = struct.Struct("<BQQII")
 MISSING, NOT_A_FILE, FOUND = 0, 1, 2
 
@@ -32,6 +33,7 @@ class Entry:
     xattrs: int  # digest of the extended attributes (0: none)
     nlink: int
     target: bytes = b""
+    content: int = 0  # digest of a small file's content, read with the listing (0: none)
 
     @property
     def kind(self) -> int:
@@ -83,7 +85,27 @@ def entry_of(root_fd: int, path: bytes, name: bytes, st: os.stat_result) -> Entr
         xattrs=0 if is_link else _digest(xattr_items(root_fd, path)),
         nlink=st.st_nlink,
         target=os.readlink(path, dir_fd=root_fd) if is_link else b"",
+        content=_content_digest(root_fd, path, st),
     )
+
+
+def _content_digest(root_fd: int, path: bytes, st: os.stat_result) -> int:
+    """One read for a small file now saves a query per file later: with many small files the
+    round trips, not the bytes, are what a comparison costs."""
+    if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size <= SMALL_FILE:
+        return 0
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+    except OSError:
+        return 0
+    try:
+        if os.fstat(fd).st_ino != st.st_ino:
+            return 0  # replaced meanwhile
+        return xxhash.xxh3_64_intdigest(os.pread(fd, SMALL_FILE + 1, 0)) or 1
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
 
 
 def child_path(parent: bytes, name: bytes) -> bytes:
@@ -137,6 +159,7 @@ def encode_entries(entries: list[Entry] | None) -> bytes:
                 e.xattrs,
                 e.nlink,
                 len(e.target),
+                e.content,
             )
         )
         parts.append(e.name)
@@ -156,8 +179,8 @@ def decode_entries(data: bytes) -> list[Entry] | None:
     while position < len(data):
         if position + _ENTRY.size > len(data):
             raise SurveyError("a directory entry ends early")
-        name_len, mode, uid, gid, size, mtime, rdev, xattrs, nlink, target_len = _ENTRY.unpack_from(
-            data, position
+        (name_len, mode, uid, gid, size, mtime, rdev, xattrs, nlink, target_len, content) = (
+            _ENTRY.unpack_from(data, position)
         )
         position += _ENTRY.size
         name = data[position : position + name_len]
@@ -169,7 +192,9 @@ def decode_entries(data: bytes) -> list[Entry] | None:
             not entries and name
         ):
             raise SurveyError(f"bad entry name {name!r}")
-        entries.append(Entry(name, mode, uid, gid, size, mtime, rdev, xattrs, nlink, target))
+        entries.append(
+            Entry(name, mode, uid, gid, size, mtime, rdev, xattrs, nlink, target, content)
+        )
     return entries
 
 

@@ -204,6 +204,13 @@ class Verify:
             self._differs(path, f"{_kind(mine)} missing on the peer")
         elif not mine.same_object(theirs):
             self._differs(path, f"{_kind(mine)} here, {_kind(theirs)} on the peer")
+        elif both_files and not written and _small_and_single(mine, theirs):
+            self.report.bytes_compared += mine.size
+            what = [] if mine.content == theirs.content else ["content differs"]
+            if not _same_entry(mine, theirs):
+                what.append(_what_differs(mine, theirs))
+            if what:
+                self._differs(path, "; ".join(what))
         elif both_files:
             async with limiter:
                 content = await self._compare_data(path, max(mine.size, theirs.size))
@@ -321,6 +328,11 @@ def _differing(mine: array[int], theirs: array[int]) -> list[int]:
         for index in range(max(len(mine), len(theirs)))
         if index >= len(mine) or index >= len(theirs) or mine[index] != theirs[index]
     ]
+
+
+def _small_and_single(mine: Entry, theirs: Entry) -> bool:
+    """Both listings carry the content digest (one name each): no hash query needed."""
+    return bool(mine.content and theirs.content) and mine.nlink == theirs.nlink == 1
 
 
 def _same_entry(mine: Entry, theirs: Entry, *, sized: bool = True) -> bool:

@@ -55,7 +55,9 @@ from tandem.fsdriver.repair import Ensure, LinkIfPresent, Move, RemoveTree, Repa
 from .queries import Finish, HashQuery, ListQuery, Query
 
 MAGIC = b"TNDM"
-PROTOCOL_VERSION = 2  # 2: resync (PEER_STATE, RESULT, UNSETTLED, repairs and queries)
+# 2: resync (PEER_STATE, RESULT, UNSETTLED, repairs and queries); 3: listings carry small
+# files' content digests
+PROTOCOL_VERSION = 3
 MAX_FRAME = 8 << 20  # a 1 MiB FUSE write plus path and stamps fits many times over
 NONCE_SIZE = 32
 _HEADER = struct.Struct(">IBB")

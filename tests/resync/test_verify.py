@@ -58,7 +58,7 @@ def _verifying(
     return act
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), during=st.integers(0, 60))
 def test_no_false_alarm_while_the_application_changes_the_tree(
     tmp_path_factory: pytest.TempPathFactory, seed: int, during: int
