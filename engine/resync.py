@@ -359,6 +359,7 @@ class Resync:
             if st is None or not stat.S_ISREG(st.st_mode):
                 await self._compare_object(path, remote=None, known=False, xattrs=True)
                 return
+            await trio.to_thread.run_sync(self._prefetch, path, work.ranges)
             for start, end in work.ranges:
                 await self._send_range(path, start, end, skip_holes=False)
                 self.progress.bytes_done += max(0, min(end, st.st_size) - start)
@@ -676,6 +677,18 @@ class Resync:
             if block >= 0 and run_start is None:
                 run_start = block
             previous = block
+
+    def _prefetch(self, path: bytes, ranges: list[tuple[int, int]]) -> None:
+        """Have the kernel read every range at once: one by one, scattered blocks cost a disk
+        round trip each (the reads that send them then find them cached)."""
+        with self._open_regular(path) as opened:
+            if opened is None:
+                return
+            fd, st = opened
+            for start, end in ranges:
+                length = min(end, st.st_size) - start
+                if length > 0:
+                    os.posix_fadvise(fd, start, length, os.POSIX_FADV_WILLNEED)
 
     async def _send_range(self, path: bytes, start: int, end: int, skip_holes: bool) -> None:
         """Send [start, end) of ``path`` as it is now, one chunk per step."""
