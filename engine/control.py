@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 1 << 16
+REQUEST_TIMEOUT = 10.0
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -75,9 +76,13 @@ def _addressable(path: str) -> Iterator[str]:
 
 
 async def _answer(stream: trio.SocketStream, handlers: Mapping[str, Handler]) -> None:
+    request = b""
     async with stream:
         try:
-            request = await _read_line(stream)
+            with trio.move_on_after(REQUEST_TIMEOUT):
+                request = await _read_line(stream)
+            if not request:
+                return  # nothing asked in time (or the asker left): don't hold a task for it
             answer = await _dispatch(request, handlers)
             await stream.send_all(json.dumps(answer).encode() + b"\n")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
