@@ -79,7 +79,10 @@ def describe_stream(stream: dict[str, Any]) -> str:
     replication = stream["replication"]
     if stream["role"] == "secondary":
         primary = f" (primary {stream['peer']})" if stream.get("peer") else ""
-        return f"{where}, {replication}{primary}, {stream['applied']} mutations applied"
+        text = f"{where}, {replication}{primary}, {stream['applied']} mutations applied"
+        if stream.get("resync"):
+            text += f": {stream['resync']['how']}; {progress_text(stream['resync'])}"
+        return text
     if replication == "alone":
         text = f"{where}, ALONE: {stream['reason']}"
         if stream.get("full_resync_pending"):

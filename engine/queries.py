@@ -1,6 +1,7 @@
 """Questions the resync asks the secondary *inside* the ordered stream: each is answered after
 every mutation submitted before it has been applied, so the answer describes the copy at a
-known point of the stream (the primary knows what it submitted since)."""
+known point of the stream (the primary knows what it submitted since). And one note that needs
+no answer: how far the resync is, so the returning node can show it too."""
 
 from __future__ import annotations
 
@@ -36,6 +37,15 @@ class Finish:
 
     generation: bytes
     unsettled: int
+    stamps: tuple[Stamp, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressNote:
+    """The resync's progress (JSON, `resync.Progress.as_dict` plus "how"), for the secondary's
+    `tandem state`; changes nothing."""
+
+    body: bytes
     stamps: tuple[Stamp, ...] = ()
 
 

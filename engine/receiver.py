@@ -13,8 +13,10 @@ left: the copy is then made durable, the new generation recorded, and applying b
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import cast
@@ -28,7 +30,7 @@ from tandem.fsdriver.replay import apply
 from tandem.fsdriver.syscall import syncfs
 
 from .journal import SecondaryJournal
-from .queries import Finish, HashQuery, ListQuery, Query
+from .queries import Finish, HashQuery, ListQuery, ProgressNote, Query
 from .replicator import RECEIVE_SIZE
 from .resync_plan import plan_from_history
 from .survey import encode_entries, encode_hashes, hash_file_range, survey
@@ -69,6 +71,8 @@ def _apply_batch(
     unsettled: list[bytes] = []
     for seq, item in batch:
         try:
+            if isinstance(item, ProgressNote):
+                continue  # read when it arrived
             if isinstance(item, REPAIR_TYPES):
                 unsettled.extend(apply_repair(root_fd, item))
             elif tolerant:
@@ -119,20 +123,35 @@ class Receiver:
         self._current: tuple[trio.CancelScope, trio.Event] | None = None
         self.applied = 0  # mutations applied over this process's life (for status and tests)
         self._primary = ""  # the connected primary's node name
+        self._progress: dict[str, object] | None = None  # the primary's last progress note
+        self._progress_at = 0.0
 
     def status(self) -> dict[str, object]:
         if self._current is None:
             replication = "waiting for the primary"
         else:
             replication = "in sync" if self.in_sync else "resyncing"
+        resync = None
+        if replication == "resyncing" and self._progress is not None:
+            age = round(time.monotonic() - self._progress_at, 1)
+            resync = {**self._progress, "reported_s_ago": age}
         return {
             "role": "secondary",
             "node": self.identity.node,
             "module": self.identity.module,
             "peer": self._primary or None,
             "replication": replication,
+            "resync": resync,
             "applied": self.applied,
         }
+
+    def _note(self, note: ProgressNote) -> None:
+        try:
+            progress = json.loads(note.body)
+        except ValueError:
+            return  # a status line, not worth a session
+        if isinstance(progress, dict):
+            self._progress, self._progress_at = progress, time.monotonic()
 
     async def serve(
         self,
@@ -259,6 +278,8 @@ class Receiver:
                         break
                     expected += 1
                     item = event.mutation
+                    if isinstance(item, ProgressNote):
+                        self._note(item)
                     if not isinstance(item, ListQuery | HashQuery | Finish):
                         batch.append((event.seq, item))
                         continue

@@ -15,6 +15,7 @@ sequence order is the order changes hit the disk); only `Receipt.wait` awaits.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -27,7 +28,7 @@ import trio
 from tandem.fsdriver.mutation import DONE, Mutation, Receipt, Write
 
 from .journal import ChangeJournal
-from .queries import Query
+from .queries import ProgressNote, Query
 from .resync import PeerRefused, Resync
 from .resync_plan import Plan, compare_paths, full_plan, plan_from_history
 from .verify import Verify
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = 1 << 16
 MAX_BACKLOG = 64 << 20  # unacknowledged bytes in flight while receipts do not wait for acks
 CHECKPOINT_INTERVAL = 1.0  # how often journal segments close (and retire once acknowledged)
+PROGRESS_INTERVAL = 1.0  # how often a resync tells the secondary how far it is
 
 
 @dataclass(frozen=True)
@@ -435,7 +437,10 @@ class Replicator:
             resync.adopt(plan)
             self.resync_how = how
             log.info("resync with %s started: %s", self.peer, how)
-            progress = await resync.run()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._tell_progress, resync)
+                progress = await resync.run()
+                nursery.cancel_scope.cancel()
         except Exception as exc:  # whatever stopped it, the mount lives on
             self._resync_failed(exc)
             return
@@ -456,6 +461,13 @@ class Replicator:
             summary["bytes_sent"],
         )
         log.info("replicating %s to %s (in sync)", self.identity.module, self.peer)
+
+    async def _tell_progress(self, resync: Resync) -> None:
+        """The returning node shows the resync's progress too (`tandem state` there)."""
+        while self.alone_reason is None:
+            note = {"how": self.resync_how, **resync.progress.as_dict()}
+            self._enqueue(ProgressNote(json.dumps(note).encode()))
+            await trio.sleep(PROGRESS_INTERVAL)
 
     def _resync_failed(self, exc: Exception) -> None:
         leaves = _leaves(exc)

@@ -52,11 +52,11 @@ from tandem.fsdriver.mutation import (
 )
 from tandem.fsdriver.repair import Ensure, LinkIfPresent, Move, RemoveTree, Repair, SetXattrs
 
-from .queries import Finish, HashQuery, ListQuery, Query
+from .queries import Finish, HashQuery, ListQuery, ProgressNote, Query
 
 MAGIC = b"TNDM"
 # 2: resync (PEER_STATE, RESULT, UNSETTLED, repairs and queries); 3: listings carry small
-# files' content digests
+# files' content digests, progress notes
 PROTOCOL_VERSION = 3
 MAX_FRAME = 8 << 20  # a 1 MiB FUSE write plus path and stamps fits many times over
 NONCE_SIZE = 32
@@ -119,7 +119,7 @@ class Authenticated:
     features: Feature
 
 
-StreamItem: TypeAlias = Mutation | Repair | Query
+StreamItem: TypeAlias = Mutation | Repair | Query | ProgressNote
 
 
 @dataclass(frozen=True)
@@ -308,6 +308,7 @@ _LAYOUT: dict[type, tuple[int, tuple[tuple[str, str], ...]]] = {
     ListQuery: (19, (("path", _BLOB),)),
     HashQuery: (20, (("path", _BLOB), ("offset", _U64), ("length", _U64), ("block", _U64))),
     Finish: (21, (("generation", _BLOB), ("unsettled", _U64))),
+    ProgressNote: (22, (("body", _BLOB),)),
 }
 _BY_CODE = {code: (cls, fields) for cls, (code, fields) in _LAYOUT.items()}
 

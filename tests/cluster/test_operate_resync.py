@@ -77,7 +77,7 @@ def test_a_returning_secondary_is_resynced_from_the_nodes_journals_with_progress
     wait_in_sync(lab, 1)
     # cap the resync so that it lasts long enough to be watched
     module_file = lab.directory / "nodes" / "a" / "etc" / "modules" / "demo.toml"
-    module_file.write_text("resync_bandwidth = 8\n" + module_file.read_text())
+    module_file.write_text("resync_bandwidth = 4\n" + module_file.read_text())
     lab.kill("a")
     lab.start("a")
     wait_in_sync(lab, 2)
@@ -96,15 +96,21 @@ def test_a_returning_secondary_is_resynced_from_the_nodes_journals_with_progress
     done = lab.exec("a", sys.executable, "-c", "\n".join(script))
     assert done.returncode == 0, done.stderr
     lab.start("b")
-    seen = []
+    seen, seen_there = [], []
     deadline = time.monotonic() + 60
     while resyncs_done(lab) < 3 and time.monotonic() < deadline:
         current = state(lab, "a")
         if current["replication"] == "resyncing":
             seen.append(current["resync"])
-        time.sleep(0.3)
+        returning = state(lab, "b")  # the returning node shows it too
+        if returning["replication"] == "resyncing" and returning["resync"]:
+            seen_there.append(returning["resync"])
+        time.sleep(0.2)
     wait_in_sync(lab, 3)
-    assert seen, "never saw the resync in progress"
+    assert seen, ("never saw the resync in progress", lab.log("a")[-3000:], lab.log("b")[-2000:])
+    assert seen_there, "the returning node never showed the resync's progress"
+    assert all(p["how"].startswith("tracked") and p["reported_s_ago"] < 5 for p in seen_there)
+    assert state(lab, "b")["replication"] == "in sync"
     assert all(p["how"].startswith("tracked") for p in seen), (seen[0], lab.log("a"), lab.log("b"))
     counted = [p for p in seen if p["bytes_total"] is not None]
     assert counted, seen

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tandem.engine.queries import Finish, HashQuery, ListQuery
+from tandem.engine.queries import Finish, HashQuery, ListQuery, ProgressNote
 from tandem.engine.wire import (
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -177,6 +177,7 @@ EVERY_KIND: list[StreamItem] = [
     ListQuery(b"."),
     HashQuery(b"f", 4096, 2**40, 65536),
     Finish(b"0123abcd", 7),
+    ProgressNote(b'{"how": "tracked", "bytes_done": 4096}'),
 ]
 
 
@@ -188,7 +189,7 @@ def test_every_mutation_kind_crosses_the_wire_with_its_sequence() -> None:
     _, got_b = pump(a, b)
     assert got_b == [MutationReceived(seq, m) for seq, m in enumerate(EVERY_KIND, start=1)]
     assert {type(m) for m in EVERY_KIND} == set(type(m) for m in EVERY_KIND)  # one per kind
-    assert len({type(m) for m in EVERY_KIND}) == 21
+    assert len({type(m) for m in EVERY_KIND}) == 22
 
 
 def test_acks_of_each_kind() -> None:
@@ -310,6 +311,7 @@ mutations = st.one_of(
     ),
     st.builds(Move, paths, paths, st.sampled_from([0, 2]), stamps),
     st.builds(LinkIfPresent, paths, paths, stamps),
+    st.builds(ProgressNote, st.binary(max_size=200)),
     st.builds(HashQuery, paths, st.integers(0, 2**63), st.integers(0, 2**63), u32),
 )
 
