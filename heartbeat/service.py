@@ -1,0 +1,196 @@
+"""The heartbeat service: sends this node's heartbeat on every configured network every
+``interval`` seconds, hears the peer's, and keeps the failure detector's verdict.
+
+One UDP socket per network, bound to this node's address on it; the same sequence number goes
+out on every network at each tick (a receiver takes it once per network). The verdict is
+re-evaluated every tick and on every packet; whoever runs the service is told of each change.
+
+    python -m tandem.heartbeat.service --node a --peer b --secret-file F \\
+        --link net1=198.18.1.1,198.18.1.2 [--link net2=…] [--port 7399] [--interval 0.2] \\
+        [--timeout 1.0]
+
+prints a JSON line at each change of verdict or of the rejected-packet counters (a tool to try
+networks with; the node process runs the service itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from .detector import FailureDetector, Verdict
+from .packet import Heartbeat, Receiver, encode, new_incarnation
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7399
+DEFAULT_INTERVAL = 0.2
+DEFAULT_TIMEOUT = 1.0
+RECEIVE_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class Link:
+    """One heartbeat network: this node's address on it and the peer's."""
+
+    name: str
+    local: str
+    peer: str
+
+    @classmethod
+    def parse(cls, text: str) -> Link:
+        name, sep, addresses = text.partition("=")
+        local, comma, peer = addresses.partition(",")
+        if not sep or not comma or not name or not local or not peer:
+            raise ValueError(f"{text!r} is not NAME=LOCAL_ADDRESS,PEER_ADDRESS")
+        return cls(name, local, peer)
+
+
+class HeartbeatService:
+    def __init__(
+        self,
+        node: str,
+        peer: str,
+        secret: bytes,
+        links: list[Link],
+        *,
+        port: int = DEFAULT_PORT,
+        interval: float = DEFAULT_INTERVAL,
+        timeout: float = DEFAULT_TIMEOUT,
+        payload: Callable[[], bytes] = lambda: b"",
+        on_change: Callable[[HeartbeatService], None] = lambda service: None,
+    ) -> None:
+        if not links:
+            raise ValueError("at least one heartbeat network is needed")
+        if not 0 < interval < timeout:
+            raise ValueError("the interval must be positive and shorter than the timeout")
+        self.node, self.peer = node, peer
+        self._secret = secret
+        self.links = links
+        self._port = port
+        self._interval = interval
+        self._payload = payload
+        self._on_change = on_change
+        self._incarnation = new_incarnation()
+        self._seq = 0
+        self._receiver = Receiver(secret, {peer})
+        self._timeout = timeout
+        self._detector = FailureDetector([link.name for link in links], timeout, 0.0)
+        self.verdict = Verdict.UNKNOWN
+        self.peer_payload = b""
+        self.send_errors: dict[str, str] = {}
+        self._told: tuple[Verdict, int] = (Verdict.UNKNOWN, 0)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # the peer gets one timeout from our start before it counts as lost
+        self._detector = FailureDetector(
+            [link.name for link in self.links], self._timeout, trio.current_time()
+        )
+        sockets = []
+        try:
+            for link in self.links:
+                family = socket.AF_INET6 if ":" in link.local else socket.AF_INET
+                sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+                sockets.append(sock)
+                await sock.bind((link.local, self._port))
+            async with trio.open_nursery() as nursery:
+                for link, sock in zip(self.links, sockets, strict=True):
+                    nursery.start_soon(self._listen, link, sock)
+                nursery.start_soon(self._beat, sockets)
+                task_status.started()
+        finally:
+            for sock in sockets:
+                sock.close()
+
+    async def _beat(self, sockets: list[trio.socket.SocketType]) -> None:
+        while True:
+            self._seq += 1
+            data = encode(
+                self._secret, Heartbeat(self.node, self._incarnation, self._seq, self._payload())
+            )
+            for link, sock in zip(self.links, sockets, strict=True):
+                try:
+                    await sock.sendto(data, (link.peer, self._port))
+                    self.send_errors.pop(link.name, None)
+                except OSError as exc:  # a link that is down: the others may still carry it
+                    self.send_errors[link.name] = exc.strerror or str(exc)
+            self._evaluate()
+            await trio.sleep(self._interval)
+
+    async def _listen(self, link: Link, sock: trio.socket.SocketType) -> None:
+        while True:
+            data, _ = await sock.recvfrom(RECEIVE_SIZE)
+            heartbeat = self._receiver.take(link.name, data)
+            if heartbeat is not None:
+                self._detector.heard(link.name, trio.current_time())
+                self.peer_payload = heartbeat.payload
+            self._evaluate()
+
+    def _evaluate(self) -> None:
+        self.verdict = self._detector.verdict(trio.current_time())
+        told = (self.verdict, sum(self._receiver.rejected.values()))
+        if told != self._told:
+            self._told = told
+            if told[0] is not Verdict.UNKNOWN or told[1]:
+                self._on_change(self)
+
+    def status(self) -> dict[str, Any]:
+        now = trio.current_time()
+        return {
+            "peer": self.peer,
+            "verdict": self.verdict.value,
+            "networks": {
+                s.network: {
+                    "silent_for_s": s.silent_for,
+                    "send_error": self.send_errors.get(s.network),
+                }
+                for s in self._detector.statuses(now)
+            },
+            "rejected": dict(self._receiver.rejected),
+            "last_rejected": self._receiver.last_reject or None,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tandem.heartbeat.service")
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--peer", required=True)
+    parser.add_argument("--secret-file", required=True)
+    parser.add_argument("--link", action="append", required=True, type=Link.parse)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL)
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
+    args = parser.parse_args(argv)
+    with open(args.secret_file, "rb") as handle:
+        secret = handle.read().strip()
+
+    def tell(service: HeartbeatService) -> None:
+        print(json.dumps(service.status()), flush=True)
+
+    service = HeartbeatService(
+        args.node,
+        args.peer,
+        secret,
+        args.link,
+        port=args.port,
+        interval=args.interval,
+        timeout=args.timeout,
+        on_change=tell,
+    )
+    try:
+        trio.run(service.run)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
