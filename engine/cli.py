@@ -20,7 +20,7 @@ from . import __version__
 from .config import ConfigError, load_module, read_secret
 from .control import ControlError, Handler, serve_control
 from .journal import ChangeJournal, SecondaryJournal
-from .lab import Lab, LabError
+from .lab import NODES, Lab, LabError
 from .node import (
     DEFAULT_STATE_DIR,
     STATE_DIR_VARIABLE,
@@ -274,8 +274,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     lab_cut = lab_commands.add_parser("cut", help="unplug a node's network cable")
     lab_cut.add_argument("node", metavar="NODE")
-    lab_heal = lab_commands.add_parser("heal", help="plug a node's network cable back")
-    lab_heal.add_argument("node", metavar="NODE")
+    lab_heal = lab_commands.add_parser(
+        "heal", help="plug a node's cable back; without NODE: end the partition, plug every cable"
+    )
+    lab_heal.add_argument("node", metavar="NODE", nargs="?")
+    lab_partition = lab_commands.add_parser(
+        "partition",
+        help="the two nodes stop reaching each other (the client still reaches both)",
+    )
+    lab_partition.add_argument(
+        "--witness",
+        choices=["a", "b", "both", "none"],
+        default="both",
+        help="which side still reaches the witness (default both)",
+    )
     lab_commands.add_parser("status", help="what runs where")
     lab_commands.add_parser("down", help="remove every namespace, process and file of the lab")
 
@@ -458,9 +470,20 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     elif action == "start":
         lab.start(args.node, args.role)
         print(f"node {args.node} started")
-    elif action in ("cut", "heal"):
-        lab.cut(args.node, connected=action == "heal")
-        print(f"node {args.node} {'reconnected' if action == 'heal' else 'cut off'}")
+    elif action == "cut":
+        lab.cut(args.node)
+        print(f"node {args.node} cut off")
+    elif action == "heal" and args.node:
+        lab.cut(args.node, connected=True)
+        print(f"node {args.node} reconnected")
+    elif action == "heal":
+        lab.heal_partition()
+        for node in NODES:
+            lab.cut(node, connected=True)
+        print("partition healed, every cable plugged")
+    elif action == "partition":
+        lab.partition(args.witness)
+        print(f"a and b partitioned; the witness is reachable from: {args.witness}")
     elif action == "status":
         print(lab.describe())
     elif action == "down":

@@ -6,7 +6,11 @@ namespaces: the replicated directory has the same path on both nodes, backed by 
 copy, and killing the node's first process kills all of it at once. Everything lives under the
 lab directory (default /var/lib/tandem-lab) and is removed by `tandem lab down`.
 
-Addresses: node a 198.18.0.1, node b 198.18.0.2, the switch 198.18.0.254 (/24, RFC 2544 range).
+Addresses: node a 198.18.0.1, node b 198.18.0.2, a client 198.18.0.3 (network only: no Tandem
+runs there), and the switch 198.18.0.254, which doubles as the split-brain witness (a router
+both nodes normally reach) (/24, RFC 2544 range). Faults: a cut cable (`cut`/`heal NODE`), and
+a partition between the two nodes in which each side keeps or loses the witness as asked
+(`partition --witness a|b|both|none`, `heal`), made of nftables rules on the switch's bridge.
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from .node import STATE_DIR_VARIABLE
 DEFAULT_LAB_DIR = "/var/lib/tandem-lab"
 MODULE = "demo"
 NODES = {"a": "198.18.0.1", "b": "198.18.0.2"}
-SWITCH_ADDRESS = "198.18.0.254"
+SWITCH_ADDRESS = "198.18.0.254"  # also the witness
+CLIENT = "client"
+CLIENT_ADDRESS = "198.18.0.3"
+PARTITION_TABLE = "tandem_lab_partition"
 PREFIX = 24
 FIRST_ROLES = {"a": "primary", "b": "secondary"}
 BOOT_TIMEOUT = 30.0
@@ -45,6 +52,17 @@ def _run(*command: str) -> str:
     if done.returncode != 0:
         raise LabError(f"{' '.join(command)}: {done.stderr.strip() or done.returncode}")
     return done.stdout
+
+
+def _nft(netns: str, ruleset: str) -> None:
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "-f", "-"],
+        input=ruleset,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise LabError(f"nft: {done.stderr.strip()}")
 
 
 def _alive(pid: int) -> bool:
@@ -148,7 +166,7 @@ class Lab:
         _run("ip", "-n", switch, "link", "add", "br0", "type", "bridge")
         _run("ip", "-n", switch, "addr", "add", f"{SWITCH_ADDRESS}/{PREFIX}", "dev", "br0")
         _run("ip", "-n", switch, "link", "set", "br0", "up")
-        for node, address in NODES.items():
+        for node, address in {**NODES, CLIENT: CLIENT_ADDRESS}.items():
             netns = self.netns(node)
             _run("ip", "netns", "add", netns)
             _run(
@@ -188,13 +206,13 @@ class Lab:
 
     def down(self) -> None:
         if not self._state_file.exists() and not any(
-            Path("/run/netns", self.netns(n)).exists() for n in (*NODES, "sw")
+            Path("/run/netns", self.netns(n)).exists() for n in (*NODES, CLIENT, "sw")
         ):
             raise LabError(f"no lab in {self.directory}")
         if self._state_file.exists():
             for node in NODES:
                 self.kill(node)
-        for name in (*NODES, "sw"):
+        for name in (*NODES, CLIENT, "sw"):
             if Path("/run/netns", self.netns(name)).exists():
                 _run("ip", "netns", "delete", self.netns(name))
         # nodes mount only inside their own namespaces; this catches anything left by hand
@@ -300,6 +318,9 @@ class Lab:
         return True
 
     def exec_command(self, node: str, command: list[str]) -> list[str]:
+        if node == CLIENT:
+            self._state()  # a lab must be up
+            return ["nsenter", f"--net=/run/netns/{self.netns(CLIENT)}", "--", *command]
         pid = self.init_pid(node)
         if pid is None:
             raise LabError(f"node {node} is not running (tandem lab start {node})")
@@ -315,6 +336,36 @@ class Lab:
             "ip", "-n", self.netns("sw"), "link", "set", f"to-{node}", "up" if connected else "down"
         )
 
+    def partition(self, witness: str = "both") -> None:
+        """The two nodes stop reaching each other; ``witness`` says which side(s) still reach
+        the switch's address (the witness). The client still reaches both."""
+        sides = {"a": ("a",), "b": ("b",), "both": ("a", "b"), "none": ()}
+        if witness not in sides:
+            raise LabError(f"--witness must be a, b, both or none, not {witness!r}")
+        self._state()
+        cut_off = [node for node in NODES if node not in sides[witness]]
+        rules = [
+            f"table bridge {PARTITION_TABLE} {{",
+            "  chain forward { type filter hook forward priority 0; policy accept;",
+            '    iifname "to-a" oifname "to-b" drop',
+            '    iifname "to-b" oifname "to-a" drop',
+            "  }",
+            "  chain input { type filter hook input priority 0; policy accept;",
+            *(f'    iifname "to-{node}" drop' for node in cut_off),
+            "  }",
+            "}",
+        ]
+        self.heal_partition()
+        _nft(self.netns("sw"), "\n".join(rules))
+
+    def heal_partition(self) -> None:
+        switch = self.netns("sw")
+        listed = subprocess.run(
+            ["ip", "netns", "exec", switch, "nft", "list", "tables"], capture_output=True, text=True
+        )
+        if PARTITION_TABLE in listed.stdout:
+            _nft(switch, f"delete table bridge {PARTITION_TABLE}")
+
     def describe(self) -> str:
         state = self._state()
         roles = state["roles"]
@@ -325,6 +376,8 @@ class Lab:
             lines.append(
                 f"  node {node}: {roles[node]}, {address}, {running}, log {self.log_path(node)}"
             )
+        lines.append(f"  client (tandem lab exec client -- …): {CLIENT_ADDRESS}")
+        lines.append(f"  witness (the switch): {SWITCH_ADDRESS}")
         lines.append(f"  replicated directory (same path on both nodes): {self.shared_path}")
         lines.append(f"  try: tandem lab exec a -- sh -c 'date > {self.shared_path}/hello'")
         lines.append(f"       tandem lab exec b -- cat {self.shared_path}/hello")

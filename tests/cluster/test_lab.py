@@ -107,3 +107,25 @@ def test_two_labs_in_different_directories_run_side_by_side(
         assert (other.copy("b") / "which").read_text() == "second\n"
     finally:
         other.down()
+
+
+def test_partitions_choose_who_reaches_the_witness_and_heal(lab: LabCluster) -> None:
+    def pings(node: str, address: str) -> bool:
+        return lab.exec(node, "ping", "-n", "-q", "-c1", "-W1", address).returncode == 0
+
+    witness, a, b = "198.18.0.254", "198.18.0.1", "198.18.0.2"
+    assert "witness (the switch): 198.18.0.254" in lab.cli("status").stdout
+    assert pings("a", b) and pings("client", a) and pings("client", b)
+    lab.cli("partition")  # only the link between the nodes fails
+    assert not pings("a", b) and not pings("b", a)
+    assert pings("a", witness) and pings("b", witness)
+    assert pings("client", a) and pings("client", b)
+    lab.cli("partition", "--witness", "a")
+    assert pings("a", witness) and not pings("b", witness) and not pings("a", b)
+    lab.cli("partition", "--witness", "none")
+    assert not pings("a", witness) and not pings("b", witness)
+    bad = lab.cli("partition", "--witness", "c", check=False)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    lab.cut("b")
+    assert "healed" in lab.cli("heal").stdout
+    wait_for(lambda: pings("a", b) and pings("b", witness), 10, "the network back")
