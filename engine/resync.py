@@ -21,8 +21,6 @@ import os
 import stat
 import time
 from array import array
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,7 +44,17 @@ from tandem.native.blockhash import hash_blocks
 
 from .queries import Finish, HashQuery, ListQuery, Query
 from .resync_plan import Need, Plan, Work
-from .survey import FOUND, Entry, child_path, decode_entries, decode_hashes, survey, xattr_items
+from .survey import (
+    FOUND,
+    Entry,
+    child_path,
+    decode_entries,
+    decode_hashes,
+    differing_blocks,
+    open_regular,
+    survey,
+    xattr_items,
+)
 from .wire import StreamItem
 
 log = logging.getLogger(__name__)
@@ -615,24 +623,10 @@ class Resync:
     async def _ask_into(self, box: list[bytes], query: Query) -> None:
         box.append(await self._stream.ask(query))
 
-    @contextmanager
-    def _open_regular(self, path: bytes) -> Iterator[tuple[int, os.stat_result] | None]:
-        """The regular file at ``path`` now (descriptor and status), or None."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root_fd)
-        except OSError:
-            yield None
-            return
-        try:
-            st = os.fstat(fd)
-            yield (fd, st) if stat.S_ISREG(st.st_mode) else None
-        finally:
-            os.close(fd)
-
     async def _hash_local(
         self, path: bytes, offset: int
     ) -> tuple[os.stat_result, array[int]] | None:
-        with self._open_regular(path) as opened:
+        with open_regular(self._root_fd, path) as opened:
             if opened is None:
                 return None
             fd, st = opened
@@ -653,11 +647,7 @@ class Resync:
             return
         # a block only one side had when hashed differs: what we have there now is sent (nothing
         # if we still have nothing: the final size settles that)
-        differing = [
-            index
-            for index in range(max(len(mine), len(theirs)))
-            if index >= len(theirs) or index >= len(mine) or mine[index] != theirs[index]
-        ]
+        differing = differing_blocks(mine, theirs)
         dirty_blocks: set[int] = set()
         for start, end in changed:
             first = max(start, offset) // BLOCK
@@ -681,7 +671,7 @@ class Resync:
     def _prefetch(self, path: bytes, ranges: list[tuple[int, int]]) -> None:
         """Have the kernel read every range at once: one by one, scattered blocks cost a disk
         round trip each (the reads that send them then find them cached)."""
-        with self._open_regular(path) as opened:
+        with open_regular(self._root_fd, path) as opened:
             if opened is None:
                 return
             fd, st = opened
@@ -705,7 +695,7 @@ class Resync:
     ) -> tuple[int, int] | None:
         """One atomic step: read and submit; returns where the next chunk starts and how much
         was sent (None: nothing more to send)."""
-        with self._open_regular(path) as opened:
+        with open_regular(self._root_fd, path) as opened:
             if opened is None:
                 return None
             fd, st = opened

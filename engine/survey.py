@@ -9,6 +9,8 @@ import stat
 import struct
 import sys
 from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import xxhash
@@ -106,6 +108,32 @@ def _content_digest(root_fd: int, path: bytes, st: os.stat_result) -> int:
         return 0
     finally:
         os.close(fd)
+
+
+@contextmanager
+def open_regular(root_fd: int, path: bytes) -> Iterator[tuple[int, os.stat_result] | None]:
+    """The regular file at ``path`` now (descriptor and status), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+    except OSError:
+        yield None
+        return
+    try:
+        st = os.fstat(fd)
+        yield (fd, st) if stat.S_ISREG(st.st_mode) else None
+    finally:
+        os.close(fd)
+
+
+def differing_blocks(mine: array[int], theirs: array[int]) -> list[int]:
+    """Indices where two hash lists differ (a block only one side has differs)."""
+    if mine == theirs:
+        return []
+    return [
+        index
+        for index in range(max(len(mine), len(theirs)))
+        if index >= len(mine) or index >= len(theirs) or mine[index] != theirs[index]
+    ]
 
 
 def child_path(parent: bytes, name: bytes) -> bytes:

@@ -26,7 +26,16 @@ from tandem.native.blockhash import hash_blocks
 
 from .queries import HashQuery, ListQuery, Query
 from .resync import BLOCK, COMPARE_CHUNK, ChangeClock
-from .survey import FOUND, Entry, child_path, decode_entries, decode_hashes, survey
+from .survey import (
+    FOUND,
+    Entry,
+    child_path,
+    decode_entries,
+    decode_hashes,
+    differing_blocks,
+    open_regular,
+    survey,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +245,7 @@ class Verify:
             if offset == 0 and not self._same_group(answer):
                 return "its names are linked differently on the peer (hard links)"
             self.report.bytes_compared += len(local_hashes) * BLOCK
-            differing = _differing(local_hashes, their_hashes)
+            differing = differing_blocks(local_hashes, their_hashes)
             # a block the application wrote while it was hashed may differ only in time:
             # look at it alone again (it settles as soon as it is left alone for a moment)
             unsure = [index for index in differing if dirty is None or index in dirty]
@@ -306,28 +315,12 @@ class Verify:
     def _hash_local(
         self, path: bytes, offset: int, length: int
     ) -> tuple[os.stat_result, array[int]] | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._root_fd)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+        with open_regular(self._root_fd, path) as opened:
+            if opened is None:
                 return None
+            fd, st = opened
             length = max(0, min(length, st.st_size - offset))
             return st, hash_blocks(fd, offset, length, BLOCK)
-        finally:
-            os.close(fd)
-
-
-def _differing(mine: array[int], theirs: array[int]) -> list[int]:
-    if mine == theirs:
-        return []
-    return [
-        index
-        for index in range(max(len(mine), len(theirs)))
-        if index >= len(mine) or index >= len(theirs) or mine[index] != theirs[index]
-    ]
 
 
 def _small_and_single(mine: Entry, theirs: Entry) -> bool:
