@@ -61,12 +61,12 @@ async def interface_up(name: str) -> Probe:
     base = Path("/sys/class/net", name)
     try:
         flags = int((base / "flags").read_text(), 16)
-        carrier = (base / "carrier").read_text().strip() == "1"
     except FileNotFoundError:
         return Probe(False, f"no network interface {name}")
-    except OSError:  # reading carrier of a down interface fails with EINVAL
+    try:
+        carrier = (base / "carrier").read_text().strip() == "1"
+    except OSError:  # reading the carrier of a down interface fails with EINVAL
         carrier = False
-        flags = int((base / "flags").read_text(), 16)
     if not flags & 0x1:  # IFF_UP
         return Probe(False, f"interface {name} is down")
     if not carrier:
