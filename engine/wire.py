@@ -59,6 +59,9 @@ MAGIC = b"TNDM"
 # files' content digests, progress notes
 PROTOCOL_VERSION = 3
 MAX_FRAME = 8 << 20  # a 1 MiB FUSE write plus path and stamps fits many times over
+# Handshake frames are small: judging their header alone refuses a stranger at once instead of
+# waiting for the megabytes a random length field may announce.
+MAX_HANDSHAKE_FRAME = 64 << 10
 NONCE_SIZE = 32
 _HEADER = struct.Struct(">IBB")
 _COMPRESS_MIN = 512
@@ -545,6 +548,11 @@ class Connection:
         length, kind, flags = _HEADER.unpack_from(self._inbox)
         if length < 2 or length > MAX_FRAME:
             raise ProtocolError(f"frame length {length} out of bounds")
+        if self.state is State.HANDSHAKE:
+            if kind not in (FrameKind.HELLO, FrameKind.AUTH, FrameKind.ERROR):
+                raise ProtocolError(f"frame kind {kind} before authentication")
+            if length > MAX_HANDSHAKE_FRAME:
+                raise ProtocolError(f"handshake frame of {length} bytes: not a Tandem peer")
         end = 4 + length
         if len(self._inbox) < end:
             return None

@@ -245,6 +245,17 @@ def test_oversized_frame_ends_the_connection_before_buffering_it() -> None:
     assert events == [ConnectionFailed(f"frame length {MAX_FRAME + 1} out of bounds")]
 
 
+def test_a_stranger_announcing_a_big_frame_is_refused_from_its_header_alone() -> None:
+    # random bytes announce a length within MAX_FRAME once in 512 tries: waiting for that body
+    # would hold the connection until the handshake timeout instead of refusing at once
+    _, b = pair()
+    header = struct.pack(">IBB", MAX_FRAME - 1, FrameKind.HELLO, 0)
+    assert b.receive(header) == [
+        ConnectionFailed(f"handshake frame of {MAX_FRAME - 1} bytes: not a Tandem peer")
+    ]
+    assert b.state is State.CLOSED
+
+
 def test_unknown_frames_end_the_connection_unless_ignorable() -> None:
     _, b = _ready_pair()
     assert b.receive(struct.pack(">IBB", 5, 99, FrameFlag.IGNORABLE) + b"abc") == []
