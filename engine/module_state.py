@@ -117,6 +117,14 @@ class InSync:
 
 
 @dataclass(frozen=True)
+class Behind:
+    """As secondary: the stream ended while the primary lives on, so it may acknowledge writes
+    this copy lacks (it goes on alone): no longer sure until the next resync completes."""
+
+    why: str
+
+
+@dataclass(frozen=True)
 class Prim:
     force: bool = False
 
@@ -141,7 +149,19 @@ class AppFailed:
     now: float
 
 
-Event = Start | Stop | PeerSeen | PeerLost | InSync | Prim | Second | Swap | HandOver | AppFailed
+Event = (
+    Start
+    | Stop
+    | PeerSeen
+    | PeerLost
+    | InSync
+    | Behind
+    | Prim
+    | Second
+    | Swap
+    | HandOver
+    | AppFailed
+)
 
 # -- actions ------------------------------------------------------------------------------------
 
@@ -235,6 +255,10 @@ def step(module: Module, event: Event, policy: Policy) -> tuple[Module, list[Act
                 return module, []
             synced = replace(module, epoch=module.peer_epoch, served=False, sure=True)
             return _go(synced, State.SECOND, "in sync with the primary")
+        case Behind(why=why):
+            if state is not State.SECOND or not module.sure:
+                return module, []
+            return _go(replace(module, sure=False), State.SECOND, why)
         case Prim(force=force):
             return _prim(module, force)
         case Second() | Swap():

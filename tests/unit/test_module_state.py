@@ -16,6 +16,7 @@ from tandem.engine.module_state import (
     AppFailed,
     AskPeerToServe,
     HandOver,
+    Behind,
     InSync,
     KeepAside,
     Module,
@@ -118,6 +119,17 @@ def test_swap_needs_an_up_to_date_secondary_and_hands_over() -> None:
     assert taking.state is State.PRIM and taking.epoch == 5 and AcquireVip() in actions
 
 
+def test_a_secondary_whose_stream_ended_while_the_primary_lives_is_no_longer_sure() -> None:
+    second, _ = run(Module(), B, Start(3, False, False), PeerSeen(State.PRIM, 4, True, True))
+    second, _ = run(second, B, InSync())
+    behind, actions = run(second, B, Behind("the primary went on alone"))
+    assert (behind.state, behind.sure, actions) == (State.SECOND, False, [])
+    waiting, _ = run(behind, B, PeerLost(witness_reachable=True))
+    assert waiting.state is State.WAIT
+    again, _ = run(behind, B, InSync())
+    assert again.sure
+
+
 def test_an_application_failing_too_often_fails_over_or_stops() -> None:
     prim, _ = run(Module(), A, Start(3, True, True), PeerSeen(State.WAIT, 0, False, False))
     prim, _ = run(prim, A, PeerSeen(State.SECOND, 4, False, True))
@@ -147,6 +159,7 @@ class World:
     witness: dict[str, bool] = field(default_factory=lambda: {"a": True, "b": True})
     writes: int = 0
     now: float = 0.0
+    stream_broken: bool = False  # the primary went on alone while both nodes live
 
     def other(self, node: str) -> str:
         return "b" if node == "a" else "a"
@@ -215,6 +228,7 @@ class World:
             m, p = self.modules[node], self.modules[peer]
             if m.state is State.SECOND and self.connected and self.up[peer] and p.state in SERVING:
                 self.copies[node] = set(self.copies[peer])
+                self.stream_broken = False
                 self.apply(node, InSync())
         elif kind == "write":
             for n in ("a", "b"):
@@ -222,9 +236,15 @@ class World:
                 if not self.up[n] or m.state not in SERVING:
                     continue
                 o = self.other(n)
-                mirrored = self.connected and self.up[o] and self.modules[o].state is State.SECOND
+                mirrored = (
+                    self.connected
+                    and self.up[o]
+                    and self.modules[o].state is State.SECOND
+                    and not self.stream_broken
+                )
                 if (
-                    m.state is State.PRIM
+                    not self.stream_broken
+                    and m.state is State.PRIM
                     and not mirrored
                     and self.modules[o].state is not State.STOP
                 ):
@@ -234,6 +254,12 @@ class World:
                 if mirrored:
                     self.copies[o].add(self.writes)
                 self.acknowledged.add(self.writes)
+        elif kind == "glitch" and self.connected and self.up[node] and self.up[peer]:
+            # the stream alone breaks: the primary goes on alone at once, and the secondary
+            # (hearing it live on) learns it is behind
+            if self.modules[peer].state in SERVING and self.modules[node].state is State.SECOND:
+                self.stream_broken = True
+                self.apply(node, Behind("the stream ended while the primary lives on"))
         elif kind == "prim" and self.up[node]:
             self.apply(node, Prim())
         elif kind == "swap" and self.up[node]:
@@ -252,7 +278,8 @@ class World:
 nodes = st.sampled_from(["a", "b"])
 actions = st.one_of(
     st.tuples(
-        st.sampled_from(["start", "crash", "stop", "sync", "prim", "swap", "appfail"]), nodes
+        st.sampled_from(["start", "crash", "stop", "sync", "prim", "swap", "appfail", "glitch"]),
+        nodes,
     ),
     st.tuples(st.just("partition"), st.sampled_from(["a", "b", "none"])),
     st.tuples(st.sampled_from(["heal", "heartbeats", "write"])),
@@ -263,6 +290,7 @@ actions = st.one_of(
 @given(st.lists(st.tuples(actions, st.booleans()), max_size=30))
 # scenarios that once broke it (or would, without a rule): each a few steps a search may miss
 @example([(("partition", "b"), True)])  # the isolated primary must stop
+@example([(("glitch", "b"), True), (("crash", "a"), True)])  # alone, then lost: b must wait
 @example([(("partition", "a"), True), (("heal",), True), (("crash", "a"), True)])
 @example([(("stop", "b"), True), (("partition", "b"), False), (("start", "b"), True)])
 @example([(("stop", "a"), True), (("crash", "b"), False), (("start", "a"), True)])
