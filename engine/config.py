@@ -8,9 +8,30 @@ Every problem is reported as ``FILE: KEY: problem`` so an admin can fix it witho
     ack = "applied"                 # or "durable" (optional, default "applied")
     timeout = 10.0                  # seconds without an answer before going on alone
     resync_bandwidth = 50.0         # optional: MiB/s a resync may send (default: no cap)
+    default_primary = "alpha"       # optional: serves when both copies are equally new
+    vip = "198.18.0.100/24"         # optional: the address clients use, on the serving node
+    vip_interface = "eth0"          # optional: default the interface holding the node's address
+    health_port = 8399              # optional (cloud): HTTP 200 on the serving node, 503 elsewhere
+    witness = ["198.18.0.254"]      # split-brain witnesses: "ADDRESS" (ping) or "ADDRESS:PORT"
+    heartbeat_interval = 0.2        # seconds between heartbeats (UDP, on `port`)
+    heartbeat_timeout = 1.0         # silence on every network before the peer is lost
+    heartbeat_networks = [{alpha = "10.1.0.1", beta = "10.1.0.2"}]  # more than the nodes' own
+    maxloop = 3                     # application restarts allowed within loop_interval
+    loop_interval = 86400.0
+    on_failure = "failover"         # beyond maxloop: "failover" (if the peer is in sync), "stop"
+    script_timeout = 120.0          # start_prim/stop_prim (in <config-dir>/modules/<name>/)
+    [[checker]]                     # any number: process, custom, tcp, ping, interface
+    kind = "tcp"
+    target = "127.0.0.1"
+    port = 5432
+    interval = 5.0                  # optional; timeout = 2.0 optional
     [nodes]                         # exactly two: node name = address
     alpha = "198.18.0.1"
     beta = "198.18.0.2"
+
+The replication timeout must leave room for the heartbeat and the witness to decide first
+(``timeout >= 2 * heartbeat_timeout + WITNESS_TIMEOUT``): a secondary learns that the stream
+broke while the primary lives on before that primary may acknowledge writes alone.
 """
 
 from __future__ import annotations
@@ -30,11 +51,45 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
-_KEYS = {"directories", "port", "ack", "timeout", "resync_bandwidth", "nodes"}
+_KEYS = {
+    "directories",
+    "port",
+    "ack",
+    "timeout",
+    "resync_bandwidth",
+    "nodes",
+    "default_primary",
+    "vip",
+    "vip_interface",
+    "health_port",
+    "witness",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "heartbeat_networks",
+    "maxloop",
+    "loop_interval",
+    "on_failure",
+    "script_timeout",
+    "checker",
+}
+CHECKER_KINDS = ("process", "custom", "tcp", "ping", "interface")
+_CHECKER_KEYS = {"kind", "target", "port", "interval", "timeout"}
+DEFAULT_HEARTBEAT_INTERVAL = 0.2
+DEFAULT_HEARTBEAT_TIMEOUT = 1.0
+WITNESS_TIMEOUT = 1.0
 
 
 class ConfigError(Exception):
     """A configuration problem, worded for the admin (file, key, what is wrong)."""
+
+
+@dataclass(frozen=True)
+class CheckerConfig:
+    kind: str
+    target: str
+    port: int | None = None
+    interval: float = 5.0
+    timeout: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +102,19 @@ class ModuleConfig:
     timeout: float = DEFAULT_TIMEOUT
     resync_bandwidth: float | None = None  # MiB/s
     source: str = ""
+    default_primary: str | None = None
+    vip: str | None = None
+    vip_interface: str | None = None
+    health_port: int | None = None
+    witnesses: tuple[tuple[str, int | None], ...] = ()
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    heartbeat_networks: tuple[dict[str, str], ...] = ()  # beyond the nodes' own addresses
+    maxloop: int = 3
+    loop_interval: float = 86400.0
+    on_failure: str = "failover"
+    script_timeout: float = 120.0
+    checkers: tuple[CheckerConfig, ...] = ()
 
     def peer_of(self, node: str) -> tuple[str, str]:
         """(name, address) of the other node, for ``node`` one of this module's nodes."""
@@ -172,16 +240,197 @@ def parse_module(name: str, text: str, source: str) -> ModuleConfig:
         raise _fail(
             source, "resync_bandwidth", f"must be MiB/s above 0, got {_describe(bandwidth)}"
         )
+    nodes = _nodes(source, raw["nodes"])
+    failover = _failover(source, raw, nodes)
     return ModuleConfig(
+        **failover,
         name=name,
         resync_bandwidth=None if bandwidth is None else float(bandwidth),
         directories=directories,
-        nodes=_nodes(source, raw["nodes"]),
+        nodes=nodes,
         port=port,
         ack=ack,
         timeout=float(timeout),
         source=source,
     )
+
+
+def _seconds(source: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise _fail(source, key, f"must be a number of seconds above 0, got {_describe(value)}")
+    return float(value)
+
+
+def _port(source: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise _fail(source, key, f"must be an integer from 1 to 65535, got {_describe(value)}")
+    return value
+
+
+def _witness(source: str, key: str, value: Any) -> tuple[str, int | None]:
+    if not isinstance(value, str) or not value:
+        raise _fail(source, key, f'must be "ADDRESS" or "ADDRESS:PORT", got {_describe(value)}')
+    host, port = value, None
+    if value.startswith("["):  # [IPv6]:PORT
+        host, _, rest = value[1:].partition("]")
+        if rest:
+            port = _port(source, key, int(rest[1:])) if rest[1:].isdigit() else -1
+    elif value.count(":") == 1:
+        host, _, text = value.partition(":")
+        port = _port(source, key, int(text)) if text.isdigit() else -1
+    if port == -1:
+        raise _fail(source, key, f"{value!r}: the port must be a number")
+    return _address(source, key, host), port
+
+
+def _checker(source: str, key: str, value: Any) -> CheckerConfig:
+    if not isinstance(value, dict):
+        raise _fail(source, key, f"must be a table, got {_describe(value)}")
+    unknown = sorted(set(value) - _CHECKER_KEYS)
+    if unknown:
+        raise _fail(
+            source,
+            f"{key}.{unknown[0]}",
+            f"unknown key (known: {', '.join(sorted(_CHECKER_KEYS))})",
+        )
+    kind = value.get("kind")
+    if kind not in CHECKER_KINDS:
+        raise _fail(
+            source,
+            f"{key}.kind",
+            f"must be one of {', '.join(CHECKER_KINDS)}, got {_describe(kind)}",
+        )
+    target = value.get("target")
+    if not isinstance(target, str) or not target:
+        raise _fail(source, f"{key}.target", f"must be a non-empty string, got {_describe(target)}")
+    if kind == "custom" and not target.startswith("/"):
+        raise _fail(
+            source, f"{key}.target", f"a custom checker is a script's absolute path, got {target!r}"
+        )
+    port = value.get("port")
+    if kind == "tcp":
+        if port is None:
+            raise _fail(source, f"{key}.port", "missing (a tcp checker needs the port)")
+        port = _port(source, f"{key}.port", port)
+    elif port is not None:
+        raise _fail(source, f"{key}.port", f"only a tcp checker has a port, not a {kind} one")
+    return CheckerConfig(
+        kind,
+        target,
+        port,
+        _seconds(source, f"{key}.interval", value.get("interval", 5.0)),
+        _seconds(source, f"{key}.timeout", value.get("timeout", 2.0)),
+    )
+
+
+def _failover(source: str, raw: dict[str, Any], nodes: dict[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    default_primary = raw.get("default_primary")
+    if default_primary is not None and default_primary not in nodes:
+        raise _fail(
+            source,
+            "default_primary",
+            f"must be one of the nodes ({', '.join(nodes)}), got {_describe(default_primary)}",
+        )
+    found["default_primary"] = default_primary
+    vip = raw.get("vip")
+    if vip is not None:
+        try:
+            interface = ipaddress.ip_interface(vip) if isinstance(vip, str) and "/" in vip else None
+        except ValueError:
+            interface = None
+        if interface is None:
+            raise _fail(
+                source,
+                "vip",
+                f'must be "ADDRESS/PREFIX" (e.g. "10.0.0.100/24"), got {_describe(vip)}',
+            )
+        if str(interface.ip) in nodes.values():
+            raise _fail(source, "vip", f"{interface.ip} is a node's own address")
+    found["vip"] = vip
+    vip_interface = raw.get("vip_interface")
+    if vip_interface is not None and (not isinstance(vip_interface, str) or not vip_interface):
+        raise _fail(
+            source, "vip_interface", f"must be an interface name, got {_describe(vip_interface)}"
+        )
+    if vip_interface is not None and vip is None:
+        raise _fail(source, "vip_interface", "given without a vip")
+    found["vip_interface"] = vip_interface
+    health = raw.get("health_port")
+    found["health_port"] = None if health is None else _port(source, "health_port", health)
+    witness = raw.get("witness", [])
+    if isinstance(witness, str):
+        witness = [witness]
+    if not isinstance(witness, list):
+        raise _fail(source, "witness", f"must be a list of addresses, got {_describe(witness)}")
+    found["witnesses"] = tuple(
+        _witness(source, f"witness[{index}]", item) for index, item in enumerate(witness)
+    )
+    interval = _seconds(
+        source, "heartbeat_interval", raw.get("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)
+    )
+    silence = _seconds(
+        source, "heartbeat_timeout", raw.get("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT)
+    )
+    if interval >= silence:
+        raise _fail(
+            source,
+            "heartbeat_interval",
+            f"{interval:g} s must be shorter than heartbeat_timeout ({silence:g} s)",
+        )
+    found["heartbeat_interval"], found["heartbeat_timeout"] = interval, silence
+    networks = raw.get("heartbeat_networks", [])
+    if not isinstance(networks, list):
+        raise _fail(
+            source, "heartbeat_networks", f"must be a list of tables, got {_describe(networks)}"
+        )
+    parsed_networks = []
+    for index, network in enumerate(networks):
+        key = f"heartbeat_networks[{index}]"
+        if not isinstance(network, dict) or set(network) != set(nodes):
+            raise _fail(
+                source,
+                key,
+                f"must give an address for each node ({', '.join(nodes)}), got {_describe(network)}",
+            )
+        parsed_networks.append(
+            {node: _address(source, f"{key}.{node}", network[node]) for node in nodes}
+        )
+    found["heartbeat_networks"] = tuple(parsed_networks)
+    maxloop = raw.get("maxloop", 3)
+    if isinstance(maxloop, bool) or not isinstance(maxloop, int) or maxloop < 0:
+        raise _fail(source, "maxloop", f"must be an integer of 0 or more, got {_describe(maxloop)}")
+    found["maxloop"] = maxloop
+    found["loop_interval"] = _seconds(source, "loop_interval", raw.get("loop_interval", 86400.0))
+    on_failure = raw.get("on_failure", "failover")
+    if on_failure not in ("failover", "stop"):
+        raise _fail(
+            source, "on_failure", f'must be "failover" or "stop", got {_describe(on_failure)}'
+        )
+    found["on_failure"] = on_failure
+    found["script_timeout"] = _seconds(source, "script_timeout", raw.get("script_timeout", 120.0))
+    checkers = raw.get("checker", [])
+    if not isinstance(checkers, list):
+        raise _fail(source, "checker", f"must be [[checker]] tables, got {_describe(checkers)}")
+    found["checkers"] = tuple(
+        _checker(source, f"checker[{index}]", item) for index, item in enumerate(checkers)
+    )
+    return found
+
+
+def check_failover_timing(module: ModuleConfig) -> None:
+    """For a module the node fails over (not one given a fixed role): the heartbeat and the
+    witness must decide before replication gives up on a silent peer."""
+    least = 2 * module.heartbeat_timeout + WITNESS_TIMEOUT
+    if module.timeout < least:
+        raise _fail(
+            module.source,
+            "timeout",
+            f"{module.timeout:g} s is too short for heartbeat_timeout "
+            f"{module.heartbeat_timeout:g} s: at least 2 x heartbeat_timeout + "
+            f"{WITNESS_TIMEOUT:g} s = {least:g} s, so that the heartbeat decides before "
+            "replication gives up on the peer",
+        )
 
 
 def module_path(config_dir: str | Path, name: str) -> Path:

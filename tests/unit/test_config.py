@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engine.config import ConfigError, load_module, parse_module
+from tandem.engine.config import ConfigError, check_failover_timing, load_module, parse_module
 
 GOOD = """
 directories = ["/srv/app", "/var/lib/app/"]
@@ -78,6 +78,24 @@ BAD = [
     ('directories = ["/d"]\n[nodes]\n"-a" = "h"\nb = "g"', "nodes.-a: node name '-a' must be"),
     ('directories = ["/d"]\n[nodes]\na = 1\nb = "g"', "nodes.a: must be an IP address"),
     ("directories = [", "not valid TOML"),
+    (_with('default_primary = "gamma"'), "default_primary: must be one of the nodes"),
+    (_with('vip = "198.18.0.100"'), 'vip: must be "ADDRESS/PREFIX"'),
+    (_with('vip = "198.18.0.1/24"'), "vip: 198.18.0.1 is a node's own address"),
+    (_with('vip_interface = "eth0"'), "vip_interface: given without a vip"),
+    (_with("health_port = 70000"), "health_port: must be an integer from 1 to 65535"),
+    (_with('witness = ["198.18.0.254:x"]'), "witness[0]: '198.18.0.254:x': the port must"),
+    (_with('witness = ["no such host!"]'), "witness[0]: 'no such host!' is neither"),
+    (_with("witness = 3"), "witness: must be a list of addresses"),
+    (_with("heartbeat_interval = 2"), "heartbeat_interval: 2 s must be shorter than"),
+    (_with("heartbeat_timeout = -1"), "heartbeat_timeout: must be a number of seconds above 0"),
+    (_with('heartbeat_networks = [{alpha = "10.0.0.1"}]'), "heartbeat_networks[0]: must give"),
+    (_with("maxloop = -1"), "maxloop: must be an integer of 0 or more"),
+    (_with('on_failure = "panic"'), 'on_failure: must be "failover" or "stop"'),
+    (_with('[[checker]]\nkind = "smell"\ntarget = "x"'), "checker[0].kind: must be one of"),
+    (_with('[[checker]]\nkind = "tcp"\ntarget = "127.0.0.1"'), "checker[0].port: missing"),
+    (_with('[[checker]]\nkind = "ping"\ntarget = "h"\nport = 1'), "checker[0].port: only a tcp"),
+    (_with('[[checker]]\nkind = "custom"\ntarget = "check.sh"'), "checker[0].target: a custom"),
+    (_with('[[checker]]\nkind = "process"\ntarget = "x"\ncolour = 1'), "checker[0].colour:"),
 ]
 
 
@@ -87,6 +105,46 @@ def test_every_mistake_names_its_key(text: str, expected: str) -> None:
         parse_module("web", text, "/etc/tandem/modules/web.toml")
     assert str(raised.value).startswith("/etc/tandem/modules/web.toml: ")
     assert expected in str(raised.value)
+
+
+FAILOVER = """
+directories = ["/srv/app"]
+default_primary = "beta"
+vip = "198.18.0.100/24"
+witness = ["198.18.0.254", "198.18.0.253:53", "[::1]:80"]
+heartbeat_networks = [{alpha = "198.18.1.1", beta = "198.18.1.2"}]
+on_failure = "stop"
+[[checker]]
+kind = "tcp"
+target = "127.0.0.1"
+port = 5432
+[[checker]]
+kind = "process"
+target = "postgres"
+interval = 1
+[nodes]
+alpha = "198.18.0.1"
+beta = "198.18.0.2"
+"""
+
+
+def test_failover_settings_parse() -> None:
+    module = parse_module("db", FAILOVER, "db.toml")
+    assert module.default_primary == "beta" and module.vip == "198.18.0.100/24"
+    assert module.witnesses == (("198.18.0.254", None), ("198.18.0.253", 53), ("::1", 80))
+    assert module.heartbeat_networks == ({"alpha": "198.18.1.1", "beta": "198.18.1.2"},)
+    assert [(c.kind, c.port, c.interval) for c in module.checkers] == [
+        ("tcp", 5432, 5.0),
+        ("process", None, 1.0),
+    ]
+    assert (module.heartbeat_interval, module.heartbeat_timeout) == (0.2, 1.0)
+    check_failover_timing(module)  # the default 10 s leaves the heartbeat room
+
+
+def test_a_replication_timeout_shorter_than_the_heartbeat_needs_is_refused_for_failover() -> None:
+    module = parse_module("db", FAILOVER.replace("on_failure", "timeout = 2.5\non_failure"), "db")
+    with pytest.raises(ConfigError, match="db: timeout: 2.5 s is too short .* at least .* = 3 s"):
+        check_failover_timing(module)
 
 
 def test_missing_module_file_and_bad_module_name(tmp_path: Path) -> None:
