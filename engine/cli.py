@@ -31,7 +31,14 @@ from .node import (
     default_state_dir,
     run_node,
 )
-from .operate import run_verify, show_state, start_full_resync
+from .operate import (
+    MODULE_COMMANDS,
+    module_command,
+    run_verify,
+    show_log,
+    show_state,
+    start_full_resync,
+)
 from .receiver import Receiver, secondary_copy
 from .replicator import PeerAddress, Replicator
 from .stream_control import primary_commands, secondary_commands
@@ -101,12 +108,14 @@ def _secret(path: str | None) -> bytes:
     return read_secret(path)
 
 
-def _assignment(text: str) -> tuple[str, Role]:
+def _assignment(text: str) -> tuple[str, Role | None]:
     name, sep, role = text.partition("=")
     roles = {role.value: role for role in Role}
-    if not sep or not name or role not in roles:
-        raise argparse.ArgumentTypeError(f"{text!r} is not MODULE=primary or MODULE=secondary")
-    return name, roles[role]
+    if not name or (sep and role not in roles):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not MODULE (failed over), MODULE=primary or MODULE=secondary"
+        )
+    return name, roles[role] if sep else None
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
@@ -193,11 +202,12 @@ def _parser() -> argparse.ArgumentParser:
 
     node = commands.add_parser(
         "node",
-        help="run this node's modules in the roles given, in the foreground",
-        description="Run modules configured in CONFIG_DIR/modules/NAME.toml, each as primary or "
-        "secondary (e.g. 'tandem node web=primary vm2=secondary'), until SIGINT/SIGTERM.",
+        help="run this node's modules in the foreground (the systemd unit runs this)",
+        description="Run modules configured in CONFIG_DIR/modules/NAME.toml until SIGINT/SIGTERM. "
+        "A module given by name fails over (heartbeat, virtual IP, scripts); MODULE=primary or "
+        "MODULE=secondary fixes its role (replication only).",
     )
-    node.add_argument("assignments", nargs="+", metavar="MODULE=ROLE", type=_assignment)
+    node.add_argument("assignments", nargs="+", metavar="MODULE[=ROLE]", type=_assignment)
     _node_options(node)
     _state_dir_option(node)
 
@@ -232,6 +242,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     _state_dir_option(resync)
 
+    for name, text in MODULE_COMMANDS.items():
+        command = commands.add_parser(name, help=text)
+        command.add_argument("module", metavar="MODULE")
+        if name == "prim":
+            command.add_argument(
+                "--force",
+                action="store_true",
+                help="serve this copy even if it is not known to be up to date (writes the peer "
+                "acknowledged after this copy fell behind are lost)",
+            )
+        _state_dir_option(command)
+
+    logs = commands.add_parser(
+        "logs",
+        help="the module log (every state change and why), or with --app the scripts' output",
+    )
+    logs.add_argument("module", metavar="MODULE")
+    logs.add_argument("--app", action="store_true", help="the application log instead")
+    logs.add_argument("-n", "--lines", type=int, default=100, help="how many last lines (100)")
+    _state_dir_option(logs)
+
     check = commands.add_parser(
         "check",
         help="validate module configuration files and the secret, then say what they define",
@@ -252,6 +283,11 @@ def _parser() -> argparse.ArgumentParser:
     lab_up = lab_commands.add_parser("up", help="create the nodes, start the demo module")
     lab_up.add_argument("--ack", choices=["applied", "durable"], default="applied")
     lab_up.add_argument(
+        "--static",
+        action="store_true",
+        help="fixed roles (a primary, b secondary): replication without failover",
+    )
+    lab_up.add_argument(
         "--timeout",
         type=_positive_float,
         default=5.0,
@@ -270,7 +306,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     lab_start.add_argument("node", metavar="NODE")
     lab_start.add_argument(
-        "--as", dest="role", choices=[r.value for r in Role], help="default: its last role"
+        "--as",
+        dest="role",
+        choices=[r.value for r in Role],
+        help="a static lab's node: default its last role",
     )
     lab_cut = lab_commands.add_parser("cut", help="unplug a node's network cable")
     lab_cut.add_argument("node", metavar="NODE")
@@ -455,7 +494,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     lab = Lab.at(args.dir)
     action = args.lab_command
     if action == "up":
-        print(lab.up(ack=args.ack, timeout=args.timeout))
+        print(lab.up(ack=args.ack, timeout=args.timeout, static=args.static))
     elif action == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not argv:
@@ -515,6 +554,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_verify(args.state_dir, args.module, as_json=args.json)
         if args.command == "resync":
             return start_full_resync(args.state_dir, args.module)
+        if args.command in MODULE_COMMANDS:
+            extra = {"force": True} if getattr(args, "force", False) else {}
+            return module_command(args.state_dir, args.module, args.command, **extra)
+        if args.command == "logs":
+            return show_log(args.state_dir, args.module, app=args.app, lines=args.lines)
     except (MountError, ConfigError, LabError, ControlError) as exc:
         print(f"tandem: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -391,7 +391,8 @@ def _failover(source: str, raw: dict[str, Any], nodes: dict[str, str]) -> dict[s
             raise _fail(
                 source,
                 key,
-                f"must give an address for each node ({', '.join(nodes)}), got {_describe(network)}",
+                f"must give an address for each node ({', '.join(nodes)}), "
+                f"got {_describe(network)}",
             )
         parsed_networks.append(
             {node: _address(source, f"{key}.{node}", network[node]) for node in nodes}

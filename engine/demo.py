@@ -86,7 +86,7 @@ def run_demo(workdir: str | None, keep: bool = False) -> int:
     log = base / "committed.log"  # the client's own record, outside the cluster
     log.unlink(missing_ok=True)
     print(f"1. starting a two-node lab in {lab.directory}")
-    print(lab.up(ack="applied", timeout=5.0))
+    print(lab.up(ack="applied", timeout=5.0, static=True))
     try:
         print("2. running the application on node a: SQLite WAL, synchronous=FULL, reports")
         command = lab.exec_command(

@@ -26,10 +26,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tandem.fsdriver.mount import mounts_at
 
-from .node import STATE_DIR_VARIABLE
+from .control import ControlError, ask
+from .paths import STATE_DIR_VARIABLE, module_socket
 
 DEFAULT_LAB_DIR = "/var/lib/tandem-lab"
 MODULE = "demo"
@@ -38,6 +40,24 @@ SWITCH_ADDRESS = "198.18.0.254"  # also the witness
 CLIENT = "client"
 CLIENT_ADDRESS = "198.18.0.3"
 PARTITION_TABLE = "tandem_lab_partition"
+VIP = "198.18.0.100"
+APP_PORT = 7000
+SETTLE_TIMEOUT = 60.0
+APP_NAME = "tandem-demoapp"  # its process name, for the process checker
+START_PRIM = """#!/bin/sh
+# the lab's demo application: a key-value service on port {port}, data in the replicated directory
+setsid {python} -m tandem.engine.demoapp serve {shared} {port} --name {name} \\
+    >> {out} 2>&1 < /dev/null &
+echo $! > {pidfile}
+"""
+STOP_PRIM = """#!/bin/sh
+pid=$(cat {pidfile} 2>/dev/null) || exit 0
+rm -f {pidfile}
+# a pid from an earlier boot may name another process now: only ever stop the demo app
+grep -q demoapp /proc/$pid/cmdline 2>/dev/null || exit 0
+kill $pid
+while kill -0 $pid 2>/dev/null; do sleep 0.02; done
+"""
 PREFIX = 24
 FIRST_ROLES = {"a": "primary", "b": "secondary"}
 BOOT_TIMEOUT = 30.0
@@ -139,22 +159,32 @@ class Lab:
 
     # -- up / down --------------------------------------------------------------------------
 
-    def up(self, ack: str = "applied", timeout: float = 5.0) -> str:
+    def up(self, ack: str = "applied", timeout: float = 5.0, static: bool = False) -> str:
         if self._state_file.exists():
             raise LabError(f"a lab is already up in {self.directory} (tandem lab down first)")
         if self.directory.exists() and any(self.directory.iterdir()):
             raise LabError(f"{self.directory} exists and is not empty; choose another --dir")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o755)
-        self._save({"ack": ack, "timeout": timeout, "pids": {}, "roles": dict(FIRST_ROLES)})
+        self._save(
+            {
+                "ack": ack,
+                "timeout": timeout,
+                "pids": {},
+                "roles": dict(FIRST_ROLES),
+                "managed": not static,
+            }
+        )
         try:
             self._network_up()
             self.shared_path.mkdir()
             secret = secrets.token_hex(32).encode()
             for node in NODES:
-                self._provision(node, secret, ack, timeout)
+                self._provision(node, secret, ack, timeout, managed=not static)
             for node in ("b", "a"):  # the secondary first, so the primary finds it listening
                 self.start(node)
+            if not static:
+                self.settle()
         except BaseException:
             self.down()
             raise
@@ -189,16 +219,36 @@ class Lab:
             _run("ip", "-n", netns, "link", "set", "eth0", "up")
             _run("ip", "-n", netns, "link", "set", "lo", "up")
 
-    def _provision(self, node: str, secret: bytes, ack: str, timeout: float) -> None:
+    def _provision(self, node: str, secret: bytes, ack: str, timeout: float, managed: bool) -> None:
         config = self.config_dir(node)
         (config / "modules").mkdir(parents=True)
         secret_file = config / "secret"
         secret_file.touch(0o600)
         secret_file.write_bytes(secret)
         nodes = "\n".join(f'{name} = "{address}"' for name, address in NODES.items())
+        failover = ""
+        if managed:
+            failover = (
+                f'default_primary = "a"\nvip = "{VIP}/{PREFIX}"\nwitness = ["{SWITCH_ADDRESS}"]\n'
+                f"maxloop = 3\nloop_interval = 300\n"
+                f'[[checker]]\nkind = "process"\ntarget = "{APP_NAME}"\ninterval = 1.0\n'
+            )
+            scripts = config / "modules" / MODULE
+            scripts.mkdir()
+            where = {
+                "python": sys.executable,
+                "shared": self.shared_path,
+                "port": APP_PORT,
+                "out": self.node_dir(node) / "demoapp.out",
+                "pidfile": self.node_dir(node) / "demoapp.pid",
+                "name": APP_NAME,
+            }
+            for name, text in (("start_prim", START_PRIM), ("stop_prim", STOP_PRIM)):
+                (scripts / name).write_text(text.format(**where))
+                (scripts / name).chmod(0o755)
         (config / "modules" / f"{MODULE}.toml").write_text(
             f'directories = ["{self.shared_path}"]\n'
-            f'ack = "{ack}"\ntimeout = {timeout!r}\n\n[nodes]\n{nodes}\n'
+            f'ack = "{ack}"\ntimeout = {timeout!r}\n{failover}\n[nodes]\n{nodes}\n'
         )
         data = self.node_dir(node) / "data"
         data.mkdir()
@@ -229,8 +279,12 @@ class Lab:
         state = self._state()
         roles = state["roles"]
         assert isinstance(roles, dict)
+        managed = state.get("managed") is True
         if role is not None:
+            if managed:
+                raise LabError("this lab fails over: roles are elected (tandem lab up --static)")
             roles[node] = role
+        assignment = MODULE if managed else f"{MODULE}={roles[node]}"
         command = [
             "nsenter",
             f"--net=/run/netns/{self.netns(node)}",
@@ -258,11 +312,12 @@ class Lab:
             str(self.state_dir(node)),
             "--node",
             node,
-            f"{MODULE}={roles[node]}",
+            assignment,
         ]
         log_path = self.log_path(node)
         with open(log_path, "ab") as log:
-            log.write(f"--- boot {time.strftime('%Y-%m-%d %H:%M:%S')} as {roles[node]}\n".encode())
+            role_text = "with failover" if managed else f"as {roles[node]}"
+            log.write(f"--- boot {time.strftime('%Y-%m-%d %H:%M:%S')} {role_text}\n".encode())
             log.flush()
             launcher = subprocess.Popen(
                 command,
@@ -315,6 +370,11 @@ class Lab:
         deadline = time.monotonic() + BOOT_TIMEOUT
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
+        # a server losing power loses its addresses too; the namespace outlives the processes
+        subprocess.run(
+            ["ip", "-n", self.netns(node), "addr", "del", f"{VIP}/{PREFIX}", "dev", "eth0"],
+            capture_output=True,
+        )
         return True
 
     def exec_command(self, node: str, command: list[str]) -> list[str]:
@@ -366,15 +426,44 @@ class Lab:
         if PARTITION_TABLE in listed.stdout:
             _nft(switch, f"delete table bridge {PARTITION_TABLE}")
 
+    def module_state(self, node: str) -> dict[str, Any] | None:
+        """The node's failover state of the demo module, or None if it does not answer."""
+        try:
+            return ask(module_socket(str(self.state_dir(node)), MODULE), "state", timeout=5)
+        except ControlError:
+            return None
+
+    def settle(self, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Wait until one node serves and the other is an up-to-date secondary."""
+        deadline = time.monotonic() + timeout
+        states: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            states = {node: self.module_state(node) for node in NODES}
+            found = sorted((s["state"], s["up_to_date"]) for s in states.values() if s is not None)
+            if found in ([("PRIM", True), ("SECOND", True)], [("ALONE", True), ("SECOND", True)]):
+                return
+            time.sleep(0.1)
+        described = {n: s and f"{s['state']}: {s['reason']}" for n, s in states.items()}
+        raise LabError(f"the module did not settle within {timeout:g} s: {described}")
+
     def describe(self) -> str:
         state = self._state()
         roles = state["roles"]
         assert isinstance(roles, dict)
+        managed = state.get("managed") is True
         lines = [f"lab in {self.directory} (ack {state['ack']}, timeout {state['timeout']} s)"]
         for node, address in NODES.items():
             running = "running" if self.init_pid(node) else "down"
+            role = roles[node]
+            if managed:
+                found = self.module_state(node) if running == "running" else None
+                role = f"{found['state']} ({found['reason']})" if found else "-"
+            lines.append(f"  node {node}: {role}, {address}, {running}, log {self.log_path(node)}")
+        if managed:
             lines.append(
-                f"  node {node}: {roles[node]}, {address}, {running}, log {self.log_path(node)}"
+                f"  virtual IP {VIP} (on the serving node), demo app on port {APP_PORT}: "
+                f"tandem lab exec client -- python3 -m tandem.engine.demoapp get {VIP} "
+                f"{APP_PORT} KEY"
             )
         lines.append(f"  client (tandem lab exec client -- …): {CLIENT_ADDRESS}")
         lines.append(f"  witness (the switch): {SWITCH_ADDRESS}")

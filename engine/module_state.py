@@ -313,10 +313,11 @@ def _peer_seen(module: Module, policy: Policy) -> tuple[Module, list[Action]]:
             reason = "the peer serves; resyncing this copy from it"
             return _go(waiting, State.SECOND, reason, [ReceiveCopy()])
         return module, []  # SECOND already receives
-    if state is State.ALONE:
-        return _go(module, State.PRIM, "the peer returned; resyncing it")
-    if state is State.PRIM:
-        return module, []
+    if state in SERVING:
+        if peer is State.SECOND:
+            following = "in sync" if module.peer_sure else "resyncing"
+            return _go(module, State.PRIM, f"serving; {policy.peer} follows ({following})")
+        return _go(module, State.PRIM, f"serving; {policy.peer} is {peer.value if peer else '?'}")
     # neither serves: the newer copy does (a secondary that is sure takes over at once)
     if state is State.SECOND and module.sure:
         reason = f"{policy.peer} stopped serving; taking over"
@@ -325,7 +326,8 @@ def _peer_seen(module: Module, policy: Policy) -> tuple[Module, list[Action]]:
         before: list[Action] = [ReleaseCopy()] if state is State.SECOND else []
         return _serve(module, State.PRIM, "this copy is the newer one: serving", before)
     if state is State.SECOND:
-        return _go(module, State.WAIT, f"waiting for {policy.peer} to serve", [ReleaseCopy()])
+        # keep receiving: the peer is about to serve (a swap) or will be told to
+        return _go(module, State.SECOND, f"waiting for {policy.peer} to serve")
     return _go(module, State.WAIT, f"waiting for {policy.peer} (its copy is newer) to serve")
 
 

@@ -13,11 +13,19 @@ from typing import Any
 
 from .config import ConfigError, check_name
 from .control import ControlError, ask
-from .node import control_socket
+from .paths import app_log, control_socket, module_log, module_socket
 
 STATE_VERSION = 1
 EXIT_OK = 0
 EXIT_FAILED = 1
+MODULE_COMMANDS = {
+    "start": "start a stopped module on this node (it serves or follows as the peer decides)",
+    "stop": "stop the module on this node (an up-to-date peer takes over)",
+    "restart": "stop then start the module on this node",
+    "swap": "hand the serving role to the peer (in sync first; no acknowledged write lost)",
+    "prim": "make this node serve the module (refused if its copy may be stale, unless --force)",
+    "second": "step down: the up-to-date peer serves, this node follows",
+}
 
 
 def _streams(state_dir: str, module: str) -> list[int]:
@@ -51,25 +59,84 @@ def _stream_states(state_dir: str, module: str) -> list[dict[str, Any]]:
     return streams
 
 
+def _module_state(state_dir: str, module: str) -> dict[str, Any] | None:
+    """The failover state, for a module the node fails over (None for a fixed role)."""
+    path = module_socket(state_dir, module)
+    if not Path(path).exists():
+        return None
+    try:
+        return {"running": True, **ask(path, "state")}
+    except ControlError as exc:
+        return {"running": False, "reason": str(exc)}
+
+
 def show_state(state_dir: str, wanted: list[str], *, as_json: bool) -> int:
     modules = _modules(state_dir, wanted)
     report: dict[str, Any] = {"version": STATE_VERSION, "state_dir": state_dir, "modules": {}}
     complete = bool(modules)
     for module in modules:
+        failover = _module_state(state_dir, module)
         streams = _stream_states(state_dir, module)
-        complete = complete and bool(streams) and all(s["running"] for s in streams)
-        report["modules"][module] = {"streams": streams}
+        if failover is None or failover["state"] in ("PRIM", "ALONE", "SECOND"):
+            complete = complete and bool(streams) and all(s["running"] for s in streams)
+        else:
+            streams = [s for s in streams if s["running"]]  # no copy served or received: none
+        complete = complete and (failover is None or failover["running"])
+        report["modules"][module] = {"failover": failover, "streams": streams}
     if as_json:
         print(json.dumps(report, indent=2))
     elif not modules:
         print(f"no module has run on this node (state directory {state_dir})")
     else:
         for module, found in report["modules"].items():
-            if not found["streams"]:
+            if found["failover"] is not None:
+                print(f"{module}: {describe_failover(found['failover'])}")
+            elif not found["streams"]:
                 print(f"{module}: never ran on this node")
             for stream in found["streams"]:
                 print(f"{module}/{stream['index']} {describe_stream(stream)}")
     return EXIT_OK if complete else EXIT_FAILED
+
+
+def describe_failover(failover: dict[str, Any]) -> str:
+    if not failover["running"]:
+        return f"not running on this node ({failover['reason']})"
+    text = f"{failover['state']} on {failover['node']} ({failover['reason']})"
+    if failover.get("vip"):
+        text += f"; VIP {failover['vip']} {'here' if failover['vip_held'] else 'not here'}"
+    peer = failover["peer"]
+    heartbeat = peer["heartbeat"]["verdict"]
+    if peer["state"]:
+        text += (
+            f"\n  peer {peer['node']}: {peer['state']} ({peer['reason']}); heartbeat {heartbeat}"
+        )
+    else:
+        text += f"\n  peer {peer['node']}: not heard (heartbeat {heartbeat})"
+    return text
+
+
+def module_command(state_dir: str, module: str, command: str, **arguments: Any) -> int:
+    check_name(module)
+    path = module_socket(state_dir, module)
+    if not Path(path).exists():
+        raise ConfigError(
+            f"module {module!r} is not run with failover on this node ({path} is missing; "
+            "is the node running, and the module configured?)"
+        )
+    answer = ask(path, command, timeout=None, **arguments)
+    print(f"{module}: {describe_failover({'running': True, **answer})}")
+    return EXIT_OK
+
+
+def show_log(state_dir: str, module: str, *, app: bool, lines: int) -> int:
+    check_name(module)
+    path = app_log(state_dir, module) if app else module_log(state_dir, module)
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        raise ConfigError(f"no {'application' if app else 'module'} log yet ({path})") from None
+    print("\n".join(text.splitlines()[-lines:]) if lines > 0 else text, end="\n")
+    return EXIT_OK
 
 
 def describe_stream(stream: dict[str, Any]) -> str:

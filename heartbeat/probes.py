@@ -24,10 +24,11 @@ class Probe:
 
 async def ping(address: str, timeout: float = 1.0) -> Probe:
     """One ICMP echo (the system's ping: it holds the raw-socket privilege)."""
-    wait = max(1, round(timeout))
+    # ping's own -W counts whole seconds; the cancel scope holds the (sub-second) timeout
+    wait = max(1, round(timeout + 0.5))
     command = [PING, "-n", "-q", "-c", "1", "-W", str(wait), address]
     try:
-        with trio.move_on_after(timeout + 1):
+        with trio.move_on_after(timeout):
             done = await trio.run_process(
                 command, capture_stdout=True, capture_stderr=True, check=False
             )

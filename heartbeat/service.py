@@ -86,6 +86,8 @@ class HeartbeatService:
         self._detector = FailureDetector([link.name for link in links], timeout, 0.0)
         self.verdict = Verdict.UNKNOWN
         self.peer_payload = b""
+        self.last_heard: float | None = None  # trio time of the peer's last accepted heartbeat
+        self._wake = trio.Event()
         self.send_errors: dict[str, str] = {}
         self._told: tuple[Verdict, int] = (Verdict.UNKNOWN, 0)
 
@@ -123,14 +125,21 @@ class HeartbeatService:
                 except OSError as exc:  # a link that is down: the others may still carry it
                     self.send_errors[link.name] = exc.strerror or str(exc)
             self._evaluate()
-            await trio.sleep(self._interval)
+            with trio.move_on_after(self._interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    def poke(self) -> None:
+        """Send the next heartbeat now (this node's news should not wait for the tick)."""
+        self._wake.set()
 
     async def _listen(self, link: Link, sock: trio.socket.SocketType) -> None:
         while True:
             data, _ = await sock.recvfrom(RECEIVE_SIZE)
             heartbeat = self._receiver.take(link.name, data)
             if heartbeat is not None:
-                self._detector.heard(link.name, trio.current_time())
+                self.last_heard = trio.current_time()
+                self._detector.heard(link.name, self.last_heard)
                 self.peer_payload = heartbeat.payload
             self._evaluate()
 

@@ -43,6 +43,16 @@ def _index(ipr: IPRoute, interface: str) -> int:
     return int(found[0])
 
 
+def interface_of(address: str) -> str:
+    """The interface holding ``address`` (a node's own address): where its VIP goes by default."""
+    with IPRoute() as ipr:
+        for message in ipr.get_addr():
+            if message.get_attr("IFA_ADDRESS") == address:
+                (name,) = (link.get_attr("IFLA_IFNAME") for link in ipr.get_links(message["index"]))
+                return str(name)
+    raise VipError(f"no interface of this node holds {address} (set vip_interface)")
+
+
 def holds(interface: str, address: str) -> bool:
     vip = _parse(address)
     with IPRoute() as ipr:

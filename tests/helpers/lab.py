@@ -13,8 +13,11 @@ CLI = [sys.executable, "-m", "tandem.engine.cli"]
 
 
 class LabCluster:
-    def __init__(self, directory: Path, ack: str = "applied", timeout: float = 5.0) -> None:
+    def __init__(
+        self, directory: Path, ack: str = "applied", timeout: float = 5.0, static: bool = True
+    ) -> None:
         self.directory = directory
+        self.static = static
         self.ack = ack
         self.timeout = timeout
         self.path = directory / "app"  # the replicated directory, same path on both nodes
@@ -31,7 +34,8 @@ class LabCluster:
         return done
 
     def up(self) -> LabCluster:
-        self.cli("up", "--ack", self.ack, "--timeout", str(self.timeout))
+        static = ["--static"] if self.static else []
+        self.cli("up", "--ack", self.ack, "--timeout", str(self.timeout), *static)
         return self
 
     def down(self) -> None:

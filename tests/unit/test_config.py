@@ -143,7 +143,7 @@ def test_failover_settings_parse() -> None:
 
 def test_a_replication_timeout_shorter_than_the_heartbeat_needs_is_refused_for_failover() -> None:
     module = parse_module("db", FAILOVER.replace("on_failure", "timeout = 2.5\non_failure"), "db")
-    with pytest.raises(ConfigError, match="db: timeout: 2.5 s is too short .* at least .* = 3 s"):
+    with pytest.raises(ConfigError, match=r"db: timeout: 2\.5 s is too short .* at least .* = 3 s"):
         check_failover_timing(module)
 
 
