@@ -462,7 +462,7 @@ class Lab:
         if managed:
             lines.append(
                 f"  virtual IP {VIP} (on the serving node), demo app on port {APP_PORT}: "
-                f"tandem lab exec client -- python3 -m tandem.engine.demoapp get {VIP} "
+                f"tandem lab exec client -- {sys.executable} -m tandem.engine.demoapp get {VIP} "
                 f"{APP_PORT} KEY"
             )
         lines.append(f"  client (tandem lab exec client -- …): {CLIENT_ADDRESS}")

@@ -405,15 +405,26 @@ class ModuleRunner:
     async def _watch(self) -> None:
         fed: tuple[PeerNews, State] | None = None
         lost_told = False
+        fenced_at: float | None = None
         out_of_sync_since: float | None = None
         in_sync_told = False
         while True:
             await trio.sleep(WATCH_EVERY)
             verdict = self.heartbeat.verdict
-            if verdict in (Verdict.ALIVE, Verdict.DEGRADED):
+            if not lost_told and self._isolated_while_serving():
+                lost_told, fed = True, None
+                fenced_at = self.heartbeat.last_heard
+                self._note(
+                    f"{self.peer} silent and the witness unreachable ({self._witness_detail}): "
+                    "stepping down before the peer may take over"
+                )
+                await self._events_in.send((PeerLost(False), None))
+            elif verdict in (Verdict.ALIVE, Verdict.DEGRADED):
                 news = self._read_news()
-                if news is not None:
+                # after stepping down, only a heartbeat heard since counts as the peer's return
+                if news is not None and self.heartbeat.last_heard != fenced_at:
                     lost_told = False
+                    fenced_at = None
                     key = (news, self.module.state)
                     if key != fed:
                         fed = key
@@ -424,13 +435,6 @@ class ModuleRunner:
                 lost_told, fed = True, None
                 self.peer_news = None
                 await self._events_in.send((PeerLost(await self._ask_witness()), None))
-            elif not lost_told and self._isolated_while_serving():
-                lost_told, fed = True, None
-                self._note(
-                    f"{self.peer} silent and the witness unreachable ({self._witness_detail}): "
-                    "stepping down before the peer may take over"
-                )
-                await self._events_in.send((PeerLost(False), None))
             receiving = self.module.state is State.SECOND and self.receivers
             in_sync = bool(receiving) and all(r.in_sync for r in self.receivers)
             if in_sync:
@@ -529,7 +533,10 @@ class ModuleRunner:
             if self.advertised.state not in SERVING:
                 continue
             probe = await checker.check()
-            if probe.ok or self.advertised.state not in SERVING:
+            # a step down may have begun meanwhile: its stop_prim stops the application
+            if probe.ok or SERVING.isdisjoint({self.advertised.state, self.module.state}):
+                continue
+            if self.module.state not in SERVING:
                 continue
             self._note(f"checker {config.kind} {config.target}: {probe.detail}")
             await self._events_in.send((AppFailed(time.monotonic()), None))

@@ -1,0 +1,257 @@
+"""Failover in a real lab: two nodes in their own namespaces, the virtual IP on a bridge, the demo
+key-value application started by start_prim, a client writing through the VIP, the switch as
+witness. A monitor asks both nodes ten times a second, for the whole test, and records any moment
+where both serve or both hold the VIP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tandem.engine.control import ControlError, ask
+from tandem.engine.lab import APP_PORT, VIP, Lab
+from tandem.engine.paths import module_socket
+from tests.helpers.lab import CLI, LabCluster, stop_group
+from tests.helpers.mountproc import wait_for
+
+pytestmark = pytest.mark.root
+
+SERVING = ("PRIM", "ALONE")
+APP = [sys.executable, "-m", "tandem.engine.demoapp"]
+
+
+class Monitor:
+    """Polls both nodes' module state and VIP until stopped; keeps every violation seen."""
+
+    def __init__(self, lab: LabCluster) -> None:
+        self.lab = lab
+        self.violations: list[str] = []
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def state(self, node: str) -> dict[str, Any] | None:
+        socket_path = module_socket(str(self.lab.directory / "nodes" / node / "state"), "demo")
+        try:
+            return ask(socket_path, "state", timeout=2)
+        except ControlError:
+            return None
+
+    def holds_vip(self, node: str) -> bool:
+        done = subprocess.run(
+            ["ip", "-n", Lab.at(str(self.lab.directory)).netns(node), "-br", "addr", "show"],
+            capture_output=True,
+            text=True,
+        )
+        return f"{VIP}/" in done.stdout
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            states = {n: self.state(n) for n in ("a", "b")}
+            serving = [n for n, s in states.items() if s is not None and s["state"] in SERVING]
+            vip = [n for n in ("a", "b") if self.holds_vip(n)]
+            self.samples += 1
+            if len(serving) > 1:
+                self.violations.append(f"both serve: {states}")
+            if len(vip) > 1:
+                self.violations.append("both hold the VIP")
+            time.sleep(0.1)
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def lab(workspace: Path) -> Iterator[LabCluster]:
+    cluster = LabCluster(workspace / "lab", static=False)
+    try:
+        yield cluster.up()
+    finally:
+        cluster.down()
+
+
+def _state(lab: LabCluster, node: str) -> dict[str, Any] | None:
+    return Monitor(lab).state(node)
+
+
+def _is(lab: LabCluster, node: str, *states: str) -> bool:
+    found = _state(lab, node)
+    return found is not None and found["state"] in states
+
+
+def _client(lab: LabCluster, log: Path, seconds: float) -> subprocess.Popen[str]:
+    return lab.popen(
+        "client",
+        *[*APP, "client", VIP, str(APP_PORT)],
+        *["--log", str(log), "--seconds", str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stored(lab: LabCluster, node: str) -> set[str]:
+    text = (lab.copy(node) / "store.log").read_text()
+    return {line.split(" ", 1)[0] for line in text.splitlines() if line}
+
+
+def _get(lab: LabCluster, key: str) -> str:
+    done = lab.exec("client", *APP, "get", VIP, str(APP_PORT), key)
+    return done.stdout.strip()
+
+
+def _settled(lab: LabCluster, serving: str) -> bool:
+    other = "b" if serving == "a" else "a"
+    s, o = _state(lab, serving), _state(lab, other)
+    return (
+        s is not None
+        and o is not None
+        and s["state"] == "PRIM"
+        and o["state"] == "SECOND"
+        and o["up_to_date"]
+    )
+
+
+def test_killing_the_primary_moves_the_vip_and_the_application_and_keeps_every_write(
+    lab: LabCluster, workspace: Path
+) -> None:
+    acked = workspace / "acked.log"
+    with Monitor(lab) as monitor:
+        client = _client(lab, acked, 10)
+        try:
+            time.sleep(3)
+            lab.kill("a")
+            wait_for(lambda: _is(lab, "b", "ALONE"), 15, "b taking over")
+            out, _ = client.communicate(timeout=60)
+        finally:
+            stop_group(client)
+        seen = json.loads(out)
+        assert seen["acknowledged"] > 50, seen
+        # every write the client got an OK for is in b's copy, and served at the VIP by b
+        written = acked.read_text().split()
+        assert len(written) == seen["acknowledged"]
+        assert set(written) <= _stored(lab, "b")
+        assert _get(lab, written[-1]) == f"VALUE v{written[-1][1:]}"
+        b = _state(lab, "b")
+        assert b is not None and b["vip_held"] and monitor.holds_vip("b")
+        assert (
+            "start_prim: exit code 0"
+            in (lab.directory / "nodes/b/state/modules/demo/module.log").read_text()
+        )
+        # a returns: it follows b, resyncs, and the service never moved back by itself
+        lab.start("a")
+        wait_for(lambda: _settled(lab, "b"), 30, "a back as an up-to-date secondary")
+        assert _get(lab, written[0]) == f"VALUE v{written[0][1:]}"
+    assert monitor.samples > 50
+    assert not monitor.violations, monitor.violations[:3]
+
+
+@pytest.mark.parametrize(("witness", "serves"), [("a", "a"), ("b", "b"), ("none", None)])
+def test_a_partition_leaves_at_most_the_side_that_reaches_the_witness_serving(
+    lab: LabCluster, witness: str, serves: str | None
+) -> None:
+    with Monitor(lab) as monitor:
+        lab.cli("partition", "--witness", witness)
+        time.sleep(6)  # the heartbeat timeout several times over
+        for node in ("a", "b"):
+            expected = node == serves
+            assert _is(lab, node, *SERVING) == expected, (node, _state(lab, node))
+            assert monitor.holds_vip(node) == expected
+        lab.cli("heal")
+        wait_for(
+            lambda: _settled(lab, "a") or _settled(lab, "b"),
+            40,
+            "one node serving and the other in sync after the heal",
+        )
+    assert not monitor.violations, monitor.violations[:3]
+
+
+def test_swap_moves_the_service_with_its_data(lab: LabCluster, workspace: Path) -> None:
+    acked = workspace / "acked.log"
+    done = lab.exec(
+        "client",
+        *APP,
+        "client",
+        VIP,
+        str(APP_PORT),
+        "--log",
+        str(acked),
+        "--seconds",
+        "2",
+    )
+    assert done.returncode == 0, done.stderr
+    with Monitor(lab) as monitor:
+        swapped = lab.exec("a", *CLI, "swap", "demo")
+        assert swapped.returncode == 0, swapped.stderr
+        assert "SECOND" in swapped.stdout
+        wait_for(lambda: _settled(lab, "b"), 30, "b serving, a in sync")
+    written = acked.read_text().split()
+    assert set(written) <= _stored(lab, "b")
+    assert _get(lab, written[-1]) == f"VALUE v{written[-1][1:]}"
+    assert not monitor.violations, monitor.violations[:3]
+
+
+def test_the_process_checker_restarts_the_application_then_fails_over(lab: LabCluster) -> None:
+    pidfile = lab.directory / "nodes" / "a" / "demoapp.pid"
+
+    def kill_app() -> int:
+        pid = int(pidfile.read_text())
+        assert lab.exec("a", "kill", str(pid)).returncode == 0
+        return pid
+
+    def restarted(gone: int) -> bool:
+        return pidfile.exists() and pidfile.read_text().strip() not in ("", str(gone))
+
+    killed = kill_app()
+    wait_for(lambda: restarted(killed), 15, "a restarted app")
+    assert _get(lab, "nothing") == "NONE"  # answering at the VIP again
+    assert _is(lab, "a", "PRIM")
+    for _ in range(2):  # maxloop = 3 restarts in the interval
+        again = kill_app()
+        wait_for(lambda again=again: restarted(again), 15, "a restarted app")  # type: ignore[misc]
+    kill_app()  # the 4th failure: the module fails over
+    wait_for(lambda: _settled(lab, "b"), 30, "the module failed over to b")
+    log = (lab.directory / "nodes/a/state/modules/demo/module.log").read_text()
+    assert "failed 4 times in 300 s; failed over to b" in log
+    assert _get(lab, "nothing") == "NONE"
+
+
+def test_operator_commands_and_their_refusals(lab: LabCluster) -> None:
+    refused = lab.exec("b", *CLI, "prim", "demo")
+    assert refused.returncode == 1 and "the peer serves: use `tandem swap`" in refused.stderr
+    unknown = lab.exec("a", *CLI, "swap", "nosuch")
+    assert unknown.returncode == 1 and "not run with failover on this node" in unknown.stderr
+    stopped = lab.exec("b", *CLI, "stop", "demo")
+    assert stopped.returncode == 0 and "STOP" in stopped.stdout
+    wait_for(lambda: "b is STOP" in (_state(lab, "a") or {}).get("reason", ""), 10, "a told")
+    started = lab.exec("b", *CLI, "start", "demo")
+    assert started.returncode == 0, started.stderr
+    wait_for(lambda: _settled(lab, "a"), 30, "b back in sync")
+    state = lab.exec("a", *CLI, "state", "--json")
+    report = json.loads(state.stdout)["modules"]["demo"]
+    assert report["failover"]["state"] == "PRIM" and report["failover"]["vip_held"]
+    assert report["failover"]["peer"]["state"] == "SECOND"
+    logs = lab.exec("a", *CLI, "logs", "demo")
+    assert "WAIT -> PRIM" in logs.stdout
+    app = lab.exec("a", *CLI, "logs", "demo", "--app")
+    assert "start_prim: exit code 0" in app.stdout
+    lab.kill("b")
+
+    def peer_state() -> object:
+        down = lab.exec("a", *CLI, "state", "--json")
+        return json.loads(down.stdout)["modules"]["demo"]["failover"]["peer"]["state"]
+
+    wait_for(lambda: peer_state() is None, 10, "b's loss seen in a's state")
+    assert _is(lab, "a", "ALONE")
