@@ -283,6 +283,13 @@ def _parser() -> argparse.ArgumentParser:
     lab_up = lab_commands.add_parser("up", help="create the nodes, start the demo module")
     lab_up.add_argument("--ack", choices=["applied", "durable"], default="applied")
     lab_up.add_argument(
+        "--heartbeat",
+        nargs=2,
+        type=_positive_float,
+        metavar=("INTERVAL", "TIMEOUT"),
+        help="heartbeat interval and timeout in seconds (default 0.2 1.0)",
+    )
+    lab_up.add_argument(
         "--static",
         action="store_true",
         help="fixed roles (a primary, b secondary): replication without failover",
@@ -494,7 +501,8 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     lab = Lab.at(args.dir)
     action = args.lab_command
     if action == "up":
-        print(lab.up(ack=args.ack, timeout=args.timeout, static=args.static))
+        heartbeat = tuple(args.heartbeat) if args.heartbeat else None
+        print(lab.up(ack=args.ack, timeout=args.timeout, static=args.static, heartbeat=heartbeat))
     elif action == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not argv:

@@ -4,6 +4,7 @@ directory, and a client that writes to it through the virtual IP.
     python -m tandem.engine.demoapp serve DIR PORT
     python -m tandem.engine.demoapp client HOST PORT --log FILE [--seconds S] [--prefix P]
     python -m tandem.engine.demoapp get HOST PORT KEY
+    python -m tandem.engine.demoapp probe HOST PORT --out FILE [--seconds S]
 
 Protocol, one line each way: ``PUT key value`` → ``OK`` once the pair is appended to
 ``DIR/store.log`` and fsync'd (so an ``OK`` is an acknowledged write: Tandem must keep it);
@@ -55,6 +56,8 @@ def serve(directory: str, port: int) -> None:
                     answer = "NONE" if value is None else f"VALUE {value}"
                 elif words[0] == "COUNT":
                     answer = f"COUNT {len(data)}"
+                elif words[0] == "WHO":  # which node answers (start_prim's environment says)
+                    answer = f"NODE {os.environ.get('TANDEM_NODE', '?')}"
                 else:
                     answer = "ERROR unknown request"
                 self.wfile.write(answer.encode() + b"\n")
@@ -99,6 +102,24 @@ def client(host: str, port: int, log_path: str, seconds: float, prefix: str) -> 
     return {"acknowledged": acked, "longest_gap_s": round(longest_gap, 3)}
 
 
+def probe(host: str, port: int, out_path: str, seconds: float) -> None:
+    """Ask who answers, as often as possible; write ``monotonic-time node`` at every change
+    (the monotonic clock is the machine's, the same in every namespace)."""
+    deadline = time.monotonic() + seconds
+    last = None
+    with open(out_path, "a", encoding="utf-8", buffering=1) as out:
+        while time.monotonic() < deadline:
+            try:
+                answer = ask(host, port, "WHO", timeout=0.2)
+            except OSError:
+                answer = "none"
+            node = answer.removeprefix("NODE ")
+            if node != last:
+                out.write(f"{time.monotonic():.4f} {node}\n")
+                last = node
+            time.sleep(0.005)
+
+
 def ask(host: str, port: int, line: str, timeout: float = 5.0) -> str:
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(line.encode() + b"\n")
@@ -118,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     client_parser.add_argument("--log", required=True)
     client_parser.add_argument("--seconds", type=float, default=10.0)
     client_parser.add_argument("--prefix", default="k")
+    probe_parser = commands.add_parser("probe")
+    probe_parser.add_argument("host")
+    probe_parser.add_argument("port", type=int)
+    probe_parser.add_argument("--out", required=True)
+    probe_parser.add_argument("--seconds", type=float, default=60.0)
     get_parser = commands.add_parser("get")
     get_parser.add_argument("host")
     get_parser.add_argument("port", type=int)
@@ -130,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         serve(args.directory, args.port)
     elif args.command == "client":
         print(json.dumps(client(args.host, args.port, args.log, args.seconds, args.prefix)))
+    elif args.command == "probe":
+        probe(args.host, args.port, args.out, args.seconds)
     else:
         print(ask(args.host, args.port, f"GET {args.key}"))
     return 0

@@ -159,7 +159,14 @@ class Lab:
 
     # -- up / down --------------------------------------------------------------------------
 
-    def up(self, ack: str = "applied", timeout: float = 5.0, static: bool = False) -> str:
+    def up(
+        self,
+        ack: str = "applied",
+        timeout: float = 5.0,
+        static: bool = False,
+        heartbeat: tuple[float, float] | None = None,
+    ) -> str:
+        """``heartbeat``: (interval, timeout) instead of the defaults."""
         if self._state_file.exists():
             raise LabError(f"a lab is already up in {self.directory} (tandem lab down first)")
         if self.directory.exists() and any(self.directory.iterdir()):
@@ -180,7 +187,7 @@ class Lab:
             self.shared_path.mkdir()
             secret = secrets.token_hex(32).encode()
             for node in NODES:
-                self._provision(node, secret, ack, timeout, managed=not static)
+                self._provision(node, secret, ack, timeout, not static, heartbeat)
             for node in ("b", "a"):  # the secondary first, so the primary finds it listening
                 self.start(node)
             if not static:
@@ -219,7 +226,15 @@ class Lab:
             _run("ip", "-n", netns, "link", "set", "eth0", "up")
             _run("ip", "-n", netns, "link", "set", "lo", "up")
 
-    def _provision(self, node: str, secret: bytes, ack: str, timeout: float, managed: bool) -> None:
+    def _provision(
+        self,
+        node: str,
+        secret: bytes,
+        ack: str,
+        timeout: float,
+        managed: bool,
+        heartbeat: tuple[float, float] | None,
+    ) -> None:
         config = self.config_dir(node)
         (config / "modules").mkdir(parents=True)
         secret_file = config / "secret"
@@ -231,7 +246,12 @@ class Lab:
             failover = (
                 f'default_primary = "a"\nvip = "{VIP}/{PREFIX}"\nwitness = ["{SWITCH_ADDRESS}"]\n'
                 f"maxloop = 3\nloop_interval = 300\n"
-                f'[[checker]]\nkind = "process"\ntarget = "{APP_NAME}"\ninterval = 1.0\n'
+                + (
+                    f"heartbeat_interval = {heartbeat[0]!r}\nheartbeat_timeout = {heartbeat[1]!r}\n"
+                    if heartbeat
+                    else ""
+                )
+                + f'[[checker]]\nkind = "process"\ntarget = "{APP_NAME}"\ninterval = 1.0\n'
             )
             scripts = config / "modules" / MODULE
             scripts.mkdir()
