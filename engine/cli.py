@@ -21,16 +21,6 @@ from .config import ConfigError, load_module, read_secret
 from .control import ControlError, Handler, serve_control
 from .journal import ChangeJournal, SecondaryJournal
 from .lab import NODES, Lab, LabError
-from .node import (
-    DEFAULT_STATE_DIR,
-    STATE_DIR_VARIABLE,
-    Assignment,
-    Node,
-    NodeFailed,
-    Role,
-    default_state_dir,
-    run_node,
-)
 from .operate import (
     MODULE_COMMANDS,
     module_command,
@@ -39,9 +29,11 @@ from .operate import (
     show_state,
     start_full_resync,
 )
+from .paths import DEFAULT_STATE_DIR, STATE_DIR_VARIABLE, default_state_dir
 from .receiver import Receiver, secondary_copy
 from .replicator import PeerAddress, Replicator
 from .stream_control import primary_commands, secondary_commands
+from .systemd import unit_text
 from .wire import AckKind, Identity
 
 EXIT_FAILED = 1
@@ -108,9 +100,12 @@ def _secret(path: str | None) -> bytes:
     return read_secret(path)
 
 
-def _assignment(text: str) -> tuple[str, Role | None]:
+ROLES = ("primary", "secondary")
+
+
+def _assignment(text: str) -> tuple[str, str | None]:
     name, sep, role = text.partition("=")
-    roles = {role.value: role for role in Role}
+    roles = {role: role for role in ROLES}
     if not name or (sep and role not in roles):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not MODULE (failed over), MODULE=primary or MODULE=secondary"
@@ -263,6 +258,15 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("-n", "--lines", type=int, default=100, help="how many last lines (100)")
     _state_dir_option(logs)
 
+    unit = commands.add_parser(
+        "unit",
+        help="print a systemd unit running the node for these modules "
+        "(tandem unit web db > /etc/systemd/system/tandem.service)",
+    )
+    unit.add_argument("modules", nargs="+", metavar="MODULE")
+    unit.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, metavar="DIR")
+    _state_dir_option(unit)
+
     check = commands.add_parser(
         "check",
         help="validate module configuration files and the secret, then say what they define",
@@ -315,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     lab_start.add_argument(
         "--as",
         dest="role",
-        choices=[r.value for r in Role],
+        choices=ROLES,
         help="a static lab's node: default its last role",
     )
     lab_cut = lab_commands.add_parser("cut", help="unplug a node's network cable")
@@ -444,13 +448,18 @@ def _cmd_receive(args: argparse.Namespace) -> int:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    # the node's imports (heartbeat, VIP, pyroute2) stay out of `tandem mount`, whose start-up
+    # time is part of every failover
+    from .node import Assignment, Node, NodeFailed, Role, run_node
+
     names = [name for name, _ in args.assignments]
     if len(set(names)) != len(names):
         raise ConfigError("a module is given more than one role")
     secret_file = os.path.join(args.config_dir, "secret")
     secret = read_secret(secret_file)
     assignments = [
-        Assignment(load_module(args.config_dir, name), role) for name, role in args.assignments
+        Assignment(load_module(args.config_dir, name), Role(role) if role else None)
+        for name, role in args.assignments
     ]
     node = Node(
         args.node,
@@ -565,6 +574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in MODULE_COMMANDS:
             extra = {"force": True} if getattr(args, "force", False) else {}
             return module_command(args.state_dir, args.module, args.command, **extra)
+        if args.command == "unit":
+            print(unit_text(args.modules, args.config_dir, args.state_dir), end="")
+            return 0
         if args.command == "logs":
             return show_log(args.state_dir, args.module, app=args.app, lines=args.lines)
     except (MountError, ConfigError, LabError, ControlError) as exc:

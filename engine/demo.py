@@ -1,10 +1,12 @@
 """`tandem demo`: the main job, end to end on this one machine.
 
-Starts a two-node `tandem lab`, runs a database application on the primary (SQLite in WAL mode
-with synchronous=FULL, plus reports published by atomic rename) that logs every transaction it
-saw committed to a file outside the cluster, crashes the primary node in the middle of it, and
-checks that the secondary's copy opens, passes SQLite's integrity check and holds every
-committed transaction and every published report.
+Starts a two-node `tandem lab` with failover, runs a database application on the serving node
+(SQLite in WAL mode with synchronous=FULL, plus reports published by atomic rename) that logs
+every transaction it saw committed to a file outside the cluster, while a client on the network
+writes to the demo key-value service at the virtual IP; crashes the serving node in the middle
+of it; measures how long the client was without an answer; checks that the other node took over
+(VIP, application) with every committed transaction, report and acknowledged write, and that
+the crashed node, booted again, follows it as an up-to-date secondary.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .lab import Lab
+from .lab import APP_PORT, NODES, VIP, Lab
 
 CRASH_AFTER_SECONDS = 4.0
+APP = [sys.executable, "-m", "tandem.engine.demoapp"]
 
 APPLICATION = r"""
 import os, sqlite3, sys
@@ -78,53 +81,134 @@ def verify_copy(copy: Path, log: Path) -> dict[str, Any]:
     }
 
 
+def _serving_node(lab: Lab) -> str | None:
+    for node in NODES:
+        found = lab.module_state(node)
+        if found and found["state"] in ("PRIM", "ALONE"):
+            return node
+    return None
+
+
+def _first_answer_from(probe_log: Path, node: str, after: float) -> float | None:
+    for line in probe_log.read_text().splitlines():
+        stamp, answered = line.split()
+        if answered == node and float(stamp) > after:
+            return float(stamp)
+    return None
+
+
+def _kv_check(lab: Lab, acked_log: Path) -> dict[str, Any]:
+    acked = acked_log.read_text().split()
+    store = (lab.node_dir("b") / "data" / "store.log").read_text().splitlines()
+    kept = {line.split(" ", 1)[0] for line in store if line}
+    last = acked[-1] if acked else ""
+    answer = subprocess.run(
+        lab.exec_command("client", [*APP, "get", VIP, str(APP_PORT), last]),
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return {
+        "writes_acknowledged_at_the_vip": len(acked),
+        "acknowledged_writes_lost": len(set(acked) - kept),
+        "last_write_read_back_at_the_vip": answer == f"VALUE v{last[1:]}",
+    }
+
+
 def run_demo(workdir: str | None, keep: bool = False) -> int:
     base = Path(workdir or tempfile.mkdtemp(prefix="tandem-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o755)
     lab = Lab.at(str(base / "lab"))
-    log = base / "committed.log"  # the client's own record, outside the cluster
-    log.unlink(missing_ok=True)
-    print(f"1. starting a two-node lab in {lab.directory}")
-    print(lab.up(ack="applied", timeout=5.0, static=True))
+    log = base / "committed.log"  # the application's own record, outside the cluster
+    acked_log, probe_log = base / "acked.log", base / "probe.log"
+    for stale in (log, acked_log, probe_log):
+        stale.unlink(missing_ok=True)
+    print(f"1. starting a two-node lab with failover in {lab.directory}")
+    print(lab.up(ack="applied", timeout=5.0))
+    clients: list[subprocess.Popen[bytes]] = []
     try:
-        print("2. running the application on node a: SQLite WAL, synchronous=FULL, reports")
-        command = lab.exec_command(
-            "a", [sys.executable, "-c", APPLICATION, str(lab.shared_path), str(log)]
+        print(
+            "2. node a serves: a SQLite application (WAL, synchronous=FULL) on a, and a client "
+            f"writing to the demo key-value service at the virtual IP {VIP}"
         )
-        application = subprocess.Popen(command)
+        application = subprocess.Popen(
+            lab.exec_command(
+                "a", [sys.executable, "-c", APPLICATION, str(lab.shared_path), str(log)]
+            )
+        )
+        for command in (
+            [*APP, "client", VIP, str(APP_PORT), "--log", str(acked_log), "--seconds", "12"],
+            [*APP, "probe", VIP, str(APP_PORT), "--out", str(probe_log), "--seconds", "12"],
+        ):
+            clients.append(
+                subprocess.Popen(
+                    lab.exec_command("client", command),
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
         started = time.monotonic()
         time.sleep(CRASH_AFTER_SECONDS)
         if application.poll() is not None:
             print(f"FAIL: the application stopped on its own (exit {application.returncode})")
             return 1
         print(
-            f"3. crashing node a after {time.monotonic() - started:.1f} s (SIGKILL, every process)"
+            f"3. crashing node a after {time.monotonic() - started:.1f} s "
+            "(SIGKILL of every process, as a power cut)"
         )
+        killed_at = time.monotonic()
         lab.kill("a")
         application.wait(30)
+        deadline = time.monotonic() + 30
+        while _serving_node(lab) != "b" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        b_state = lab.module_state("b") or {}
+        print(f"4. node b: {b_state.get('state')} ({b_state.get('reason')})")
+        for client in clients:
+            client.wait(60)
+        answered = _first_answer_from(probe_log, "b", killed_at)
         check = base / "secondary-copy"
         shutil.rmtree(check, ignore_errors=True)
-        # the secondary's copy is read-only; SQLite recovers its WAL in a scratch copy
+        # SQLite recovers its WAL in a scratch copy, leaving node b's copy as it is
         shutil.copytree(lab.node_dir("b") / "data", check, symlinks=True)
-        print("4. opening node b's copy of the directory")
         result = verify_copy(check, log)
+        result.update(_kv_check(lab, acked_log))
+        result["failover_seconds"] = (
+            round(answered - killed_at, 2) if answered is not None else None
+        )
+        result["vip_on_b"] = bool(b_state.get("vip_held"))
+        print("5. node a boots again: it follows b and resyncs only what changed")
+        lab.start("a")
+        lab.settle()
+        a_state = lab.module_state("a") or {}
+        result["a_after_return"] = a_state.get("state")
         print(json.dumps(result, indent=2))
         ok = (
             result["transactions_committed_on_primary"] > 0
             and result["committed_transactions_lost"] == 0
             and result["reports_lost_or_damaged"] == 0
             and result["sqlite_integrity_check"] == "ok"
+            and result["writes_acknowledged_at_the_vip"] > 0
+            and result["acknowledged_writes_lost"] == 0
+            and result["last_write_read_back_at_the_vip"]
+            and result["failover_seconds"] is not None
+            and result["vip_on_b"]
+            and result["a_after_return"] == "SECOND"
         )
         print(
-            "PASS: the secondary holds every transaction and report the application saw committed"
+            f"PASS: b took over in {result['failover_seconds']} s with every transaction, report "
+            "and acknowledged write; a came back as its secondary"
             if ok
             else "FAIL"
         )
         return 0 if ok else 1
     finally:
+        for client in clients:
+            if client.poll() is None:
+                subprocess.run(["kill", "-KILL", f"-{client.pid}"], check=False)
+                client.wait()
         if keep:
             print(f"the lab is still up: tandem lab --dir {lab.directory} status")
         else:
             lab.down()
-            print(f"lab removed; the client log and the checked copy are in {base}")
+            print(f"lab removed; the client logs and the checked copy are in {base}")

@@ -13,6 +13,7 @@ import ipaddress
 import socket
 import struct
 import sys
+import threading
 import time
 
 from pyroute2 import IPRoute
@@ -78,9 +79,20 @@ def acquire(interface: str, address: str) -> str:
     if not holds(interface, address):
         raise VipError(f"{address} is not on {interface} after adding it")
     if vip.version == 4:
-        announce(interface, str(vip.ip))
+        # the first announcement at once; the repeats (for a neighbour that missed it) must not
+        # hold up the application's start, which is the rest of a failover
+        announce(interface, str(vip.ip), count=1)
+        threading.Thread(target=_announce_again, args=(interface, str(vip.ip)), daemon=True).start()
         done += f"; announced by {GARP_COUNT} gratuitous ARPs"
     return done
+
+
+def _announce_again(interface: str, ip: str) -> None:
+    time.sleep(GARP_SPACING)
+    try:
+        announce(interface, ip, count=GARP_COUNT - 1)
+    except OSError:
+        pass  # the address or the interface went meanwhile: nothing left to announce
 
 
 def release(interface: str, address: str) -> str:
@@ -98,7 +110,7 @@ def release(interface: str, address: str) -> str:
     return f"removed {address} from {interface}"
 
 
-def announce(interface: str, ip: str) -> None:
+def announce(interface: str, ip: str, count: int = GARP_COUNT) -> None:
     """Gratuitous ARP (a request for our own address, broadcast): neighbours and switches
     learn at once that the address now lives behind this interface's MAC."""
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as raw:
@@ -110,9 +122,9 @@ def announce(interface: str, ip: str) -> None:
         broadcast = b"\xff" * 6
         arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + packed_ip + broadcast + packed_ip
         frame = broadcast + mac + struct.pack("!H", 0x0806) + arp
-        for attempt in range(GARP_COUNT):
+        for attempt in range(count):
             raw.send(frame)
-            if attempt < GARP_COUNT - 1:
+            if attempt < count - 1:
                 time.sleep(GARP_SPACING)
 
 

@@ -1,0 +1,36 @@
+"""What a node says of its module in its heartbeats, and what it makes of the peer's: a round
+trip keeps every field; news of another module (the two nodes' configurations differ), of
+another version, or malformed is refused with a reason, never half-believed."""
+
+from __future__ import annotations
+
+import pytest
+
+from tandem.engine.module_runner import PeerNews, decode_news, encode_news
+from tandem.engine.module_state import Module, State
+from tandem.heartbeat.packet import MAX_PAYLOAD
+
+
+def test_a_round_trip_keeps_every_field_and_fits_one_datagram() -> None:
+    module = Module(State.PRIM, "serving; b follows (in sync)" * 30, 7, True, True)
+    payload = encode_news(module, "web", vip_held=True)
+    assert len(payload) <= MAX_PAYLOAD
+    news = decode_news(payload, "web")
+    assert news == PeerNews(State.PRIM, 7, True, True, module.reason[:300], True)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (encode_news(Module(), "db", False), "for module 'db', not 'web'"),
+        (b'{"v": 2, "module": "web"}', "another version"),
+        (b'{"v": 1, "module": "web", "state": "PRIM", "epoch": -1}', "bad epoch"),
+        (b'{"v": 1, "module": "web", "state": "PRIM", "epoch": true}', "bad epoch"),
+        (b'{"v": 1, "module": "web", "state": "BOSS", "epoch": 1}', "BOSS"),
+        (b"not json", "Expecting value"),
+        (b"", "Expecting value"),
+    ],
+)
+def test_bad_news_is_refused_with_a_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        decode_news(payload, "web")
