@@ -20,6 +20,7 @@ plus the demo client) for --load-minutes, counting every state change in either 
 
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 import subprocess
@@ -34,6 +35,15 @@ from tandem.engine.lab import APP_PORT, NODES, VIP, Lab
 
 SETTINGS = {"default": (0.2, 1.0), "aggressive": (0.05, 0.25)}
 APP = [sys.executable, "-m", "tandem.engine.demoapp"]
+
+
+def _kill_group(pid: int, signum: int) -> None:
+    """The process group a ``start_new_session`` child leads (never a shell's `kill -PID`:
+    procps reads a negative number as a signal)."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 def _serving(lab: Lab) -> str:
@@ -73,7 +83,7 @@ def _trial(lab: Lab, scratch: Path, number: int) -> dict[str, Any]:
             time.sleep(0.05)
     finally:
         if prober.poll() is None:
-            subprocess.run(["kill", "-TERM", f"-{prober.pid}"], check=False)
+            _kill_group(prober.pid, signal.SIGTERM)
         prober.wait()
     if answered_at is None:
         raise RuntimeError(f"{survivor} never answered at {VIP} after {victim} was killed")
@@ -137,7 +147,7 @@ def _no_false_failover(base: Path, minutes: float) -> dict[str, Any]:
             capture_output=True,
             text=True,
         )
-        subprocess.run(["kill", "-KILL", f"-{writer.pid}"], check=False)
+        _kill_group(writer.pid, signal.SIGKILL)
         writer.wait()
         after = _state_changes(lab)
         written = int(

@@ -12,7 +12,9 @@ the crashed node, booted again, follows it as an up-to-date secondary.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -79,6 +81,13 @@ def verify_copy(copy: Path, log: Path) -> dict[str, Any]:
         "reports_lost_or_damaged": len(missing_reports),
         "sqlite_integrity_check": integrity,
     }
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _serving_node(lab: Lab) -> str | None:
@@ -205,7 +214,7 @@ def run_demo(workdir: str | None, keep: bool = False) -> int:
     finally:
         for client in clients:
             if client.poll() is None:
-                subprocess.run(["kill", "-KILL", f"-{client.pid}"], check=False)
+                _kill_group(client.pid)
                 client.wait()
         if keep:
             print(f"the lab is still up: tandem lab --dir {lab.directory} status")

@@ -32,7 +32,7 @@ from tandem.vip.health import serve_health
 from .checkers import Checker
 from .config import WITNESS_TIMEOUT, ModuleConfig, check_failover_timing
 from .control import ControlError, Handler, serve_control
-from .copies import receive_copy, serve_copy
+from .copies import CopyFailed, receive_copy, serve_copy
 from .module_state import (
     SERVING,
     AcquireVip,
@@ -274,7 +274,13 @@ class ModuleRunner:
                 continue
             try:
                 await self._act(action)
-            except Exception as exc:  # one failed action must not leave the others undone
+            except Exception as exc:
+                if isinstance(action, ServeCopy | ReceiveCopy):
+                    # the VIP and start_prim must never follow a copy that is not mounted (the
+                    # application would write past the mirror): end the node instead
+                    self._note(f"{type(action).__name__} failed: {exc}; stopping")
+                    raise CopyFailed(f"module {self.config.name}: {exc}") from exc
+                # any other failed action must not leave the ones after it undone
                 self._note(f"{type(action).__name__} failed: {exc}")
                 log.exception("module %s: %s failed", self.config.name, type(action).__name__)
         self._advertise(self.module)
@@ -410,7 +416,12 @@ class ModuleRunner:
         in_sync_told = False
         while True:
             await trio.sleep(WATCH_EVERY)
-            verdict = self.heartbeat.verdict
+            verdict = self.heartbeat.current_verdict()
+            if verdict is Verdict.LOST or self._isolated_while_serving():
+                # a loop held up (a busy node) may not have read heartbeats already waiting in
+                # the socket: let them in before believing the silence
+                await trio.sleep(0.01)  # one pass of the I/O poll
+                verdict = self.heartbeat.current_verdict()
             if not lost_told and self._isolated_while_serving():
                 lost_told, fed = True, None
                 fenced_at = self.heartbeat.last_heard

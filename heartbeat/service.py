@@ -129,6 +129,10 @@ class HeartbeatService:
                 await self._wake.wait()
             self._wake = trio.Event()
 
+    def current_verdict(self) -> Verdict:
+        """The verdict now (``verdict`` is as of the last tick or packet)."""
+        return self._detector.verdict(trio.current_time())
+
     def poke(self) -> None:
         """Send the next heartbeat now (this node's news should not wait for the tick)."""
         self._wake.set()

@@ -255,3 +255,36 @@ def test_operator_commands_and_their_refusals(lab: LabCluster) -> None:
 
     wait_for(lambda: peer_state() is None, 10, "b's loss seen in a's state")
     assert _is(lab, "a", "ALONE")
+
+
+def test_no_false_failover_under_heavy_write_load(lab: LabCluster, workspace: Path) -> None:
+    """Both cores busy: the serving node rewrites a 128 MiB file through the mirror as fast as
+    it can while the client writes at the VIP; nothing may be declared lost."""
+    logs = [lab.directory / f"nodes/{n}/state/modules/demo/module.log" for n in ("a", "b")]
+    before = [len(log.read_text().splitlines()) for log in logs]
+    writer = lab.popen(
+        "a",
+        "sh",
+        "-c",
+        f"while :; do dd if=/dev/zero of={lab.path}/load bs=1M count=128 conv=notrunc "
+        "status=none; done",
+    )
+    try:
+        done = lab.exec(
+            "client",
+            *APP,
+            *["client", VIP, str(APP_PORT), "--log", str(workspace / "acked.log")],
+            *["--seconds", "45"],
+        )
+        assert done.returncode == 0, done.stderr
+    finally:
+        stop_group(writer)
+    changes = [
+        line
+        for log, skip in zip(logs, before, strict=True)
+        for line in log.read_text().splitlines()[skip:]
+        if " -> " in line and ("ALONE" in line or "WAIT" in line or "STOP" in line)
+    ]
+    assert not changes, changes
+    assert _is(lab, "a", "PRIM") and _is(lab, "b", "SECOND")
+    assert json.loads(done.stdout)["acknowledged"] > 100
