@@ -173,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
         help="mirror every change synchronously to the secondary listening there",
     )
     mount.add_argument(
+        "--wait-for-go",
+        action="store_true",
+        help="start, then wait for a line 'go' on stdin before mounting (end of input: exit 0). "
+        "The node keeps one such child ready on a node that does not serve, so that taking "
+        "over does not wait for Python to start",
+    )
+    mount.add_argument(
         "--retry",
         type=_positive_float,
         default=2.0,
@@ -356,6 +363,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_mount(args: argparse.Namespace) -> int:
+    if args.wait_for_go and sys.stdin.readline().strip() != "go":
+        return 0  # not needed after all
     sink: ReplicationSink
     recorder = FileRecordingSink(args.record) if args.record else None
     journal = ChangeJournal(args.journal) if args.journal else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 from contextlib import ExitStack
 
@@ -76,18 +77,56 @@ def mount_command(
     return command
 
 
+def _child_environment() -> dict[str, str]:
+    # the node alone speaks to systemd; a child's READY would be taken for the node's
+    return {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+
+
+async def spawn_ready_mounts(
+    node: str, module: ModuleConfig, secret_file: str, state_dir: str, verbose: bool
+) -> list[trio.Process]:
+    """One mount child per directory, started now but mounting only when told "go"
+    (`serve_copy`); closing their stdin makes them exit."""
+    ready = []
+    for index in range(len(module.directories)):
+        command = mount_command(node, module, index, secret_file, state_dir, verbose)
+        ready.append(
+            await trio.lowlevel.open_process(
+                [*command, "--wait-for-go"], env=_child_environment(), stdin=subprocess.PIPE
+            )
+        )
+    return ready
+
+
+async def dismiss_ready_mounts(ready: list[trio.Process]) -> None:
+    for process in ready:
+        if process.stdin is not None:
+            await process.stdin.aclose()
+    for process in ready:
+        with trio.move_on_after(STOP_GRACE):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 async def serve_copy(
     node: str,
     module: ModuleConfig,
     secret_file: str,
     state_dir: str,
     verbose: bool,
+    ready: list[trio.Process] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Mount every directory; started once all are mounted; unmounts them when cancelled."""
+    """Mount every directory (with the children of `spawn_ready_mounts` if given); started
+    once all are mounted; unmounts them when cancelled."""
     async with trio.open_nursery() as nursery:
         for index in range(len(module.directories)):
-            await nursery.start(_run_mount, node, module, index, secret_file, state_dir, verbose)
+            process = ready[index] if ready else None
+            await nursery.start(
+                _run_mount, node, module, index, secret_file, state_dir, verbose, process
+            )
         task_status.started()
 
 
@@ -98,15 +137,23 @@ async def _run_mount(
     secret_file: str,
     state_dir: str,
     verbose: bool,
+    ready: trio.Process | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     directory = module.directories[index]
     check_target(directory)
     make_stream_dir(state_dir, module, index)
-    command = mount_command(node, module, index, secret_file, state_dir, verbose)
-    # the node alone speaks to systemd; a child's READY would be taken for the node's
-    env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
-    process = await trio.lowlevel.open_process(command, env=env)
+    process = ready
+    if process is not None and process.poll() is None and process.stdin is not None:
+        try:
+            await process.stdin.send_all(b"go\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            process = None  # it died meanwhile: start one now
+    else:
+        process = None
+    if process is None:
+        command = mount_command(node, module, index, secret_file, state_dir, verbose)
+        process = await trio.lowlevel.open_process(command, env=_child_environment())
     try:
         while not is_tandem_mount(directory):
             if process.poll() is not None:

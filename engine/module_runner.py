@@ -32,7 +32,13 @@ from tandem.vip.health import serve_health
 from .checkers import Checker
 from .config import WITNESS_TIMEOUT, ModuleConfig, check_failover_timing
 from .control import ControlError, Handler, serve_control
-from .copies import CopyFailed, receive_copy, serve_copy
+from .copies import (
+    CopyFailed,
+    dismiss_ready_mounts,
+    receive_copy,
+    serve_copy,
+    spawn_ready_mounts,
+)
 from .module_state import (
     SERVING,
     AcquireVip,
@@ -194,6 +200,7 @@ class ModuleRunner:
         self._copy_done = trio.Event()
         self._copy_done.set()
         self.receivers: list[Receiver] = []
+        self._ready_mounts: list[trio.Process] = []
         self.peer_news: PeerNews | None = None
         self._peer_problem = ""
         # send times of the latest witness probe that was answered, and of one that was not
@@ -249,6 +256,7 @@ class ModuleRunner:
                 # inside the nursery: the copy (shielded) stays mounted until stop_prim has run
                 with trio.CancelScope(shield=True):
                     await self._handle(Stop(), why="the node stops")
+                    await dismiss_ready_mounts(self._ready_mounts)
                     self.store.stopped(self.module)
                     self._note(f"--- node {self.node} stopped module {self.config.name}")
 
@@ -284,7 +292,21 @@ class ModuleRunner:
                 self._note(f"{type(action).__name__} failed: {exc}")
                 log.exception("module %s: %s failed", self.config.name, type(action).__name__)
         self._advertise(self.module)
+        await self._keep_mounts_ready()
         return refusals
+
+    async def _keep_mounts_ready(self) -> None:
+        """A node that may have to take over keeps its mount children started (a failover
+        then does not wait for Python to start and import); one that serves or is stopped
+        does not need them."""
+        wanted = self.module.state in (State.SECOND, State.WAIT)
+        if wanted and not self._ready_mounts:
+            self._ready_mounts = await spawn_ready_mounts(
+                self.node, self.config, self._secret_file, self._state_dir, self._verbose
+            )
+        elif not wanted and self._ready_mounts and self.module.state is State.STOP:
+            ready, self._ready_mounts = self._ready_mounts, []
+            await dismiss_ready_mounts(ready)
 
     async def _act(self, action: Action) -> None:
         match action:
@@ -347,12 +369,14 @@ class ModuleRunner:
             try:
                 with trio.CancelScope(shield=True), scope:
                     if serve:
+                        ready, self._ready_mounts = self._ready_mounts, []
                         await serve_copy(
                             self.node,
                             self.config,
                             self._secret_file,
                             self._state_dir,
                             self._verbose,
+                            ready,
                             task_status=task_status,
                         )
                     else:
