@@ -17,7 +17,13 @@ from tandem.fsdriver.mount import MountError, MountOptions, check_target, run_mo
 from tandem.fsdriver.mutation import FileRecordingSink, NullSink, ReplicationSink
 
 from . import __version__
-from .config import ConfigError, load_module, read_secret
+from .config import (
+    ConfigError,
+    ModuleConfig,
+    check_failover_timing,
+    load_module,
+    read_secret,
+)
 from .control import ControlError, Handler, serve_control
 from .journal import ChangeJournal, SecondaryJournal
 from .lab import NODES, Lab, LabError
@@ -512,7 +518,28 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 else ""
             )
         )
+        print(f"  failover: {_describe_failover(module)}")
+        try:
+            check_failover_timing(module)
+        except ConfigError as exc:
+            print(f"  warning: {exc} (fine only with fixed roles: tandem node {name}=primary)")
     return 0
+
+
+def _describe_failover(module: ModuleConfig) -> str:
+    parts = [
+        f"heartbeat every {module.heartbeat_interval:g} s, peer lost after "
+        f"{module.heartbeat_timeout:g} s on {1 + len(module.heartbeat_networks)} network(s)",
+        f"VIP {module.vip}" if module.vip else "no VIP",
+        "witness " + ", ".join(h if p is None else f"{h}:{p}" for h, p in module.witnesses)
+        if module.witnesses
+        else "no witness (a partition may let both serve)",
+        f"default primary {module.default_primary}" if module.default_primary else "",
+        f"{len(module.checkers)} checker(s), maxloop {module.maxloop}, then {module.on_failure}",
+    ]
+    if module.health_port:
+        parts.append(f"health probe on port {module.health_port}")
+    return "; ".join(part for part in parts if part)
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:

@@ -171,10 +171,10 @@ def run_demo(workdir: str | None, keep: bool = False) -> int:
         deadline = time.monotonic() + 30
         while _serving_node(lab) != "b" and time.monotonic() < deadline:
             time.sleep(0.05)
-        b_state = lab.module_state("b") or {}
-        print(f"4. node b: {b_state.get('state')} ({b_state.get('reason')})")
         for client in clients:
             client.wait(60)
+        b_state = lab.module_state("b") or {}  # its takeover's actions are done by now
+        print(f"4. node b: {b_state.get('state')} ({b_state.get('reason')})")
         answered = _first_answer_from(probe_log, "b", killed_at)
         check = base / "secondary-copy"
         shutil.rmtree(check, ignore_errors=True)

@@ -255,6 +255,34 @@ def test_operator_commands_and_their_refusals(lab: LabCluster) -> None:
 
     wait_for(lambda: peer_state() is None, 10, "b's loss seen in a's state")
     assert _is(lab, "a", "ALONE")
+    # a command for a node that is down names the socket nobody answers on
+    b_state = str(lab.directory / "nodes" / "b" / "state")
+    down = subprocess.run(
+        [*CLI, "swap", "demo", "--state-dir", b_state], capture_output=True, text=True
+    )
+    assert down.returncode == 1 and "nothing is running there" in down.stderr
+
+
+def test_forged_and_garbage_heartbeats_are_counted_and_change_nothing(lab: LabCluster) -> None:
+    forge = (
+        "import socket; from tandem.heartbeat.packet import Heartbeat, encode; "
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "forged = encode(b'not the cluster secret!', Heartbeat('b', 1, 1, b'{}')); "
+        "[s.sendto(p, ('198.18.0.1', 7400)) for p in (forged, b'garbage' * 10, forged)]"
+    )
+    sent = lab.exec("client", sys.executable, "-c", forge)
+    assert sent.returncode == 0, sent.stderr
+
+    def rejected() -> dict[str, int]:
+        state = _state(lab, "a")
+        assert state is not None
+        counts: dict[str, int] = state["peer"]["heartbeat"]["rejected"]
+        return counts
+
+    wait_for(lambda: sum(rejected().values()) >= 3, 10, "the rejects counted")
+    assert rejected().get("malformed") == 1 and rejected().get("forged") == 2
+    time.sleep(1.5)
+    assert _settled(lab, "a")  # nothing believed: a serves, b follows
 
 
 def test_no_false_failover_under_heavy_write_load(lab: LabCluster, workspace: Path) -> None:

@@ -167,7 +167,7 @@ def _tandem(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _config_dir(tmp_path: Path, module_text: str) -> Path:
-    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules").mkdir(parents=True)
     (tmp_path / "modules" / "web.toml").write_text(module_text)
     secret = tmp_path / "secret"
     secret.write_bytes(b"0123456789abcdef0123")
@@ -179,10 +179,23 @@ def test_check_describes_what_the_files_define(tmp_path: Path) -> None:
     config = _config_dir(tmp_path, GOOD)
     done = _tandem("check", "--config-dir", str(config), "--node", "alpha")
     assert done.returncode == 0, done.stderr
-    assert done.stdout == (
+    first, failover, warning = done.stdout.splitlines()
+    assert first == (
         "web: 2 directories (/srv/app, /var/lib/app), peer beta at beta.example, "
-        "ports 7500-7501, ack durable, timeout 2.5 s, resync capped at 20 MiB/s\n"
+        "ports 7500-7501, ack durable, timeout 2.5 s, resync capped at 20 MiB/s"
     )
+    assert failover == (
+        "  failover: heartbeat every 0.2 s, peer lost after 1 s on 1 network(s); no VIP; "
+        "no witness (a partition may let both serve); 0 checker(s), maxloop 3, then failover"
+    )
+    assert warning.startswith("  warning: ") and "timeout: 2.5 s is too short" in warning
+    done = _tandem(
+        "check", "--config-dir", str(_config_dir(tmp_path / "f", FAILOVER)), "--node", "alpha"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "VIP 198.18.0.100/24; witness 198.18.0.254, 198.18.0.253:53, ::1:80" in done.stdout
+    assert "default primary beta; 2 checker(s), maxloop 3, then stop" in done.stdout
+    assert "warning" not in done.stdout
 
 
 def test_node_and_check_refuse_bad_configuration_with_exit_1(tmp_path: Path) -> None:
@@ -196,6 +209,8 @@ def test_node_and_check_refuse_bad_configuration_with_exit_1(tmp_path: Path) -> 
         )
     wrong_role = _tandem("node", "web=leader", "--config-dir", str(config))
     assert wrong_role.returncode == 2 and "MODULE=primary or MODULE=secondary" in wrong_role.stderr
+    unknown = _tandem("node", "nosuch", "--config-dir", str(config))
+    assert unknown.returncode == 1 and "no such module file (module 'nosuch')" in unknown.stderr
     (config / "secret").chmod(0o644)
     exposed = _tandem("check", "--config-dir", str(config), "--node", "alpha")
     assert exposed.returncode == 1 and "readable by others" in exposed.stderr
