@@ -30,7 +30,7 @@ from tandem.vip import address as vip_address
 from tandem.vip.health import serve_health
 
 from .checkers import Checker
-from .config import WITNESS_TIMEOUT, ModuleConfig, check_failover_timing
+from .config import WITNESS_TIMEOUT, ConfigError, ModuleConfig, check_failover_timing
 from .control import ControlError, Handler, serve_control
 from .copies import (
     CopyFailed,
@@ -356,7 +356,10 @@ class ModuleRunner:
         may hold it by now."""
         if self.config.vip is None:
             return
-        await self._vip(acquire=False)
+        try:
+            await self._vip(acquire=False)
+        except vip_address.VipError as exc:  # checked at start: a setting to fix, said so
+            raise ConfigError(f"{self.config.source}: vip: {exc}") from None
 
     async def _start_copy(self, *, serve: bool) -> None:
         scope = trio.CancelScope()

@@ -168,6 +168,9 @@ class ChangeClock:
         self._ranges: dict[bytes, list[tuple[int, int, int]]] = {}  # path -> (clock, start, end)
         self._data_clock = 0  # last data change anywhere (hard-linked files change unnamed)
         self._meta_clock = 0  # last attribute or link-count change anywhere (likewise)
+        # last new name of an existing file: a file with one name now may have had two since
+        # (written through the other, which is gone again)
+        self._link_clock = 0
         self._forgot_at = 0  # before this clock, everything counts as changed
 
     def observe(self, mutation: Mutation) -> tuple[bytes, ...]:
@@ -198,7 +201,7 @@ class ChangeClock:
                 return (old, new) if flags & RENAME_EXCHANGE else (new,)
             case MakeHardLink(existing=existing, path=path):
                 self._names[existing] = self._names[path] = clock
-                self._meta_clock = clock  # every name of the file has one more link
+                self._meta_clock = self._link_clock = clock  # every name has one more link
                 return (path,)
             case Unlink(path=path):
                 self._names[path] = self._meta_clock = clock  # its other names lose a link
@@ -226,13 +229,18 @@ class ChangeClock:
     def attributes_changed(self, path: bytes, since: int, nlink: int) -> bool:
         """Whether ``path``'s attributes may have changed since ``since`` (through another name
         too, for a file with several)."""
-        return self.changed(path, since) or (nlink > 1 and self._meta_clock > since)
+        return self.changed(path, since) or (
+            self._linked(nlink, since) and self._meta_clock > since
+        )
+
+    def _linked(self, nlink: int, since: int) -> bool:
+        return nlink > 1 or self._link_clock > since
 
     def changed_blocks(self, path: bytes, since: int, nlink: int) -> list[tuple[int, int]] | None:
         """Byte ranges of ``path`` changed since ``since``; None: possibly all of it."""
         if since < self._forgot_at or self._named_since(path, since):
             return None
-        if nlink > 1 and self._data_clock > since:
+        if self._linked(nlink, since) and self._data_clock > since:
             return None
         return [(start, end) for clock, start, end in self._ranges.get(path, ()) if clock > since]
 

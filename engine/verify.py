@@ -302,9 +302,14 @@ class Verify:
         dirty: set[int] | None = None
         if ranges is not None:
             dirty = set()
+            span = offset + max(length, len(local_hashes) * BLOCK, len(theirs.hashes) * BLOCK)
+            if ranges and st.st_size != theirs.size:
+                # a file that grew or shrank meanwhile also changed the block that held its old
+                # end (hashed short then, whole now), which no written range names
+                ranges = [*ranges, (min(st.st_size, theirs.size), span)]
             for start, end in ranges:
                 first = max(start, offset)
-                last = min(end, offset + max(length, len(local_hashes) * BLOCK))
+                last = min(end, span)
                 dirty.update(range((first - offset) // BLOCK, (last - offset + BLOCK - 1) // BLOCK))
         our_inode = (st.st_dev, st.st_ino)
         return _Hashes(local_hashes, theirs.hashes, dirty, nlink, our_inode, theirs.ino)
