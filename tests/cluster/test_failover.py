@@ -316,3 +316,26 @@ def test_no_false_failover_under_heavy_write_load(lab: LabCluster, workspace: Pa
     assert not changes, changes
     assert _is(lab, "a", "PRIM") and _is(lab, "b", "SECOND")
     assert json.loads(done.stdout)["acknowledged"] > 100
+
+
+def test_a_split_brain_keeps_the_yielding_sides_changes_aside(lab: LabCluster) -> None:
+    """Both nodes still reach the witness but not each other: both serve (nothing can tell this
+    from a death). When they meet again the default primary (a) keeps serving; b keeps its whole
+    copy aside with a report before following, and says so."""
+    lab.cli("partition", "--witness", "both")
+    wait_for(lambda: _is(lab, "b", "ALONE"), 15, "b serving on its side")
+    assert _is(lab, "a", *SERVING)
+    written_b = lab.exec("b", "sh", "-c", f"echo from-b > {lab.path}/only-on-b")
+    assert written_b.returncode == 0, written_b.stderr
+    # a's writes wait for the unreachable secondary until the replication timeout, then go on
+    written_a = lab.exec("a", "sh", "-c", f"echo from-a > {lab.path}/only-on-a", timeout=60)
+    assert written_a.returncode == 0, written_a.stderr
+    lab.cli("heal")
+    wait_for(lambda: _settled(lab, "a"), 60, "a serving and b in sync after the heal")
+    log_b = (lab.directory / "nodes/b/state/modules/demo/module.log").read_text()
+    assert "split brain: both nodes served; a keeps serving, this node yields" in log_b
+    (aside,) = (lab.directory / "nodes/b/state/modules/demo/aside").iterdir()
+    assert (aside / "0" / "only-on-b").read_text() == "from-b\n"
+    assert "split brain" in (aside / "REPORT.txt").read_text()
+    assert (lab.copy("b") / "only-on-a").read_text() == "from-a\n"
+    assert not (lab.copy("b") / "only-on-b").exists()  # the copies agree again: a's
