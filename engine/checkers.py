@@ -12,12 +12,13 @@ application, fail over, stop) is the state machine's (`AppFailed`), not theirs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from tandem.heartbeat.probes import Probe, ping, tcp
+
+from .config import CheckerConfig
 
 
 async def process_running(name: str) -> Probe:
@@ -74,26 +75,21 @@ async def interface_up(name: str) -> Probe:
     return Probe(True, f"interface {name} is up")
 
 
-@dataclass(frozen=True)
-class Checker:
-    """One configured check: ``kind`` is process, custom, tcp, ping or interface."""
+# One configured check (a module file's [[checker]] table): kind, target, port, interval, timeout
+Checker = CheckerConfig
 
-    kind: str
-    target: str
-    port: int | None = None
-    timeout: float = 2.0
 
-    async def check(self) -> Probe:
-        match self.kind:
-            case "process":
-                return await process_running(self.target)
-            case "custom":
-                return await custom(self.target, self.timeout)
-            case "tcp":
-                assert self.port is not None
-                return await tcp(self.target, self.port, self.timeout)
-            case "ping":
-                return await ping(self.target, self.timeout)
-            case "interface":
-                return await interface_up(self.target)
-        raise ValueError(f"unknown checker kind {self.kind!r}")
+async def run_check(checker: Checker) -> Probe:
+    match checker.kind:
+        case "process":
+            return await process_running(checker.target)
+        case "custom":
+            return await custom(checker.target, checker.timeout)
+        case "tcp":
+            assert checker.port is not None
+            return await tcp(checker.target, checker.port, checker.timeout)
+        case "ping":
+            return await ping(checker.target, checker.timeout)
+        case "interface":
+            return await interface_up(checker.target)
+    raise ValueError(f"unknown checker kind {checker.kind!r}")

@@ -29,8 +29,14 @@ from tandem.heartbeat.service import HeartbeatService, Link
 from tandem.vip import address as vip_address
 from tandem.vip.health import serve_health
 
-from .checkers import Checker
-from .config import WITNESS_TIMEOUT, ConfigError, ModuleConfig, check_failover_timing
+from .checkers import run_check
+from .config import (
+    WITNESS_TIMEOUT,
+    CheckerConfig,
+    ConfigError,
+    ModuleConfig,
+    check_failover_timing,
+)
 from .control import ControlError, Handler, serve_control
 from .copies import (
     CopyFailed,
@@ -564,13 +570,12 @@ class ModuleRunner:
         )
         return reachable
 
-    async def _check(self, config: Any) -> None:
-        checker = Checker(config.kind, config.target, config.port, config.timeout)
+    async def _check(self, config: CheckerConfig) -> None:
         while True:
             await trio.sleep(config.interval)
             if self.advertised.state not in SERVING:
                 continue
-            probe = await checker.check()
+            probe = await run_check(config)
             # a step down may have begun meanwhile: its stop_prim stops the application
             if probe.ok or SERVING.isdisjoint({self.advertised.state, self.module.state}):
                 continue

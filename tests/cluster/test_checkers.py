@@ -8,19 +8,20 @@ import os
 import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
-from tandem.engine.checkers import Checker
+from tandem.engine.checkers import Checker, run_check
 from tandem.heartbeat.probes import Witness, witness_reachable
 
 pytestmark = pytest.mark.root
 
 
 def check(checker: Checker) -> tuple[bool, str]:
-    probe = trio.run(checker.check)
+    probe = trio.run(partial(run_check, checker))
     return probe.ok, probe.detail
 
 

@@ -261,6 +261,14 @@ def test_operator_commands_and_their_refusals(lab: LabCluster) -> None:
         [*CLI, "swap", "demo", "--state-dir", b_state], capture_output=True, text=True
     )
     assert down.returncode == 1 and "nothing is running there" in down.stderr
+    # a node process that crashed while its host lived left the VIP on its interface: the next
+    # start drops it (a holds it now)
+    netns = Lab.at(str(lab.directory)).netns("b")
+    subprocess.run(["ip", "-n", netns, "addr", "add", f"{VIP}/24", "dev", "eth0"], check=True)
+    lab.start("b")
+    wait_for(lambda: _settled(lab, "a"), 30, "b back as secondary")
+    monitor = Monitor(lab)
+    assert not monitor.holds_vip("b") and monitor.holds_vip("a")
 
 
 def test_forged_and_garbage_heartbeats_are_counted_and_change_nothing(lab: LabCluster) -> None:
