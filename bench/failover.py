@@ -47,8 +47,7 @@ def _kill_group(pid: int, signum: int) -> None:
 
 
 def _serving(lab: Lab) -> str:
-    states = {node: lab.module_state(node) for node in NODES}
-    (node,) = (n for n, s in states.items() if s and s["state"] in ("PRIM", "ALONE"))
+    (node,) = lab.serving_nodes()
     return node
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .lab import APP_PORT, NODES, VIP, Lab
+from .lab import APP_PORT, VIP, Lab
 
 CRASH_AFTER_SECONDS = 4.0
 APP = [sys.executable, "-m", "tandem.engine.demoapp"]
@@ -88,14 +88,6 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _serving_node(lab: Lab) -> str | None:
-    for node in NODES:
-        found = lab.module_state(node)
-        if found and found["state"] in ("PRIM", "ALONE"):
-            return node
-    return None
 
 
 def _first_answer_from(probe_log: Path, node: str, after: float) -> float | None:
@@ -169,7 +161,7 @@ def run_demo(workdir: str | None, keep: bool = False) -> int:
         lab.kill("a")
         application.wait(30)
         deadline = time.monotonic() + 30
-        while _serving_node(lab) != "b" and time.monotonic() < deadline:
+        while lab.serving_nodes() != ["b"] and time.monotonic() < deadline:
             time.sleep(0.05)
         for client in clients:
             client.wait(60)

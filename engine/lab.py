@@ -453,6 +453,11 @@ class Lab:
         except ControlError:
             return None
 
+    def serving_nodes(self) -> list[str]:
+        """The nodes whose demo module says it serves (PRIM or ALONE): one, normally."""
+        states = {node: self.module_state(node) for node in NODES}
+        return [n for n, s in states.items() if s is not None and s["state"] in ("PRIM", "ALONE")]
+
     def settle(self, timeout: float = SETTLE_TIMEOUT) -> None:
         """Wait until one node serves and the other is an up-to-date secondary."""
         deadline = time.monotonic() + timeout

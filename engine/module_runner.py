@@ -75,7 +75,7 @@ from .module_state import (
 from .module_store import ModuleStore
 from .paths import app_log, module_dir, module_log, module_socket
 from .receiver import Receiver
-from .scripts import ScriptError, ScriptRunner
+from .scripts import ScriptRunner
 
 log = logging.getLogger(__name__)
 
@@ -659,6 +659,3 @@ class ModuleRunner:
                 out.write(f"{stamp} {text}\n")
         except OSError as exc:
             log.error("cannot write the module log: %s", exc.strerror)
-
-
-__all__ = ["ModuleRunner", "ScriptError"]

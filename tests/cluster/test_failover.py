@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 
-from tandem.engine.control import ControlError, ask
 from tandem.engine.lab import APP_PORT, VIP, Lab
-from tandem.engine.paths import module_socket
 from tests.helpers.lab import CLI, LabCluster, stop_group
 from tests.helpers.mountproc import wait_for
 
@@ -39,11 +37,7 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def state(self, node: str) -> dict[str, Any] | None:
-        socket_path = module_socket(str(self.lab.directory / "nodes" / node / "state"), "demo")
-        try:
-            return ask(socket_path, "state", timeout=2)
-        except ControlError:
-            return None
+        return Lab.at(str(self.lab.directory)).module_state(node)
 
     def holds_vip(self, node: str) -> bool:
         done = subprocess.run(
