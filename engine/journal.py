@@ -369,15 +369,18 @@ class ChangeJournal:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def read_history(self) -> History:
-        return read_history(self.directory)
+    def read_history(self, until: int | None = None) -> History:
+        return read_history(self.directory, until=until)
 
 
-def read_history(directory: Path, boot: str | None = None) -> History:
+def read_history(directory: Path, boot: str | None = None, *, until: int | None = None) -> History:
     """What the segments in ``directory`` say since the last confirmed resync, oldest first.
 
     With ``boot`` (only when a run opens the journal: later runs trust what it then recorded),
     a last run that ended without a clean stop under another boot makes the history incomplete.
+    With ``until`` (a sync point's token): only what precedes that sync point, which is what a
+    resync starting there must settle; what follows it is mirrored, and replaying a move the
+    stream already made would move whatever has taken the name since.
     """
     segments = sorted(directory.glob("*" + SEGMENT_SUFFIX))
     if not segments:
@@ -419,6 +422,11 @@ def read_history(directory: Path, boot: str | None = None) -> History:
         history = History(generation=base_generation or "")
     if not headers_ok:
         history.distrust("a journal segment has no readable header")
+    if until is not None:
+        for index in range(start, len(records)):
+            if records[index][0] == SYNC_POINT and records[index][3] == until:
+                records = records[:index]
+                break
     pending: dict[tuple[int, bytes, bytes], list[int]] = {}
     alone = False
     for kind, path, other, offset, length in records[start:]:

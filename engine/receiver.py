@@ -31,6 +31,7 @@ from tandem.fsdriver.syscall import syncfs
 
 from .journal import SecondaryJournal
 from .queries import Finish, HashQuery, ListQuery, ProgressNote, Query
+from .raw_socket import RawSocket
 from .replicator import RECEIVE_SIZE
 from .resync_plan import plan_from_history
 from .survey import encode_entries, encode_hashes, hash_file_range, survey
@@ -179,14 +180,14 @@ class Receiver:
                     return
                 await self._take_over()
                 done = trio.Event()
-                with trio.CancelScope() as scope:
+                with trio.CancelScope() as scope, RawSocket(stream) as raw:
                     self._current = (scope, done)
                     try:
                         connection.send_peer_state(await self._where_the_copy_stands())
-                        await stream.send_all(connection.bytes_to_send())
+                        await raw.send_all(connection.bytes_to_send())
                         if self._journal is not None:
                             self._journal.begin_receiving()
-                        await self._session(stream, connection, first_events)
+                        await self._session(raw, connection, first_events)
                     finally:
                         self.in_sync = False
                         with trio.CancelScope(shield=True):
@@ -262,9 +263,7 @@ class Receiver:
         scope.cancel()
         await done.wait()
 
-    async def _session(
-        self, stream: trio.SocketStream, connection: Connection, events: list[Event]
-    ) -> None:
+    async def _session(self, raw: RawSocket, connection: Connection, events: list[Event]) -> None:
         expected = 1
         tolerant = True  # until the resync is confirmed
         unsettled_sent = 0
@@ -284,7 +283,7 @@ class Receiver:
                         batch.append((event.seq, item))
                         continue
                     # a query sees every mutation before it applied, and nothing after
-                    sent = await self._apply(stream, connection, batch, tolerant)
+                    sent = await self._apply(raw, connection, batch, tolerant)
                     if sent is None:
                         return
                     unsettled_sent += sent
@@ -302,7 +301,7 @@ class Receiver:
                             body = await trio.to_thread.run_sync(answer_query, self._root_fd, item)
                         except ApplyError as exc:
                             connection.send_error(str(exc))
-                            await stream.send_all(connection.bytes_to_send())
+                            await raw.send_all(connection.bytes_to_send())
                             return
                         for start in range(0, max(len(body), 1), RESULT_PART):
                             final = start + RESULT_PART >= len(body)
@@ -310,24 +309,24 @@ class Receiver:
                                 event.seq, body[start : start + RESULT_PART], final=final
                             )
                     self._acknowledge(connection, event.seq)
-                    await stream.send_all(connection.bytes_to_send())
+                    await raw.send_all(connection.bytes_to_send())
                 elif isinstance(event, ConnectionFailed):
                     log.error("the primary sent something invalid: %s", event.reason)
                 elif isinstance(event, PeerError):
                     log.warning("the primary ended replication: %s", event.reason)
             if batch:
                 connection.send_ack(AckKind.RECEIVED, batch[-1][0])
-                sent = await self._apply(stream, connection, batch, tolerant)
+                sent = await self._apply(raw, connection, batch, tolerant)
                 if sent is None:
                     return
                 unsettled_sent += sent
                 self._acknowledge(connection, batch[-1][0])
             outgoing = connection.bytes_to_send()
             if outgoing:
-                await stream.send_all(outgoing)
+                await raw.send_all(outgoing)
             if connection.state is State.CLOSED:
                 return
-            data = await stream.receive_some(RECEIVE_SIZE)
+            data = await raw.receive()
             if not data:
                 log.info("the primary closed the connection")
                 return
@@ -335,7 +334,7 @@ class Receiver:
 
     async def _apply(
         self,
-        stream: trio.SocketStream,
+        raw: RawSocket,
         connection: Connection,
         batch: list[tuple[int, StreamItem]],
         tolerant: bool,
@@ -359,7 +358,7 @@ class Receiver:
         except ApplyError as exc:
             log.error("%s; the primary will go on alone", exc)
             connection.send_error(str(exc))
-            await stream.send_all(connection.bytes_to_send())
+            await raw.send_all(connection.bytes_to_send())
             return None
         self.applied += len(batch)
         if not unsettled:

@@ -10,7 +10,8 @@ the connection is "in sync" and receipts wait for acknowledgements again. A lost
 reconnected every ``retry`` seconds, for as long as the mount lives.
 
 Concurrency: `submit` is synchronous (the filesystem calls it inside its atomic step, so the
-sequence order is the order changes hit the disk); only `Receipt.wait` awaits.
+sequence order is the order changes hit the disk) and hands the frame to the socket right there
+(`RawSocket.send_soon`: no task switch before it leaves); only `Receipt.wait` awaits.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tandem.fsdriver.mutation import DONE, Mutation, Receipt, Write
 
 from .journal import ChangeJournal
 from .queries import ProgressNote, Query
+from .raw_socket import RawSocket
 from .resync import PeerRefused, Resync
 from .resync_plan import Plan, compare_paths, full_plan, plan_from_history
 from .verify import Verify
@@ -136,15 +138,13 @@ class Replicator:
         self._bandwidth = bandwidth
         self._epoch = 0
         self._next_seq = 1
-        self._unsent: deque[tuple[int, StreamItem]] = deque()
+        self._link: tuple[Connection, RawSocket] | None = None  # while mirroring
         self._in_flight: deque[tuple[int, int]] = deque()  # (seq, weight) sent, not acked
         self._backlog = 0
         self._acked = 0
         self._answers: dict[int, tuple[list[bytes], trio.Event]] = {}
         self._progress = trio.Event()  # set (and replaced) whenever acks advance or state changes
-        self._has_unsent = trio.Event()
         self._connection_scope: trio.CancelScope | None = None
-        self._sending = trio.Lock()  # one task at a time may write to the socket
         self._resync: Resync | None = None
         self._verify: Verify | None = None
         self._last_verify: dict[str, object] | None = None
@@ -172,9 +172,13 @@ class Replicator:
     def _enqueue(self, item: StreamItem) -> int:
         seq = self._next_seq
         self._next_seq += 1
-        self._unsent.append((seq, item))
-        self._backlog += _weight(item)
-        self._has_unsent.set()
+        if self._link is not None:  # None only once alone: the item is not mirrored
+            connection, raw = self._link
+            connection.send_mutation(seq, item)
+            raw.send_soon(connection.bytes_to_send())
+            weight = _weight(item)
+            self._in_flight.append((seq, weight))
+            self._backlog += weight
         return seq
 
     async def wait_acknowledged(self, epoch: int, seq: int) -> None:
@@ -221,7 +225,7 @@ class Replicator:
             self.peer,
             reason,
         )
-        self._unsent.clear()
+        self._link = None
         self._in_flight.clear()
         self._backlog = 0
         self._resync = None
@@ -366,7 +370,8 @@ class Replicator:
                 if isinstance(ready, str):
                     self._still_alone(ready)
                     return
-                await self._mirror(stream, connection, ready)
+                with RawSocket(stream) as raw:
+                    await self._mirror(raw, connection, ready)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self.go_alone(f"connection to {self.peer} lost: {exc}")
             finally:
@@ -404,14 +409,13 @@ class Replicator:
                     await stream.send_all(connection.bytes_to_send())
                     return f"peer {self.peer} refused: {event.reason}"
 
-    async def _mirror(
-        self, stream: trio.SocketStream, connection: Connection, peer: PeerState
-    ) -> None:
+    async def _mirror(self, raw: RawSocket, connection: Connection, peer: PeerState) -> None:
         # one step: from here on, every mutation is mirrored, and the journal's sync point says
         # that what it recorded before is the resync's to settle
         self._epoch += 1
         self._next_seq, self._acked = 1, 0
-        self._unsent.clear()
+        raw.send_soon(connection.bytes_to_send())
+        self._link = (connection, raw)
         self._in_flight.clear()
         self._backlog = 0
         self.alone_reason = None
@@ -427,13 +431,13 @@ class Replicator:
         self._resync = resync
         async with trio.open_nursery() as nursery:
             self._connection_scope = nursery.cancel_scope
-            nursery.start_soon(self._send_loop, stream, connection)
-            nursery.start_soon(self._receive_loop, stream, connection)
+            nursery.start_soon(raw.flush_forever)
+            nursery.start_soon(self._receive_loop, raw, connection)
             nursery.start_soon(self._resync_task, resync, peer, token)
 
     async def _resync_task(self, resync: Resync, peer: PeerState, token: int | None) -> None:
         try:
-            plan, how = await self._plan(peer)
+            plan, how = await self._plan(peer, token)
             resync.adopt(plan)
             self.resync_how = how
             log.info("resync with %s started: %s", self.peer, how)
@@ -480,12 +484,12 @@ class Replicator:
         log.error("resync with %s failed", self.peer, exc_info=exc)
         self.go_alone(f"resync failed: {next(x for x in leaves if not isinstance(x, _Lost))!r}")
 
-    async def _plan(self, peer: PeerState) -> tuple[Plan, str]:
+    async def _plan(self, peer: PeerState, token: int | None) -> tuple[Plan, str]:
         if self._full_requested:
             return full_plan(), f"full comparison ({self._full_requested})"
         if self._journal is None:
             return full_plan(), "full comparison (no journal on this node)"
-        history = await trio.to_thread.run_sync(self._journal.read_history)
+        history = await trio.to_thread.run_sync(self._journal.read_history, token)
         if not history.complete:
             return full_plan(), f"full comparison ({history.why_incomplete})"
         if not peer.complete:
@@ -504,29 +508,17 @@ class Replicator:
             compare_paths(plan, peer.paths)
         return plan, f"tracked: {len(plan.work)} path(s), {len(plan.moves)} move(s)"
 
-    async def _send_loop(self, stream: trio.SocketStream, connection: Connection) -> None:
+    async def _receive_loop(self, raw: RawSocket, connection: Connection) -> None:
         while True:
-            await self._has_unsent.wait()
-            self._has_unsent = trio.Event()
-            # send everything queued so far in one write: pipelining, not one round trip each
-            while self._unsent:
-                seq, item = self._unsent.popleft()
-                connection.send_mutation(seq, item)
-                self._in_flight.append((seq, _weight(item)))
-            async with self._sending:
-                await stream.send_all(connection.bytes_to_send())
-
-    async def _receive_loop(self, stream: trio.SocketStream, connection: Connection) -> None:
-        while True:
-            data = await stream.receive_some(RECEIVE_SIZE)
+            data = await raw.receive()
             if not data:
                 self.go_alone(f"peer {self.peer} closed the connection")
                 return
             for event in connection.receive(data):
                 if not self._handle(event):
+                    raw.send_soon(connection.bytes_to_send())
                     with trio.move_on_after(1):
-                        async with self._sending:
-                            await stream.send_all(connection.bytes_to_send())
+                        await raw.flush()
                     return
 
     def _handle(self, event: Event) -> bool:

@@ -5,7 +5,8 @@ the sink's receipt says so.
 Concurrency rule (trio): code between two ``await``s runs atomically. Every handler performs its
 backing syscall, updates the inode table and submits its mutation in one such step, so the order
 mutations reach the sink is exactly the order changes hit the backing tree. Do not add an
-``await`` inside that step; blocking work (fsync) happens before it, in a thread.
+``await`` inside that step. An fsync submits its `Sync` first, so the peer syncs its copy while
+this node syncs its own (`local_sync` decides inline or in a thread).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
-import trio
 from pyfuse3 import FUSEError
 
 from .change import NO_RECORDER, Change, ChangeKind, ChangeRecorder
 from .inode import ROOT_INODE, InodeTable, Key, Node
+from .local_sync import LocalSync
 from .mutation import (
+    DONE,
     CreateFile,
     MakeDirectory,
     MakeHardLink,
@@ -139,6 +141,7 @@ class Passthrough(pyfuse3.Operations):
         # references: it opens those without us, so nothing else would let us reach them
         self._orphans: dict[int, int] = {}
         self._next_dir_handle = 1
+        self.local_sync = LocalSync()
 
     # -- helpers (all synchronous: they run inside a handler's atomic step) --------------
 
@@ -654,6 +657,7 @@ class Passthrough(pyfuse3.Operations):
                 ChangeKind.WRITE, journal_path, before.st_nlink, offset=start, length=len(buf)
             )
         written = os.pwrite(fh, buf, off)
+        self.local_sync.wrote(open_file.ino, written)
         st = os.fstat(fh)
         if open_file.append:
             off = st.st_size - written  # O_APPEND wrote at the end, whatever offset was asked
@@ -678,15 +682,17 @@ class Passthrough(pyfuse3.Operations):
             fds.discard(fh)
             if not fds:
                 del self._fds_by_ino[open_file.ino]
+                self.local_sync.forget(open_file.ino)
         os.close(fh)
 
     @_boundary
     async def fsync(self, fh: int, datasync: bool) -> None:
         open_file = self._files[fh]
-        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
         path = self._mutation_path(open_file.ino, os.fstat(fh).st_nlink)
-        if path is not None:
-            await self._sink.submit(Sync(path, data_only=datasync)).wait()
+        # the peer syncs its copy while this node syncs its own
+        peer_synced = DONE if path is None else self._sink.submit(Sync(path, datasync))
+        await self.local_sync.sync(fh, open_file.ino, datasync)
+        await peer_synced.wait()
 
     # -- directories ------------------------------------------------------------------------
 
@@ -748,10 +754,10 @@ class Passthrough(pyfuse3.Operations):
     @_boundary
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         directory = self._dirs[fh]
-        await trio.to_thread.run_sync(os.fsync, directory.fd)
         path = self._table.path(directory.ino)
-        if path is not None:
-            await self._sink.submit(Sync(path, data_only=datasync)).wait()
+        peer_synced = DONE if path is None else self._sink.submit(Sync(path, datasync))
+        await self.local_sync.sync(directory.fd, directory.ino, False)
+        await peer_synced.wait()
 
     @_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

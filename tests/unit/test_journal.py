@@ -174,6 +174,18 @@ def test_mirrored_segments_retire_once_acknowledged(tmp_path: Path) -> None:
     assert len(segments) == 1  # only the open one
 
 
+def test_a_resync_plans_only_what_precedes_its_sync_point(tmp_path: Path) -> None:
+    """Found by the loopback property test: a rename mirrored during the resync was also
+    replayed by it, moving the file that had taken the old name since (a hard link broke)."""
+    journal = in_sync(tmp_path)
+    journal.go_alone("peer lost")
+    journal.intend(write(b"alone", 0, 1))
+    token = journal.sync_point()  # the peer is back: from here on the stream mirrors
+    journal.intend(Change(RENAME, b"x", b"y"))
+    assert journal.read_history(until=token).changes == [write(b"alone", 0, 1)]
+    assert journal.read_history().changes == [write(b"alone", 0, 1), Change(RENAME, b"x", b"y")]
+
+
 def test_going_alone_keeps_everything_not_yet_acknowledged(tmp_path: Path) -> None:
     journal = in_sync(tmp_path)
     journal.retire(0)

@@ -3,6 +3,7 @@ compression, and every kind of bad input ending the connection cleanly."""
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -217,6 +218,31 @@ def test_compression_only_when_both_offer_it(fa: Feature, fb: Feature, compresse
     raw = a.bytes_to_send()
     assert (len(raw) < 10_000) is compressed
     assert b.receive(raw) == [MutationReceived(1, mutation)]
+
+
+def test_incompressible_data_stops_being_compressed_but_is_probed_again() -> None:
+    a, b = pair()
+    pump(a, b)
+    seq = 0
+
+    def frame_size(data: bytes) -> int:
+        nonlocal seq
+        seq += 1
+        mutation = Write(b"f", 0, data)
+        a.send_mutation(seq, mutation)
+        raw = a.bytes_to_send()
+        assert b.receive(raw) == [MutationReceived(seq, mutation)]
+        return len(raw)
+
+    compressible = b"A" * 8192
+    assert frame_size(compressible) < 1000
+    for _ in range(8):  # media or encrypted files: compressing them is wasted time
+        assert frame_size(os.urandom(8192)) > 8192
+    skipped = [frame_size(compressible) for _ in range(70)]
+    assert skipped[0] > 8192, "tried again right after a run of failures"
+    probed = [i for i, size in enumerate(skipped) if size < 1000]
+    assert probed, "never tried again"
+    assert all(size < 1000 for size in skipped[probed[0] :]), "a success resumes compression"
 
 
 def test_frames_split_anywhere_are_reassembled() -> None:
