@@ -343,7 +343,49 @@ def encode_mutation(mutation: StreamItem) -> bytes:
     return out.bytes()
 
 
+_WRITE_CODE = _LAYOUT[Write][0]
+_LENGTH = struct.Struct(">I")
+_OFFSET_AND_LENGTH = struct.Struct(">QI")
+_STAMP_COUNT = struct.Struct(">H")
+_STAMP_TIMES = struct.Struct(">qq")
+
+
+def _decode_write(view: memoryview) -> Write:
+    """`decode_mutation` for the most frequent item, without the generic layout walk: on a
+    small machine that walk cost ~35 µs per write on the secondary, on the write's path."""
+    end = len(view)
+
+    def take(at: int, size: int) -> int:
+        if at + size > end:
+            raise ProtocolError("frame body ends early")
+        return at + size
+
+    at = take(1, 4)
+    (size,) = _LENGTH.unpack_from(view, 1)
+    path = bytes(view[at : take(at, size)])
+    at = take(at + size, 12)
+    offset, size = _OFFSET_AND_LENGTH.unpack_from(view, at - 12)
+    data = bytes(view[at : take(at, size)])
+    at = take(at + size, 2)
+    (count,) = _STAMP_COUNT.unpack_from(view, at - 2)
+    stamps = []
+    for _ in range(count):
+        at = take(at, 4)
+        (size,) = _LENGTH.unpack_from(view, at - 4)
+        stamp_path = bytes(view[at : take(at, size)])
+        at = take(at + size, 16)
+        atime, mtime = _STAMP_TIMES.unpack_from(view, at - 16)
+        _check_path(stamp_path)
+        stamps.append(Stamp(stamp_path, atime, mtime))
+    if at != end:
+        raise ProtocolError(f"{end - at} unexpected bytes after the body")
+    _check_path(path)
+    return Write(path, offset, data, tuple(stamps))
+
+
 def decode_mutation(data: bytes | memoryview) -> StreamItem:
+    if data and data[0] == _WRITE_CODE:
+        return _decode_write(memoryview(data))
     source = _Reader(data)
     code = source.u8()
     if code not in _BY_CODE:
@@ -383,14 +425,21 @@ def _decode_paths(source: _Reader) -> tuple[bytes, ...]:
     return paths
 
 
+_CHECKED_PATHS: set[bytes] = set()  # the same few paths come again and again
+_CHECKED_PATHS_MAX = 4096
+
+
 def _check_path(path: bytes) -> None:
     """A path from the peer must stay inside the replicated directory."""
-    if path == b".":
+    if path in _CHECKED_PATHS or path == b".":
         return
     if not path or path.startswith(b"/") or b"\0" in path:
         raise ProtocolError(f"path {path!r} is not relative")
     if any(part in (b"", b".", b"..") for part in path.split(b"/")):
         raise ProtocolError(f"path {path!r} is not normalised")
+    if len(_CHECKED_PATHS) >= _CHECKED_PATHS_MAX:
+        _CHECKED_PATHS.clear()
+    _CHECKED_PATHS.add(path)
 
 
 # -- the connection -----------------------------------------------------------------------

@@ -387,6 +387,16 @@ def test_a_corrupted_mutation_frame_is_refused_or_decodes_cleanly(
         pass
 
 
+@given(mutations)
+def test_a_truncated_or_padded_mutation_is_refused(mutation: Mutation) -> None:
+    body = encode_mutation(mutation)
+    for cut in range(len(body)):
+        with pytest.raises(ProtocolError):
+            decode_mutation(body[:cut])
+    with pytest.raises(ProtocolError):
+        decode_mutation(body + b"\0")
+
+
 def test_resync_frames_cross_the_wire() -> None:
     a, b = pair()
     pump(a, b)
