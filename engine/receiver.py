@@ -29,6 +29,7 @@ from tandem.fsdriver.repair import REPAIR_TYPES, apply_repair, apply_tolerantly
 from tandem.fsdriver.replay import apply
 from tandem.fsdriver.syscall import syncfs
 
+from .durability import make_durable
 from .journal import SecondaryJournal
 from .queries import Finish, HashQuery, ListQuery, ProgressNote, Query
 from .raw_socket import RawSocket
@@ -88,7 +89,7 @@ def _apply_batch(
                 f"cannot apply mutation {seq} ({what} {path!r}): {name} {exc.strerror}"
             ) from None
     if durable:
-        syncfs(root_fd)
+        make_durable(root_fd, [item for _, item in batch])
     return unsettled
 
 
