@@ -60,11 +60,14 @@ def _boundary(
     handler: Callable[_P, Coroutine[Any, Any, _T]],
 ) -> Callable[_P, Coroutine[Any, Any, _T]]:
     """The one place errors are translated: an OSError keeps its errno, anything else is a bug
-    that is logged and becomes EIO, so a handler can never take the mount down."""
+    that is logged and becomes EIO, so a handler can never take the mount down. It also counts
+    the requests in progress (`Passthrough.requests_in_progress`)."""
     name = handler.__name__
 
     @functools.wraps(handler)
     async def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        ops: Passthrough = args[0]  # type: ignore[assignment]
+        ops.requests_in_progress += 1
         try:
             return await handler(*args, **kwargs)
         except FUSEError:
@@ -78,6 +81,8 @@ def _boundary(
             )
             log.exception("unexpected error in %s%r; answering EIO", name, shown)
             raise FUSEError(errno.EIO) from None
+        finally:
+            ops.requests_in_progress -= 1
 
     return guarded
 
@@ -142,8 +147,12 @@ class Passthrough(pyfuse3.Operations):
         self._orphans: dict[int, int] = {}
         self._next_dir_handle = 1
         self.local_sync = LocalSync()
+        self.requests_in_progress = 0
 
     # -- helpers (all synchronous: they run inside a handler's atomic step) --------------
+
+    def _alone_in_flight(self) -> bool:
+        return self.requests_in_progress <= 1
 
     def _lstat(self, path: bytes) -> os.stat_result:
         return os.stat(path, dir_fd=self._root_fd, follow_symlinks=False)
@@ -691,7 +700,7 @@ class Passthrough(pyfuse3.Operations):
         path = self._mutation_path(open_file.ino, os.fstat(fh).st_nlink)
         # the peer syncs its copy while this node syncs its own
         peer_synced = DONE if path is None else self._sink.submit(Sync(path, datasync))
-        await self.local_sync.sync(fh, open_file.ino, datasync)
+        await self.local_sync.sync(fh, open_file.ino, datasync, self._alone_in_flight())
         await peer_synced.wait()
 
     # -- directories ------------------------------------------------------------------------
@@ -756,7 +765,7 @@ class Passthrough(pyfuse3.Operations):
         directory = self._dirs[fh]
         path = self._table.path(directory.ino)
         peer_synced = DONE if path is None else self._sink.submit(Sync(path, datasync))
-        await self.local_sync.sync(directory.fd, directory.ino, False)
+        await self.local_sync.sync(directory.fd, directory.ino, False, self._alone_in_flight())
         await peer_synced.wait()
 
     @_boundary
