@@ -8,13 +8,16 @@ Here a send is a plain non-blocking ``send`` made in the caller's own step (from
 handler that produced the mutation), and a receive yields only when nothing has arrived.
 
 Bytes a send could not hand to the kernel at once wait in order in ``_pending`` and are flushed
-by `flush` (one task), so the stream's byte order is the order of `send_soon` calls.
+by `flush` (one task), so the stream's byte order is the order of `send_soon` calls. They wait
+as views, never moved: a megabyte frame drains in many partial sends, and moving the rest down
+after each one cost more than sending it.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections import deque
 
 import trio
 
@@ -27,7 +30,7 @@ class RawSocket:
         # a duplicate descriptor of the same connection: the stream keeps owning the original
         self._sock = socket.socket(fileno=os.dup(stream.socket.fileno()))
         self._sock.setblocking(False)
-        self._pending = bytearray()
+        self._pending: deque[memoryview] = deque()
         self._has_pending = trio.Event()
         self._error: OSError | None = None
         self._buffer = bytearray(RECEIVE_BUFFER)
@@ -51,7 +54,7 @@ class RawSocket:
         if not data or self._error is not None:
             return
         if self._pending:
-            self._pending += data
+            self._pending.append(memoryview(data))
             return
         try:
             sent = self._sock.send(data)
@@ -62,7 +65,7 @@ class RawSocket:
             self._has_pending.set()
             return
         if sent < len(data):
-            self._pending += memoryview(data)[sent:]
+            self._pending.append(memoryview(data)[sent:])
             self._has_pending.set()
 
     async def flush_forever(self) -> None:
@@ -80,14 +83,18 @@ class RawSocket:
             if not self._pending:
                 return
             await trio.lowlevel.wait_writable(self._sock)
-            try:
-                sent = self._sock.send(self._pending)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                self._error = exc
-                raise
-            del self._pending[:sent]
+            while self._pending:
+                try:
+                    sent = self._sock.send(self._pending[0])
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    self._error = exc
+                    raise
+                if sent < len(self._pending[0]):
+                    self._pending[0] = self._pending[0][sent:]
+                    break
+                self._pending.popleft()
 
     async def send_all(self, data: bytes | bytearray) -> None:
         self.send_soon(data)

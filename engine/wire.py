@@ -317,6 +317,10 @@ _BY_CODE = {code: (cls, fields) for cls, (code, fields) in _LAYOUT.items()}
 
 
 def encode_mutation(mutation: StreamItem) -> bytes:
+    return _encode(mutation).bytes()
+
+
+def _encode(mutation: StreamItem) -> _Writer:
     code, layout = _LAYOUT[type(mutation)]
     out = _Writer()
     out.u8(code)
@@ -340,7 +344,7 @@ def encode_mutation(mutation: StreamItem) -> bytes:
         out.blob(stamp.path)
         out.i64(stamp.atime_ns)
         out.i64(stamp.mtime_ns)
-    return out.bytes()
+    return out
 
 
 _WRITE_CODE = _LAYOUT[Write][0]
@@ -550,11 +554,13 @@ class Connection:
         data, self._outbox = self._outbox, bytearray()
         return data
 
-    def _queue(self, kind: int, body: bytes, flags: int = 0, prefix: bytes = b"") -> None:
-        # no concatenation first: a data frame carries up to a megabyte
-        self._outbox += _HEADER.pack(len(prefix) + len(body) + 2, kind, flags)
-        self._outbox += prefix
-        self._outbox += body
+    def _queue(self, kind: int, body: bytes, flags: int = 0) -> None:
+        self._queue_parts(kind, [body], flags)
+
+    def _queue_parts(self, kind: int, parts: list[bytes], flags: int = 0) -> None:
+        self._outbox += _HEADER.pack(sum(map(len, parts)) + 2, kind, flags)
+        for part in parts:
+            self._outbox += part
 
     def _require_ready(self) -> None:
         if self.state is not State.READY:
@@ -562,14 +568,18 @@ class Connection:
 
     def send_mutation(self, seq: int, mutation: StreamItem) -> None:
         self._require_ready()
-        body = encode_mutation(mutation)
-        flags = 0
-        if Feature.LZ4 in self.agreed and len(body) >= _COMPRESS_MIN and self._compression.worth():
+        parts = _encode(mutation).parts
+        size = sum(map(len, parts))
+        if Feature.LZ4 in self.agreed and size >= _COMPRESS_MIN and self._compression.worth():
+            body = b"".join(parts)
             packed = lz4.block.compress(body, store_size=True)
-            self._compression.record(len(body), len(packed))
-            if len(packed) < len(body):
-                body, flags = packed, FrameFlag.LZ4
-        self._queue(FrameKind.MUTATION, body, flags, prefix=struct.pack(">Q", seq))
+            self._compression.record(size, len(packed))
+            parts = [packed] if len(packed) < size else [body]
+            flags = FrameFlag.LZ4 if len(packed) < size else 0
+        else:
+            flags = 0
+        # the parts go into the outgoing buffer one by one: a megabyte is copied once, not twice
+        self._queue_parts(FrameKind.MUTATION, [struct.pack(">Q", seq), *parts], flags)
 
     def send_ack(self, kind: AckKind, seq: int) -> None:
         self._require_ready()

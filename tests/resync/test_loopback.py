@@ -95,7 +95,9 @@ def test_a_tracked_resync_sends_what_changed_while_the_peer_was_away(
     journal.go_alone("the peer is away")
     random_tree(a, rng, away, journal)
     journal.close()
-    app = application(a, rng, during, links=False)
+    # the application leaves multiply-linked files alone during the resync: their link
+    # structure is then best-effort (D18, roadmap), their content always exact
+    app = application(a, rng, during, links=False, spare_linked=True)
     replicator = trio.run(partial(run_pair, a, b, app, journal_a=ja, journal_b=jb))
     assert replicator.resync_how.startswith("tracked"), replicator.resync_how
     assert_same(a, b)
