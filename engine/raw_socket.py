@@ -32,6 +32,9 @@ class RawSocket:
         self._sock.setblocking(False)
         self._pending: deque[memoryview] = deque()
         self._has_pending = trio.Event()
+        # the flusher task and a task sending a last error frame may both flush; trio allows one
+        # task at a time to wait for the socket to drain
+        self._flushing = trio.Lock()
         self._error: OSError | None = None
         self._buffer = bytearray(RECEIVE_BUFFER)
         self._view = memoryview(self._buffer)
@@ -77,6 +80,10 @@ class RawSocket:
             await self.flush()
 
     async def flush(self) -> None:
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         while True:
             if self._error is not None:
                 raise self._error
