@@ -539,7 +539,7 @@ class Connection:
     _inbox: bytearray = field(default_factory=bytearray)
     _outbox: bytearray = field(default_factory=bytearray)
     _my_hello: bytes = b""
-    _compression: _CompressionOutlook = field(default_factory=lambda: _CompressionOutlook())
+    _compression: _CompressionOutlook = field(default_factory=_CompressionOutlook)
     _peer_hello: _Hello | None = None
 
     def __post_init__(self) -> None:
@@ -570,14 +570,14 @@ class Connection:
         self._require_ready()
         parts = _encode(mutation).parts
         size = sum(map(len, parts))
+        flags = 0
         if Feature.LZ4 in self.agreed and size >= _COMPRESS_MIN and self._compression.worth():
             body = b"".join(parts)
             packed = lz4.block.compress(body, store_size=True)
             self._compression.record(size, len(packed))
-            parts = [packed] if len(packed) < size else [body]
-            flags = FrameFlag.LZ4 if len(packed) < size else 0
-        else:
-            flags = 0
+            parts = [body]
+            if len(packed) < size:
+                parts, flags = [packed], FrameFlag.LZ4
         # the parts go into the outgoing buffer one by one: a megabyte is copied once, not twice
         self._queue_parts(FrameKind.MUTATION, [struct.pack(">Q", seq), *parts], flags)
 

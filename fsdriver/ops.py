@@ -151,7 +151,7 @@ class Passthrough(pyfuse3.Operations):
 
     # -- helpers (all synchronous: they run inside a handler's atomic step) --------------
 
-    def _alone_in_flight(self) -> bool:
+    def _nothing_else_in_progress(self) -> bool:
         return self.requests_in_progress <= 1
 
     def _lstat(self, path: bytes) -> os.stat_result:
@@ -700,7 +700,7 @@ class Passthrough(pyfuse3.Operations):
         path = self._mutation_path(open_file.ino, os.fstat(fh).st_nlink)
         # the peer syncs its copy while this node syncs its own
         peer_synced = DONE if path is None else self._sink.submit(Sync(path, datasync))
-        await self.local_sync.sync(fh, open_file.ino, datasync, self._alone_in_flight())
+        await self.local_sync.sync(fh, open_file.ino, datasync, self._nothing_else_in_progress())
         await peer_synced.wait()
 
     # -- directories ------------------------------------------------------------------------
@@ -765,7 +765,9 @@ class Passthrough(pyfuse3.Operations):
         directory = self._dirs[fh]
         path = self._table.path(directory.ino)
         peer_synced = DONE if path is None else self._sink.submit(Sync(path, datasync))
-        await self.local_sync.sync(directory.fd, directory.ino, False, self._alone_in_flight())
+        await self.local_sync.sync(
+            directory.fd, directory.ino, False, self._nothing_else_in_progress()
+        )
         await peer_synced.wait()
 
     @_boundary
