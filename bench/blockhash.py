@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tandem.bench.fs_overhead import bench_parser, emit, machine
 from tandem.native.blockhash import hash_blocks_c, hash_blocks_python
-
-from .fs_overhead import bench_parser, emit, machine
 
 BLOCK = 4096
 

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from tandem.bench.fs_overhead import bench_parser, emit, machine
-from tandem.engine.lab import APP_PORT, NODES, VIP, Lab
+from tandem.engine.lab.lab import APP_PORT, NODES, VIP, Lab
 
 SETTINGS = {"default": (0.2, 1.0), "aggressive": (0.05, 0.25)}
-APP = [sys.executable, "-m", "tandem.engine.demoapp"]
+APP = [sys.executable, "-m", "tandem.engine.lab.demoapp"]
 
 
 def _kill_group(pid: int, signum: int) -> None:

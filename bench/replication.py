@@ -43,7 +43,7 @@ from tandem.bench.fs_overhead import (
     sequential_1mib,
     small_files,
 )
-from tandem.engine.lab import Lab
+from tandem.engine.lab.lab import Lab
 
 WORKLOADS = [
     "sequential",

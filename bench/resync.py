@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.bench.fs_overhead import bench_parser, emit, machine
-from tandem.engine.lab import Lab
+from tandem.engine.lab.lab import Lab
 
 GIB = 1 << 30
 MIB = 1 << 20

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from .change import NO_RECORDER, ChangeRecorder
-from .mutation import ReplicationSink
-from .ops import Passthrough
-from .syscall import MNT_DETACH, umount2
+from tandem.fsdriver.change import NO_RECORDER, ChangeRecorder
+from tandem.fsdriver.mutation import ReplicationSink
+from tandem.fsdriver.ops import Passthrough
+from tandem.fsdriver.syscall import MNT_DETACH, umount2
 
 log = logging.getLogger(__name__)
 

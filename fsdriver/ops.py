@@ -22,10 +22,10 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 from pyfuse3 import FUSEError
 
-from .change import NO_RECORDER, Change, ChangeKind, ChangeRecorder
-from .inode import ROOT_INODE, InodeTable, Key, Node
-from .local_sync import LocalSync
-from .mutation import (
+from tandem.fsdriver.change import NO_RECORDER, Change, ChangeKind, ChangeRecorder
+from tandem.fsdriver.inode import ROOT_INODE, InodeTable, Key, Node
+from tandem.fsdriver.local_sync import LocalSync
+from tandem.fsdriver.mutation import (
     DONE,
     CreateFile,
     MakeDirectory,
@@ -44,7 +44,7 @@ from .mutation import (
     Unlink,
     Write,
 )
-from .syscall import RENAME_EXCHANGE, renameat2
+from tandem.fsdriver.syscall import RENAME_EXCHANGE, renameat2
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import trio
 
-from .detector import FailureDetector, Verdict
-from .packet import Heartbeat, Receiver, encode, new_incarnation
+from tandem.heartbeat.detector import FailureDetector, Verdict
+from tandem.heartbeat.packet import Heartbeat, Receiver, encode, new_incarnation
 
 log = logging.getLogger(__name__)
 

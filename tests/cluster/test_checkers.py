@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tandem.engine.checkers import Checker, run_check
+from tandem.engine.failover.checkers import Checker, run_check
 from tandem.heartbeat.probes import Witness, witness_reachable
 
 pytestmark = pytest.mark.root
@@ -84,7 +84,7 @@ def test_interface_checker_and_witness_across_namespaces() -> None:
         subprocess.run([*there, "addr", "add", "198.18.60.2/24", "dev", "up0"], check=True)
         script = (
             "import sys, trio\n"
-            "from tandem.engine.checkers import interface_up\n"
+            "from tandem.engine.failover.checkers import interface_up\n"
             "from tandem.heartbeat.probes import Witness, witness_reachable\n"
             "witnesses = [Witness('198.18.60.9'), Witness('198.18.60.2')]\n"
             "async def main():\n"

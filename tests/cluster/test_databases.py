@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engine.demo import APPLICATION, verify_copy
+from tandem.engine.lab.demo import APPLICATION, verify_copy
 from tests.helpers.lab import LabCluster, stop_group
 from tests.helpers.mountproc import wait_for
 from tests.mount.test_applications import _as_postgres, _pg_bin

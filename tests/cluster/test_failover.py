@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from tandem.engine.lab import APP_PORT, VIP, Lab
+from tandem.engine.lab.lab import APP_PORT, VIP, Lab
 from tests.helpers.lab import CLI, LabCluster, stop_group
 from tests.helpers.mountproc import wait_for
 
 pytestmark = pytest.mark.root
 
 SERVING = ("PRIM", "ALONE")
-APP = [sys.executable, "-m", "tandem.engine.demoapp"]
+APP = [sys.executable, "-m", "tandem.engine.lab.demoapp"]
 
 
 class Monitor:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engine.lab import Lab
+from tandem.engine.lab.lab import Lab
 from tandem.fsdriver.mount import mounts_at
 from tests.helpers.lab import LabCluster
 from tests.helpers.mountproc import wait_for

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tandem.engine.treediff import diff, snapshot
 from tests.helpers.lab import LabCluster, stop_group
 from tests.helpers.mountproc import wait_for
+from tests.helpers.treediff import diff, snapshot
 
 pytestmark = pytest.mark.root
 

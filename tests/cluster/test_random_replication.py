@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 
-from tandem.engine.treediff import diff, snapshot
 from tests.conftest import NOBODY, run_ops
 from tests.helpers.lab import LabCluster
+from tests.helpers.treediff import diff, snapshot
 from tests.mount.test_random_sequences import example_settings, sequences
 
 pytestmark = pytest.mark.root

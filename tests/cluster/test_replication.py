@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engine.treediff import diff, snapshot
 from tests.conftest import NOBODY, run_ops
 from tests.helpers.mountproc import wait_for
 from tests.helpers.pair import Pair, write_secret
+from tests.helpers.treediff import diff, snapshot
 
 pytestmark = pytest.mark.root
 

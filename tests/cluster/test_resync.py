@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engine.treediff import diff, snapshot
 from tests.helpers.mountproc import wait_for
 from tests.helpers.pair import Pair
+from tests.helpers.treediff import diff, snapshot
 
 pytestmark = pytest.mark.root
 

@@ -12,7 +12,7 @@ import socket
 import sys
 import time
 
-from tandem.engine.wire import (
+from tandem.engine.protocol.connection import (
     AckKind,
     Authenticated,
     Connection,

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import trio
 
-from tandem.engine.journal import ChangeJournal, SecondaryJournal
-from tandem.engine.receiver import Receiver
-from tandem.engine.replicator import PeerAddress, Replicator
-from tandem.engine.wire import Identity
+from tandem.engine.protocol.connection import Identity
+from tandem.engine.reintegration.journal import ChangeJournal, SecondaryJournal
+from tandem.engine.replica.replay import apply_change
+from tandem.engine.replication.receiver import Receiver
+from tandem.engine.replication.replicator import PeerAddress, Replicator
 from tandem.fsdriver.change import Change, ChangeKind
 from tandem.fsdriver.mutation import (
     CreateFile,
@@ -33,7 +34,6 @@ from tandem.fsdriver.mutation import (
     Unlink,
     Write,
 )
-from tandem.fsdriver.replay import apply_change
 
 SECRET = b"loopback-secret-0123456789"
 NAMES = [b"a", b"b", b"c", b"d"]

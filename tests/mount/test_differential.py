@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tandem.engine.treediff import diff, snapshot
 from tests.conftest import NOBODY, Mounted, run_ops, start_mount
+from tests.helpers.treediff import diff, snapshot
 
 pytestmark = pytest.mark.root
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engine.treediff import diff, snapshot
-from tandem.fsdriver.replay import replay_recording
+from tandem.engine.replica.replay import replay_recording
 from tests.conftest import Mounted
+from tests.helpers.treediff import diff, snapshot
 
 pytestmark = pytest.mark.root
 

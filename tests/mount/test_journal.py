@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 
-from tandem.engine.journal import ChangeJournal, History, read_history
+from tandem.engine.reintegration.journal import ChangeJournal, History, read_history
 from tandem.fsdriver import mutation as m
 from tandem.fsdriver.change import UNBOUNDED, Change, ChangeKind
 from tandem.fsdriver.mount import is_tandem_mount, unmount

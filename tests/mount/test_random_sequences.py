@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tandem.engine.treediff import diff, snapshot
+from tandem.engine.replica.replay import apply
 from tandem.fsdriver.mutation import decode_json
-from tandem.fsdriver.replay import apply
 from tests.conftest import NOBODY, Mounted, run_ops, start_mount
+from tests.helpers.treediff import diff, snapshot
 
 pytestmark = pytest.mark.root
 

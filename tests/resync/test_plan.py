@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engine.journal import History
-from tandem.engine.queries import HashQuery
-from tandem.engine.receiver import ApplyError
-from tandem.engine.receiver import answer_query as answer
-from tandem.engine.resync_plan import Need, plan_from_history
-from tandem.engine.survey import decode_hashes
+from tandem.engine.protocol.queries import HashQuery
+from tandem.engine.reintegration.journal import History
+from tandem.engine.reintegration.plan import Need, plan_from_history
+from tandem.engine.replica.repair import RENAME_EXCHANGE, LinkIfPresent, Move
+from tandem.engine.replica.survey import decode_hashes
+from tandem.engine.replication.receiver import ApplyError
+from tandem.engine.replication.receiver import answer_query as answer
 from tandem.fsdriver.change import UNBOUNDED, Change, ChangeKind
-from tandem.fsdriver.repair import RENAME_EXCHANGE, LinkIfPresent, Move
 
 W, RESIZE, META = ChangeKind.WRITE, ChangeKind.RESIZE, ChangeKind.METADATA
 CREATE, REMOVE, RENAME = ChangeKind.CREATE, ChangeKind.REMOVE, ChangeKind.RENAME

@@ -15,12 +15,12 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tandem.engine import resync as resync_module
-from tandem.engine import verify as verify_module
-from tandem.engine.journal import ChangeJournal
-from tandem.engine.replicator import Replicator
-from tandem.engine.treediff import diff, snapshot
+from tandem.engine.reintegration import resync as resync_module
+from tandem.engine.reintegration import verify as verify_module
+from tandem.engine.reintegration.journal import ChangeJournal
+from tandem.engine.replication.replicator import Replicator
 from tests.helpers.loopback import application, random_tree, run_pair
+from tests.helpers.treediff import diff, snapshot
 
 
 @pytest.fixture(autouse=True)

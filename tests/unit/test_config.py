@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engine.config import ConfigError, check_failover_timing, load_module, parse_module
+from tandem.engine.config.modules import (
+    ConfigError,
+    check_failover_timing,
+    load_module,
+    parse_module,
+)
 
 GOOD = """
 directories = ["/srv/app", "/var/lib/app/"]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from tandem.engine.control import ControlError, ask, serve_control
+from tandem.engine.control.channel import ControlError, ask, serve_control
 
 
 async def _echo(request: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tandem.engine.durability import MAX_SEPARATE_SYNCS, make_durable, sync_targets
+from tandem.engine.replica.durability import MAX_SEPARATE_SYNCS, make_durable, sync_targets
+from tandem.engine.replica.repair import Ensure
 from tandem.fsdriver.mutation import (
     CreateFile,
     MakeHardLink,
@@ -17,7 +18,6 @@ from tandem.fsdriver.mutation import (
     Unlink,
     Write,
 )
-from tandem.fsdriver.repair import Ensure
 
 
 def test_writes_sync_their_files_and_namespace_changes_their_directories() -> None:

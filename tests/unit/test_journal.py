@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engine import journal as journal_module
-from tandem.engine.journal import (
+from tandem.engine.reintegration import journal as journal_module
+from tandem.engine.reintegration.journal import (
     ChangeJournal,
     Limits,
     decode_records,
     encode_record,
     read_history,
 )
-from tandem.engine.resync_plan import Need, plan_from_history
+from tandem.engine.reintegration.plan import Need, plan_from_history
 from tandem.fsdriver.change import Change, ChangeKind
 
 W, RESIZE, META, CREATE, REMOVE, RENAME = (

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.engine.module_runner import PeerNews, decode_news, encode_news
-from tandem.engine.module_state import Module, State
+from tandem.engine.failover.module_state import Module, State
+from tandem.engine.failover.runner import PeerNews, decode_news, encode_news
 from tandem.heartbeat.packet import MAX_PAYLOAD
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tandem.engine.module_state import (
+from tandem.engine.failover.module_state import (
     SERVING,
     AcquireVip,
     AppFailed,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engine.module_state import Module, Start, State
-from tandem.engine.module_store import ModuleStore, StoreError
+from tandem.engine.failover.module_state import Module, Start, State
+from tandem.engine.failover.store import ModuleStore, StoreError
 
 
 def test_a_clean_stop_keeps_sure_a_crash_does_not(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import os
 
 import trio
 
-from tandem.engine.raw_socket import RawSocket
+from tandem.engine.replication.raw_socket import RawSocket
 
 
 def test_bytes_keep_their_order_and_two_tasks_may_flush_at_once() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tandem.engine.scripts import ScriptError, ScriptRunner
+from tandem.engine.failover.scripts import ScriptError, ScriptRunner
 
 
 def script(directory: Path, name: str, body: str) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tandem.engine.config import ConfigError
-from tandem.engine.systemd import unit_text
+from tandem.engine.config.modules import ConfigError
+from tandem.engine.node.systemd import unit_text
 
 
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:

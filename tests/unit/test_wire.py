@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tandem.engine.queries import Finish, HashQuery, ListQuery, ProgressNote
-from tandem.engine.wire import (
+from tandem.engine.protocol.connection import (
     MAX_FRAME,
     PROTOCOL_VERSION,
     AckKind,
@@ -35,6 +34,8 @@ from tandem.engine.wire import (
     decode_mutation,
     encode_mutation,
 )
+from tandem.engine.protocol.queries import Finish, HashQuery, ListQuery, ProgressNote
+from tandem.engine.replica.repair import Ensure, LinkIfPresent, Move, RemoveTree, SetXattrs
 from tandem.fsdriver.mutation import (
     CreateFile,
     MakeDirectory,
@@ -52,7 +53,6 @@ from tandem.fsdriver.mutation import (
     Unlink,
     Write,
 )
-from tandem.fsdriver.repair import Ensure, LinkIfPresent, Move, RemoveTree, SetXattrs
 
 SECRET = b"correct horse battery staple"
 

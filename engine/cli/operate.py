@@ -1,0 +1,248 @@
+"""`tandem state`, `tandem verify`, `tandem resync --full`: the operator's side of the control
+sockets each stream's process serves (`tandem.engine.control.channel`).
+
+The JSON shape of `tandem state --json` is documented in docs/operate.md and kept stable:
+fields are added, never renamed or removed, and ``version`` changes if that ever must happen.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tandem.engine.config.modules import ConfigError, check_name
+from tandem.engine.config.paths import app_log, control_socket, module_log, module_socket
+from tandem.engine.control.channel import ControlError, ask
+
+STATE_VERSION = 1
+EXIT_OK = 0
+EXIT_FAILED = 1
+MODULE_COMMANDS = {
+    "start": "start a stopped module on this node (it serves or follows as the peer decides)",
+    "stop": "stop the module on this node (an up-to-date peer takes over)",
+    "restart": "stop then start the module on this node",
+    "swap": "hand the serving role to the peer (in sync first; no acknowledged write lost)",
+    "prim": "make this node serve the module (refused if its copy may be stale, unless --force)",
+    "second": "step down: the up-to-date peer serves, this node follows",
+}
+
+
+def _streams(state_dir: str, module: str) -> list[int]:
+    found = Path(state_dir, "modules", module)
+    try:
+        return sorted(int(entry.name) for entry in found.iterdir() if entry.name.isdigit())
+    except FileNotFoundError:
+        return []
+
+
+def _modules(state_dir: str, wanted: list[str]) -> list[str]:
+    for name in wanted:
+        check_name(name)
+    if wanted:
+        return wanted
+    try:
+        return sorted(entry.name for entry in Path(state_dir, "modules").iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def _stream_states(state_dir: str, module: str) -> list[dict[str, Any]]:
+    streams = []
+    for index in _streams(state_dir, module):
+        try:
+            status = ask(control_socket(state_dir, module, index), "status")
+            status["running"] = True
+        except ControlError as exc:
+            status = {"running": False, "reason": str(exc)}
+        streams.append({"index": index, **status})
+    return streams
+
+
+def _module_state(state_dir: str, module: str) -> dict[str, Any] | None:
+    """The failover state, for a module the node fails over (None for a fixed role)."""
+    path = module_socket(state_dir, module)
+    if not Path(path).exists():
+        return None
+    try:
+        return {"running": True, **ask(path, "state")}
+    except ControlError as exc:
+        return {"running": False, "reason": str(exc)}
+
+
+def show_state(state_dir: str, wanted: list[str], *, as_json: bool) -> int:
+    modules = _modules(state_dir, wanted)
+    report: dict[str, Any] = {"version": STATE_VERSION, "state_dir": state_dir, "modules": {}}
+    complete = bool(modules)
+    for module in modules:
+        failover = _module_state(state_dir, module)
+        streams = _stream_states(state_dir, module)
+        if failover is None or failover["state"] in ("PRIM", "ALONE", "SECOND"):
+            complete = complete and bool(streams) and all(s["running"] for s in streams)
+        else:
+            streams = [s for s in streams if s["running"]]  # no copy served or received: none
+        complete = complete and (failover is None or failover["running"])
+        report["modules"][module] = {"failover": failover, "streams": streams}
+    if as_json:
+        print(json.dumps(report, indent=2))
+    elif not modules:
+        print(f"no module has run on this node (state directory {state_dir})")
+    else:
+        for module, found in report["modules"].items():
+            if found["failover"] is not None:
+                print(f"{module}: {describe_failover(found['failover'])}")
+            elif not found["streams"]:
+                print(f"{module}: never ran on this node")
+            for stream in found["streams"]:
+                print(f"{module}/{stream['index']} {describe_stream(stream)}")
+    return EXIT_OK if complete else EXIT_FAILED
+
+
+def describe_failover(failover: dict[str, Any]) -> str:
+    if not failover["running"]:
+        return f"not running on this node ({failover['reason']})"
+    text = f"{failover['state']} on {failover['node']} ({failover['reason']})"
+    if failover.get("vip"):
+        text += f"; VIP {failover['vip']} {'here' if failover['vip_held'] else 'not here'}"
+    peer = failover["peer"]
+    heartbeat = peer["heartbeat"]["verdict"]
+    if peer["state"]:
+        text += (
+            f"\n  peer {peer['node']}: {peer['state']} ({peer['reason']}); heartbeat {heartbeat}"
+        )
+    else:
+        text += f"\n  peer {peer['node']}: not heard (heartbeat {heartbeat})"
+    return text
+
+
+def module_command(state_dir: str, module: str, command: str, **arguments: Any) -> int:
+    check_name(module)
+    path = module_socket(state_dir, module)
+    if not Path(path).exists():
+        raise ConfigError(
+            f"module {module!r} is not run with failover on this node ({path} is missing; "
+            "is the node running, and the module configured?)"
+        )
+    answer = ask(path, command, timeout=None, **arguments)
+    print(f"{module}: {describe_failover({'running': True, **answer})}")
+    return EXIT_OK
+
+
+def show_log(state_dir: str, module: str, *, app: bool, lines: int) -> int:
+    check_name(module)
+    path = app_log(state_dir, module) if app else module_log(state_dir, module)
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        raise ConfigError(f"no {'application' if app else 'module'} log yet ({path})") from None
+    print("\n".join(text.splitlines()[-lines:]) if lines > 0 else text, end="\n")
+    return EXIT_OK
+
+
+def describe_stream(stream: dict[str, Any]) -> str:
+    if not stream.get("running"):
+        return f"not running on this node ({stream.get('reason')})"
+    where = f"{stream['directory']}: {stream['role']} on {stream['node']}"
+    replication = stream["replication"]
+    if stream["role"] == "secondary":
+        primary = f" (primary {stream['peer']})" if stream.get("peer") else ""
+        text = f"{where}, {replication}{primary}, {stream['applied']} mutations applied"
+        if stream.get("resync"):
+            text += f": {stream['resync']['how']}; {progress_text(stream['resync'])}"
+        return text
+    if replication == "alone":
+        text = f"{where}, ALONE: {stream['reason']}"
+        if stream.get("full_resync_pending"):
+            text += " (a full resync is pending)"
+        return text
+    text = f"{where}, {replication} with {stream['peer']}"
+    resync = stream.get("resync")
+    if resync:
+        text += f": {resync['how']}; {progress_text(resync)}"
+    elif stream.get("last_resync"):
+        last = stream["last_resync"]
+        text += (
+            f" (last resync: {last['how']}, {last['elapsed_s']:.1f} s, "
+            f"{_size(last['bytes_sent'])} sent)"
+        )
+    verify = stream.get("verify")
+    if verify and not verify.get("finished"):
+        text += f"; verifying: {_size(verify['bytes_compared'])} compared"
+    return text
+
+
+def progress_text(progress: dict[str, Any]) -> str:
+    total = progress.get("bytes_total")
+    done = progress["bytes_done"]
+    parts = []
+    if total:
+        parts.append(f"{100 * done / total:.0f}% ({_size(done)} of {_size(total)})")
+    else:
+        parts.append(f"{_size(done)} done (total being counted)")
+    parts.append(f"{progress['paths_done']}/{progress['paths_total']} paths")
+    parts.append(f"{_size(progress['rate_bytes_s'])}/s")
+    if progress.get("eta_s") is not None:
+        parts.append(f"ETA {progress['eta_s']:.0f} s")
+    return ", ".join(parts)
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError
+
+
+def _known_streams(state_dir: str, module: str) -> list[int]:
+    check_name(module)
+    streams = _streams(state_dir, module)
+    if not streams:
+        raise ConfigError(f"module {module!r} never ran on this node (state directory {state_dir})")
+    return streams
+
+
+def run_verify(state_dir: str, module: str, *, as_json: bool) -> int:
+    reports = {}
+    identical = True
+    for index in _known_streams(state_dir, module):
+        try:
+            report = ask(control_socket(state_dir, module, index), "verify", timeout=None)
+        except ControlError as exc:
+            report = {"identical": False, "error": str(exc)}
+        reports[f"{module}/{index}"] = report
+        identical = identical and bool(report.get("identical"))
+    if as_json:
+        print(json.dumps({"identical": identical, "streams": reports}, indent=2))
+    else:
+        for name, report in reports.items():
+            print(f"{name}: {_verify_text(report)}")
+            for path, what in report.get("differences", {}).items():
+                print(f"  {path}: {what}")
+            for path in report.get("not_verified", []):
+                print(f"  {path}: not verified (changed at every look)")
+    return EXIT_OK if identical else EXIT_FAILED
+
+
+def _verify_text(report: dict[str, Any]) -> str:
+    if "error" in report:
+        return f"not verified: {report['error']}"
+    measured = (
+        f"{report['paths_checked']} paths, {_size(report['bytes_compared'])} compared in "
+        f"{report['elapsed_s']:.1f} s ({_size(report['rate_bytes_s'])}/s)"
+    )
+    if report["identical"]:
+        return f"identical ({measured})"
+    unverified = len(report["not_verified"])
+    return (
+        f"{report['difference_count']} difference(s)"
+        + (f", {unverified} path(s) not verified" if unverified else "")
+        + f" ({measured}); `tandem resync --full` repairs them"
+    )
+
+
+def start_full_resync(state_dir: str, module: str) -> int:
+    for index in _known_streams(state_dir, module):
+        answer = ask(control_socket(state_dir, module, index), "resync", full=True)
+        print(f"{module}/{index}: {answer['message']}")
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""What the administrator configures and where the node keeps its state."""

@@ -1,0 +1,1 @@
+"""How commands reach a running process: the Unix control sockets."""

@@ -1,0 +1,1 @@
+"""A throwaway two-node cluster on one machine, and the demo that runs on it."""

@@ -1,0 +1,1 @@
+"""The node process: the modules it runs, and its systemd unit."""

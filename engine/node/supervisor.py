@@ -1,0 +1,137 @@
+"""The node process: runs the modules it is given.
+
+A module given a role (``web=primary``, ``web=secondary``) keeps it: replication only, nothing
+fails over (tests and manual setups). A module given by name alone is run by its
+`ModuleRunner`: the heartbeat, the state machine and the failover decide where it serves.
+
+If a mount child dies the node stops every module and exits non-zero
+(`tandem.engine.replication.copies`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from tandem.engine.config.modules import ConfigError, ModuleConfig
+from tandem.engine.config.paths import (  # noqa: F401  (the names the commands import from here)
+    DEFAULT_STATE_DIR,
+    STATE_DIR_VARIABLE,
+    control_socket,
+    default_state_dir,
+)
+from tandem.engine.failover.runner import ModuleRunner
+from tandem.engine.replication.copies import CopyFailed, receive_copy, serve_copy
+from tandem.fsdriver.mount import notify_systemd
+
+log = logging.getLogger(__name__)
+
+
+class Role(enum.Enum):
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    module: ModuleConfig
+    role: Role | None  # None: the failover layer decides
+
+
+class NodeFailed(Exception):
+    pass
+
+
+class Node:
+    def __init__(
+        self,
+        name: str,
+        assignments: Sequence[Assignment],
+        secret: bytes,
+        secret_file: str,
+        *,
+        state_dir: str = DEFAULT_STATE_DIR,
+        verbose: bool = False,
+    ) -> None:
+        self.name = name
+        self.assignments = list(assignments)
+        self.state_dir = state_dir
+        self._secret = secret
+        self._secret_file = secret_file
+        self._verbose = verbose
+        self.runners: dict[str, ModuleRunner] = {}
+        for assignment in self.assignments:
+            assignment.module.peer_of(name)  # raises ConfigError if this node is not in it
+            if assignment.role is None:
+                self.runners[assignment.module.name] = ModuleRunner(
+                    name, assignment.module, secret, secret_file, state_dir, verbose=verbose
+                )
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for assignment in self.assignments:
+                module = assignment.module
+                if assignment.role is Role.PRIMARY:
+                    await nursery.start(
+                        serve_copy,
+                        self.name,
+                        module,
+                        self._secret_file,
+                        self.state_dir,
+                        self._verbose,
+                    )
+                elif assignment.role is Role.SECONDARY:
+                    await nursery.start(
+                        receive_copy, self.name, module, self._secret, self.state_dir, []
+                    )
+                else:
+                    await nursery.start(self.runners[module.name].run)
+            log.info(
+                "node %s ready: %s",
+                self.name,
+                ", ".join(
+                    f"{a.module.name} {a.role.value if a.role else 'with failover'}"
+                    for a in self.assignments
+                ),
+            )
+            task_status.started()
+
+
+def run_node(node: Node) -> None:
+    """Run until SIGINT/SIGTERM; raises NodeFailed if a module fails on its own."""
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+                _notify(b"READY=1")
+                async for signum in signals:
+                    log.info("node %s stopping (%s)", node.name, signal.Signals(signum).name)
+                    _notify(b"STOPPING=1")
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        failed, _ = group.split((NodeFailed, CopyFailed, ConfigError))
+        if failed is None:
+            raise
+        reasons = sorted({str(leaf) for leaf in _leaves(failed)})
+        raise NodeFailed("; ".join(reasons)) from group
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
+
+
+def _notify(message: bytes) -> None:
+    notify_systemd(message)

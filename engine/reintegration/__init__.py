@@ -1,0 +1,1 @@
+"""Bringing a returning copy up to date: journals, resync plans, the resync and verify."""

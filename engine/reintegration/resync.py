@@ -1,0 +1,758 @@
+"""The serving node's side of a resync: settle every path the plan names while the application
+keeps running, then ask the peer to confirm.
+
+Why resync data can never overwrite a newer write: the resync runs in the mount's event loop,
+and every step that reads the local tree submits what it read *before the next await*. The
+filesystem's own handlers do the same (change the tree and submit, in one step), so the stream
+orders a resync write and an application write exactly as they happened here: a later
+application write is applied after the resync data it supersedes.
+
+Comparisons are the only place where staleness could creep in: the peer answers a query at a
+point of the stream, the local side is read later. A block is skipped as equal only if nothing
+submitted since the query could have changed it (``ChangeClock``); otherwise it is sent as it
+is now.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import stat
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from tandem.engine.protocol.connection import StreamItem
+from tandem.engine.protocol.queries import Finish, HashQuery, ListQuery, Query
+from tandem.engine.reintegration.plan import Need, Plan, Work
+from tandem.engine.replica.repair import (
+    RENAME_EXCHANGE,
+    Ensure,
+    LinkIfPresent,
+    RemoveTree,
+    SetXattrs,
+)
+from tandem.engine.replica.survey import (
+    FOUND,
+    Entry,
+    child_path,
+    decode_entries,
+    decode_hashes,
+    differing_blocks,
+    open_regular,
+    survey,
+    xattr_items,
+)
+from tandem.fsdriver.change import UNBOUNDED
+from tandem.fsdriver.mutation import (
+    MakeHardLink,
+    Mutation,
+    RemoveXattr,
+    Rename,
+    SetAttributes,
+    SetXattr,
+    Stamp,
+    Sync,
+    Unlink,
+    Write,
+)
+from tandem.native.blockhash import hash_blocks
+
+log = logging.getLogger(__name__)
+
+BLOCK = 4096
+COMPARE_CHUNK = 64 << 20  # bytes of a file hashed per query
+SEND_CHUNK = 1 << 20  # bytes per resync Write
+WORKERS = 4  # paths settled at once (their queries overlap)
+MAX_REMEMBERED_CHANGES = 200_000
+
+
+class ResyncStream(Protocol):
+    """What the resync needs from the replication connection."""
+
+    def submit(self, item: StreamItem) -> int:
+        """Queue an item in stream order (never awaits); returns its sequence number."""
+
+    async def ask(self, query: Query) -> bytes:
+        """Submit a query and return the peer's whole answer."""
+
+    async def room(self) -> None:
+        """Return once the connection has room for more (bounded memory)."""
+
+
+class PeerRefused(Exception):
+    pass
+
+
+@dataclass
+class Progress:
+    started: float = field(default_factory=time.monotonic)
+    paths_total: int = 0  # grows as directories are listed
+    paths_done: int = 0
+    bytes_compared: int = 0  # local bytes hashed
+    bytes_sent: int = 0  # file data sent by the resync
+    bytes_done: int = 0  # of the plan's bytes (compared, or sent without comparing)
+    bytes_total: int | None = None  # the plan's bytes, once estimated (a walk of its paths)
+    files_total: int | None = None  # objects under the plan's paths, once estimated
+    unsettled: int = 0  # paths the peer asked to have compared again
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        elapsed = time.monotonic() - self.started
+        rate = self.bytes_done / elapsed if elapsed > 0 else 0.0
+        remaining = None
+        if self.bytes_total is not None and rate > 0:
+            remaining = round(max(0, self.bytes_total - self.bytes_done) / rate, 1)
+        return {
+            "paths_total": max(self.paths_total, self.files_total or 0),
+            "paths_done": self.paths_done,
+            "bytes_total": self.bytes_total,
+            "bytes_done": min(self.bytes_done, self.bytes_total or self.bytes_done),
+            "bytes_compared": self.bytes_compared,
+            "bytes_sent": self.bytes_sent,
+            "unsettled": self.unsettled,
+            "elapsed_s": round(elapsed, 3),
+            "rate_bytes_s": round(rate),
+            "eta_s": remaining,
+        }
+
+
+def estimate(root_fd: int, plan: Plan) -> tuple[int, int]:
+    """(objects, bytes) a plan covers, as the tree is now: what progress is measured against.
+    A walk of names and sizes, far cheaper than the hashing it announces."""
+    objects = size = 0
+    for path, work in plan.work.items():
+        try:
+            st = os.stat(path, dir_fd=root_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        objects += 1
+        if stat.S_ISREG(st.st_mode):
+            if work.need & (Need.TREE | Need.ENTRY):
+                size += st.st_size
+            else:
+                size += sum(max(0, min(end, st.st_size) - start) for start, end in work.ranges)
+        elif stat.S_ISDIR(st.st_mode) and work.need & Need.TREE:
+            found, found_size = _walk_sizes(root_fd, path)
+            objects += found
+            size += found_size
+    return objects, size
+
+
+def _walk_sizes(root_fd: int, top: bytes) -> tuple[int, int]:
+    objects = size = 0
+    stack = [b"/proc/self/fd/%d/%s" % (root_fd, top)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            objects += 1
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    size += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return objects, size
+
+
+class ChangeClock:
+    """What the application changed since a point of the stream (the resync's clock is the
+    number of mutations it observed), so a comparison never trusts an answer it outran."""
+
+    def __init__(self) -> None:
+        self.clock = 0
+        self._names: dict[bytes, int] = {}  # path -> last clock what it names changed
+        self._meta: dict[bytes, int] = {}  # path -> last clock its attributes changed
+        self._ranges: dict[bytes, list[tuple[int, int, int]]] = {}  # path -> (clock, start, end)
+        self._data_clock = 0  # last data change anywhere (hard-linked files change unnamed)
+        self._meta_clock = 0  # last attribute or link-count change anywhere (likewise)
+        # last new name of an existing file: a file with one name now may have had two since
+        # (written through the other, which is gone again)
+        self._link_clock = 0
+        self._forgot_at = 0  # before this clock, everything counts as changed
+
+    def observe(self, mutation: Mutation) -> tuple[bytes, ...]:
+        """Note a mutation; returns paths that now need a comparison of their own (moves)."""
+        self.clock += 1
+        clock = self.clock
+        if len(self._names) + len(self._meta) + len(self._ranges) > MAX_REMEMBERED_CHANGES:
+            self._names.clear()
+            self._meta.clear()
+            self._ranges.clear()
+            self._forgot_at = clock
+        match mutation:
+            case Write(path=path, offset=offset, data=data):
+                self._ranges.setdefault(path, []).append((clock, offset, offset + len(data)))
+                self._data_clock = clock
+            case SetAttributes(path=path, size=size):
+                if size is not None:
+                    self._ranges.setdefault(path, []).append((clock, size, UNBOUNDED))
+                    self._data_clock = clock
+                self._meta[path] = self._meta_clock = clock
+            case SetXattr(path=path) | RemoveXattr(path=path):
+                self._meta[path] = self._meta_clock = clock
+            case Sync(path=path):
+                self._meta[path] = clock
+            case Rename(old=old, new=new, flags=flags):
+                self._names[old] = self._names[new] = clock
+                self._meta_clock = clock  # a replaced name was maybe a link of another file
+                return (old, new) if flags & RENAME_EXCHANGE else (new,)
+            case MakeHardLink(existing=existing, path=path):
+                self._names[existing] = self._names[path] = clock
+                self._meta_clock = self._link_clock = clock  # every name has one more link
+                return (path,)
+            case Unlink(path=path):
+                self._names[path] = self._meta_clock = clock  # its other names lose a link
+            case _:
+                self._names[mutation.path] = clock
+        return ()
+
+    def _named_since(self, path: bytes, since: int) -> bool:
+        probe = path
+        while True:
+            if self._names.get(probe, 0) > since:
+                return True
+            if probe == b".":
+                return False
+            probe = probe.rpartition(b"/")[0] or b"."
+
+    def changed(self, path: bytes, since: int) -> bool:
+        """What ``path`` names (it, a parent, or its attributes) changed since ``since``."""
+        return (
+            since < self._forgot_at
+            or self._named_since(path, since)
+            or self._meta.get(path, 0) > since
+        )
+
+    def attributes_changed(self, path: bytes, since: int, nlink: int) -> bool:
+        """Whether ``path``'s attributes may have changed since ``since`` (through another name
+        too, for a file with several)."""
+        return self.changed(path, since) or (
+            self._linked(nlink, since) and self._meta_clock > since
+        )
+
+    def _linked(self, nlink: int, since: int) -> bool:
+        return nlink > 1 or self._link_clock > since
+
+    def changed_blocks(self, path: bytes, since: int, nlink: int) -> list[tuple[int, int]] | None:
+        """Byte ranges of ``path`` changed since ``since``; None: possibly all of it."""
+        if since < self._forgot_at or self._named_since(path, since):
+            return None
+        if self._linked(nlink, since) and self._data_clock > since:
+            return None
+        return [(start, end) for clock, start, end in self._ranges.get(path, ()) if clock > since]
+
+
+def _depth_key(path: bytes) -> tuple[int, bytes]:
+    return (0 if path == b"." else path.count(b"/") + 1, path)
+
+
+class Resync:
+    def __init__(
+        self,
+        root_fd: int,
+        stream: ResyncStream,
+        generation: str,
+        *,
+        workers: int = WORKERS,
+        bandwidth: float | None = None,  # bytes/s of file data, None: unlimited
+    ) -> None:
+        self._root_fd = root_fd
+        self._stream = stream
+        self._plan = Plan()  # until `adopt`: the history is read after mirroring started
+        self.generation = generation
+        self._workers = workers
+        self._bandwidth = bandwidth
+        self.progress = Progress()
+        self._changes = ChangeClock()
+        self._pending: dict[bytes, Work] = {}
+        self._heap: list[tuple[int, bytes]] = []
+        self._busy = 0
+        self._wakeup = trio.Event()
+        self._unsettled_received = 0
+        self._directories: set[bytes] = set()  # whose times the resync disturbed on the peer
+        self._allowance_at = time.monotonic()
+        # hard-linked files: the name compared first, and when that comparison ended
+        self._links: dict[tuple[int, int], tuple[bytes, trio.Event]] = {}
+        self._their_inodes: dict[int, tuple[int, int]] = {}  # peer's inode -> ours
+
+    def adopt(self, plan: Plan) -> None:
+        """The plan, once read (mutations observed before it are already accounted for)."""
+        self._plan = plan
+
+    # -- what the replicator tells it -------------------------------------------------------
+
+    def observe(self, mutation: Mutation) -> None:
+        """An application mutation entered the stream (same step as the change)."""
+        for path in self._changes.observe(mutation):
+            self._queue(path, Work(Need.TREE))
+
+    def unsettled(self, paths: tuple[bytes, ...]) -> None:
+        self._unsettled_received += 1
+        self.progress.unsettled += len(paths)
+        for path in paths:
+            self._queue(path, Work(Need.TREE))
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def _queue(self, path: bytes, work: Work) -> None:
+        if path in self._pending:
+            self._pending[path].merge(work)
+            return
+        self._pending[path] = work
+        depth, _ = _depth_key(path)
+        heapq.heappush(self._heap, (depth, path))
+        self.progress.paths_total += 1
+        self._wakeup.set()
+
+    async def run(self) -> Progress:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._estimate)
+            await self._settle_all()
+            nursery.cancel_scope.cancel()
+        return self.progress
+
+    async def _estimate(self) -> None:
+        objects, size = await trio.to_thread.run_sync(
+            estimate, self._root_fd, self._plan, abandon_on_cancel=True
+        )
+        self.progress.files_total, self.progress.bytes_total = objects, size
+
+    async def _settle_all(self) -> None:
+        for move in self._plan.moves:
+            self._stream.submit(move)
+        for path, work in self._plan.work.items():
+            self._queue(path, work)
+        while True:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self._workers):
+                    nursery.start_soon(self._worker)
+            await self._restore_directory_times()
+            answer = await self._stream.ask(
+                Finish(self.generation.encode(), self._unsettled_received)
+            )
+            if answer == b"\x01":
+                return
+            if answer != b"\x00":
+                raise PeerRefused(f"the peer answered the resync's end with {answer!r}")
+            if not self._heap:
+                # it asked for more than we have seen yet: the request is on its way
+                await trio.sleep(0.01)
+
+    async def _worker(self) -> None:
+        while True:
+            if not self._heap:
+                if self._busy == 0:
+                    self._wakeup.set()  # let the other workers see the end too
+                    return
+                if self._wakeup.is_set():
+                    self._wakeup = trio.Event()
+                await self._wakeup.wait()  # every idle worker waits on the same event
+                continue
+            _, path = heapq.heappop(self._heap)
+            work = self._pending.pop(path)
+            self._busy += 1
+            try:
+                await self._settle(path, work)
+            finally:
+                self._busy -= 1
+                self.progress.paths_done += 1
+                self._wakeup.set()
+
+    # -- settling one path ------------------------------------------------------------------
+
+    async def _settle(self, path: bytes, work: Work) -> None:
+        if path != b".":
+            self._directories.add(path.rpartition(b"/")[0] or b".")
+        if work.need & Need.TREE:
+            await self._compare_tree(path)
+        elif work.need & Need.ENTRY:
+            await self._compare_object(path, remote=None, known=False, xattrs=True)
+        else:
+            st = self._local(path)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                await self._compare_object(path, remote=None, known=False, xattrs=True)
+                return
+            await trio.to_thread.run_sync(self._prefetch, path, work.ranges)
+            for start, end in work.ranges:
+                await self._send_range(path, start, end, skip_holes=False)
+                self.progress.bytes_done += max(0, min(end, st.st_size) - start)
+            self._finish_object(path, xattrs=bool(work.need & Need.META))
+
+    def _local(self, path: bytes) -> os.stat_result | None:
+        try:
+            return os.stat(path, dir_fd=self._root_fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _ensure_now(self, path: bytes, *, fresh: bool) -> os.stat_result | None:
+        """Make the peer's ``path`` what ours is now (type, owner, mode; not file data)."""
+        st = self._local(path)
+        if st is None:
+            if path != b".":
+                self._stream.submit(RemoveTree(path))
+            return None
+        target = os.readlink(path, dir_fd=self._root_fd) if stat.S_ISLNK(st.st_mode) else b""
+        self._stream.submit(
+            Ensure(path, st.st_mode, st.st_uid, st.st_gid, st.st_rdev, target, fresh=fresh)
+        )
+        if not stat.S_ISLNK(st.st_mode):
+            self._stream.submit(SetXattrs(path, xattr_items(self._root_fd, path)))
+        if stat.S_ISDIR(st.st_mode):
+            self._directories.add(path)
+        return st
+
+    def _finish_object(self, path: bytes, *, xattrs: bool) -> None:
+        """Size, owner, mode and times as they are now (after the data: writes move mtime)."""
+        st = self._local(path)
+        if st is None:
+            return
+        is_link = stat.S_ISLNK(st.st_mode)
+        self._stream.submit(
+            SetAttributes(
+                path,
+                mode=None if is_link else stat.S_IMODE(st.st_mode),
+                uid=st.st_uid,
+                gid=st.st_gid,
+                size=st.st_size if stat.S_ISREG(st.st_mode) else None,
+                stamps=(Stamp(path, st.st_atime_ns, st.st_mtime_ns),),
+            )
+        )
+        if xattrs and not is_link:
+            self._stream.submit(SetXattrs(path, xattr_items(self._root_fd, path)))
+
+    async def _compare_tree(self, path: bytes) -> None:
+        since = self._changes.clock
+        answer = decode_entries(await self._stream.ask(ListQuery(path)))
+        local = await trio.to_thread.run_sync(survey, self._root_fd, path)
+        if local is None:
+            if self._local(path) is None and path != b".":
+                self._stream.submit(RemoveTree(path))
+            elif self._local(path) is not None:
+                self._queue(path, Work(Need.TREE))  # appeared meanwhile: look again
+            return
+        remote = answer[0] if answer else None
+        mine = local[0]
+        if mine.kind != stat.S_IFDIR:
+            differ = remote is None or remote.xattrs != mine.xattrs
+            await self._compare_object(path, remote=remote, known=True, since=since, xattrs=differ)
+            return
+        remote_children: dict[bytes, Entry] = {}
+        if remote is None or remote.kind != stat.S_IFDIR:
+            self._ensure_now(path, fresh=True)  # an empty directory there: we send it all
+        else:
+            assert answer is not None
+            remote_children = {entry.name: entry for entry in answer[1:]}
+            if not mine.same_attributes(remote) or self._changes.changed(path, since):
+                self._ensure_now(path, fresh=False)
+        self._directories.add(path)
+        local_names = {entry.name for entry in local[1:]}
+        for name in sorted(set(remote_children) - local_names):
+            child = child_path(path, name)
+            if self._local(child) is None:  # still gone, as of this step
+                self._stream.submit(RemoveTree(child))
+        limiter = trio.CapacityLimiter(self._workers)
+        linked = []
+        async with trio.open_nursery() as nursery:
+            for entry in local[1:]:
+                child = child_path(path, entry.name)
+                if entry.kind == stat.S_IFDIR:
+                    self._queue(child, Work(Need.TREE))
+                    continue
+                theirs = remote_children.get(entry.name)
+                if self._same_small_file(child, entry, theirs, since):
+                    continue
+                differ = theirs is None or theirs.xattrs != entry.xattrs
+                if entry.nlink > 1 and entry.kind == stat.S_IFREG:
+                    linked.append((child, theirs, differ))  # after the others: see _link_to
+                    continue
+                nursery.start_soon(self._compare_child, limiter, child, theirs, since, differ)
+        for child, theirs, differ in linked:
+            await self._compare_child(limiter, child, theirs, since, differ)
+
+    def _same_small_file(self, path: bytes, mine: Entry, theirs: Entry | None, since: int) -> bool:
+        """A small file whose listed content digests agree, untouched since the listing: only
+        its attributes may need setting (one step, no query). False: compare it the long way."""
+        if (
+            theirs is None
+            or not mine.content
+            or mine.content != theirs.content
+            or mine.size != theirs.size
+            or mine.nlink != 1
+            or theirs.nlink != 1
+            or mine.kind != stat.S_IFREG
+            or theirs.kind != stat.S_IFREG
+            or self._changes.changed(path, since)
+            or self._changes.changed_blocks(path, since, 1) != []
+        ):
+            return False
+        if not mine.same_attributes(theirs) or mine.mtime_ns != theirs.mtime_ns:
+            self._finish_object(path, xattrs=mine.xattrs != theirs.xattrs)
+        self.progress.paths_done += 1
+        self.progress.paths_total += 1
+        self.progress.bytes_compared += mine.size
+        self.progress.bytes_done += mine.size
+        return True
+
+    async def _compare_child(
+        self,
+        limiter: trio.CapacityLimiter,
+        path: bytes,
+        remote: Entry | None,
+        since: int,
+        xattrs: bool,
+    ) -> None:
+        async with limiter:
+            await self._compare_object(path, remote=remote, known=True, since=since, xattrs=xattrs)
+            self.progress.paths_done += 1
+            self.progress.paths_total += 1
+
+    async def _compare_object(
+        self,
+        path: bytes,
+        *,
+        remote: Entry | None,
+        known: bool,
+        since: int = 0,
+        xattrs: bool,
+    ) -> None:
+        """Settle one object. ``known``: ``remote`` is the peer's entry as of ``since``
+        (None: nothing there); otherwise the peer's state is unknown."""
+        st = self._local(path)
+        if st is None:
+            self._ensure_now(path, fresh=False)  # nothing here: nothing there either
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if known:
+                self._queue(path, Work(Need.TREE))
+            else:
+                # a directory the journal saw created: its entries have records of their own
+                self._ensure_now(path, fresh=True)
+                self._finish_object(path, xattrs=False)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            mine = survey(self._root_fd, path)
+            if (
+                not known
+                or remote is None
+                or mine is None
+                or not mine[0].same_object(remote)
+                or not mine[0].same_attributes(remote)
+                or self._changes.changed(path, since)
+            ):
+                self._ensure_now(path, fresh=False)
+            self._finish_object(path, xattrs=False)  # times too: cheaper than comparing them
+            return
+        claim: trio.Event | None = None
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            claimed = self._links.get(key)
+            if claimed is not None and claimed[0] != path:
+                await claimed[1].wait()
+                if self._link_to(claimed[0], path, key):
+                    # writes through this name before the link reached the peer's old file
+                    # there, not the linked one: compare the linked file again
+                    await self._compare_file(path, check_links=False)
+                    self._finish_object(path, xattrs=True)
+                    return
+            else:
+                claim = trio.Event()
+                self._links[key] = (path, claim)
+        try:
+            if known and (remote is None or remote.kind != stat.S_IFREG):
+                await self._send_new_file(path)
+            elif await self._compare_file(path):
+                self._finish_object(path, xattrs=xattrs)
+            else:
+                await self._send_new_file(path)
+        finally:
+            if claim is not None:
+                claim.set()
+
+    def _link_to(self, settled: bytes, path: bytes, key: tuple[int, int]) -> bool:
+        """Another name of this file was settled by this resync: link to it there (one step)
+        instead of comparing a second copy, so the peer keeps the names one file."""
+        for name in (settled, path):
+            now = self._local(name)
+            if now is None or (now.st_dev, now.st_ino) != key:
+                return False
+        self._stream.submit(LinkIfPresent(settled, path))
+        return True
+
+    async def _send_new_file(self, path: bytes) -> None:
+        """The peer has no such file (or another kind of object): a new one, all its data."""
+        st = self._ensure_now(path, fresh=True)
+        await self._send_range(path, 0, UNBOUNDED, skip_holes=True)
+        self._finish_object(path, xattrs=False)
+        if st is not None:
+            self.progress.bytes_done += st.st_size
+
+    async def _compare_file(self, path: bytes, *, check_links: bool = True) -> bool:
+        """Send the blocks that differ; False when the peer has no file there to compare, or
+        one whose links differ from ours (writing into it would change its other names)."""
+        offset = 0
+        while True:
+            since = self._changes.clock
+            theirs_box: list[bytes] = []
+            async with trio.open_nursery() as nursery:
+                query = HashQuery(path, offset, COMPARE_CHUNK, BLOCK)
+                nursery.start_soon(self._ask_into, theirs_box, query)
+                mine = await self._hash_local(path, offset)
+            if mine is None:
+                return True  # gone or replaced meanwhile: its own mutations say what happened
+            st, local_hashes = mine
+            theirs = decode_hashes(theirs_box[0])
+            if theirs.status != FOUND:
+                if offset == 0:
+                    return False
+                self._queue(path, Work(Need.TREE))  # replaced there mid-way: look again
+                return True
+            if offset == 0 and check_links and not self._same_links(st, theirs.ino, theirs.nlink):
+                return False
+            self.progress.bytes_compared += len(local_hashes) * BLOCK
+            self.progress.bytes_done += max(0, min(COMPARE_CHUNK, st.st_size - offset))
+            changed = self._changes.changed_blocks(path, since, st.st_nlink)
+            await self._send_differences(path, offset, local_hashes, theirs.hashes, changed)
+            offset += COMPARE_CHUNK
+            if offset >= max(st.st_size, theirs.size):
+                return True
+
+    def _same_links(self, st: os.stat_result, their_ino: int, their_nlink: int) -> bool:
+        """Whether the peer's file is linked as ours is (as far as this resync has seen)."""
+        if their_nlink != st.st_nlink:
+            return False
+        if st.st_nlink == 1:
+            return True
+        mine = (st.st_dev, st.st_ino)
+        return self._their_inodes.setdefault(their_ino, mine) == mine
+
+    async def _ask_into(self, box: list[bytes], query: Query) -> None:
+        box.append(await self._stream.ask(query))
+
+    async def _hash_local(
+        self, path: bytes, offset: int
+    ) -> tuple[os.stat_result, array[int]] | None:
+        with open_regular(self._root_fd, path) as opened:
+            if opened is None:
+                return None
+            fd, st = opened
+            length = max(0, min(COMPARE_CHUNK, st.st_size - offset))
+            hashes = await trio.to_thread.run_sync(hash_blocks, fd, offset, length, BLOCK)
+            return st, hashes
+
+    async def _send_differences(
+        self,
+        path: bytes,
+        offset: int,
+        mine: array[int],
+        theirs: array[int],
+        changed: list[tuple[int, int]] | None,
+    ) -> None:
+        if changed is None:
+            await self._send_range(path, offset, offset + COMPARE_CHUNK, skip_holes=False)
+            return
+        # a block only one side had when hashed differs: what we have there now is sent (nothing
+        # if we still have nothing: the final size settles that)
+        differing = differing_blocks(mine, theirs)
+        dirty_blocks: set[int] = set()
+        for start, end in changed:
+            first = max(start, offset) // BLOCK
+            last = (min(end, offset + COMPARE_CHUNK) + BLOCK - 1) // BLOCK
+            dirty_blocks.update(range(first - offset // BLOCK, last - offset // BLOCK))
+        blocks = sorted(
+            set(differing) | {b for b in dirty_blocks if 0 <= b < COMPARE_CHUNK // BLOCK}
+        )
+        run_start = None
+        previous = -2
+        for block in [*blocks, -1]:
+            if block != previous + 1 and run_start is not None:
+                await self._send_range(
+                    path, offset + run_start * BLOCK, offset + (previous + 1) * BLOCK, False
+                )
+                run_start = None
+            if block >= 0 and run_start is None:
+                run_start = block
+            previous = block
+
+    def _prefetch(self, path: bytes, ranges: list[tuple[int, int]]) -> None:
+        """Have the kernel read every range at once: one by one, scattered blocks cost a disk
+        round trip each (the reads that send them then find them cached)."""
+        with open_regular(self._root_fd, path) as opened:
+            if opened is None:
+                return
+            fd, st = opened
+            for start, end in ranges:
+                length = min(end, st.st_size) - start
+                if length > 0:
+                    os.posix_fadvise(fd, start, length, os.POSIX_FADV_WILLNEED)
+
+    async def _send_range(self, path: bytes, start: int, end: int, skip_holes: bool) -> None:
+        """Send [start, end) of ``path`` as it is now, one chunk per step."""
+        position = start
+        while position < end:
+            sent = self._send_chunk(path, position, end, skip_holes)
+            if sent is None:
+                return
+            position, size = sent
+            await self._pace(size)
+
+    def _send_chunk(
+        self, path: bytes, position: int, end: int, skip_holes: bool
+    ) -> tuple[int, int] | None:
+        """One atomic step: read and submit; returns where the next chunk starts and how much
+        was sent (None: nothing more to send)."""
+        with open_regular(self._root_fd, path) as opened:
+            if opened is None:
+                return None
+            fd, st = opened
+            stop = min(end, st.st_size)
+            if position >= stop:
+                if end > st.st_size:
+                    # nothing here from `position` on, as of now: neither may the peer have
+                    # (data it holds there would outlive a later extension of the file)
+                    self._stream.submit(SetAttributes(path, size=st.st_size))
+                return None
+            if skip_holes:
+                try:
+                    position = os.lseek(fd, position, os.SEEK_DATA)
+                    stop = min(stop, os.lseek(fd, position, os.SEEK_HOLE))
+                except OSError:
+                    return None  # only a hole remains (ENXIO)
+                if position >= min(end, st.st_size):
+                    return None
+            data = os.pread(fd, min(SEND_CHUNK, stop - position), position)
+        if not data:
+            return None
+        self._stream.submit(Write(path, position, data))
+        self.progress.bytes_sent += len(data)
+        return position + len(data), len(data)
+
+    async def _pace(self, sent: int) -> None:
+        await self._stream.room()
+        if self._bandwidth:
+            self._allowance_at = max(self._allowance_at, time.monotonic()) + (
+                sent / self._bandwidth
+            )
+            delay = self._allowance_at - time.monotonic()
+            if delay > 0:
+                await trio.sleep(delay)
+
+    async def _restore_directory_times(self) -> None:
+        """Creating and removing entries moved the peer's directory times: set them as ours."""
+        for directory in sorted(self._directories, key=_depth_key, reverse=True):
+            st = self._local(directory)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self._stream.submit(
+                    SetAttributes(
+                        directory, stamps=(Stamp(directory, st.st_atime_ns, st.st_mtime_ns),)
+                    )
+                )
+        self._directories.clear()
+        await self._stream.room()

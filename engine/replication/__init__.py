@@ -1,0 +1,2 @@
+"""The replication streams: the primary's replicator, the secondary's receiver, the copies a
+node serves or receives."""

@@ -1,0 +1,218 @@
+"""A module's copy on this node, served or received.
+
+Served: each directory mounted by its own `tandem mount` child process (pyfuse3 serves one mount
+per process) replicating to the peer. Received: every directory received in this process, each
+on ``port + index``, the copies read-only to applications. Each runs as a task until cancelled;
+cancelling a served copy unmounts it, which first drains every acknowledged write to the peer.
+
+A mount child that dies on its own ends the node (`CopyFailed`): a primary that silently lost
+its mount would acknowledge nothing, or worse, let the application write underneath.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from contextlib import ExitStack
+
+import trio
+
+from tandem.engine.config.modules import ModuleConfig
+from tandem.engine.config.paths import control_socket, journal_dir, stream_dir
+from tandem.engine.control.channel import serve_control
+from tandem.engine.protocol.connection import Identity
+from tandem.engine.reintegration.journal import SecondaryJournal
+from tandem.engine.replication.commands import secondary_commands
+from tandem.engine.replication.receiver import Receiver, secondary_copy
+from tandem.fsdriver.mount import check_target, is_tandem_mount
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE = 30.0
+
+
+class CopyFailed(Exception):
+    pass
+
+
+def stream_identity(node: str, module: ModuleConfig, index: int) -> Identity:
+    """Each directory of a module is its own replication stream, named ``module/index``."""
+    return Identity(node, f"{module.name}/{index}")
+
+
+def make_stream_dir(state_dir: str, module: ModuleConfig, index: int) -> None:
+    path = stream_dir(state_dir, module.name, index)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise CopyFailed(f"cannot create the state directory {path}: {exc.strerror}") from None
+
+
+def mount_command(
+    node: str,
+    module: ModuleConfig,
+    index: int,
+    secret_file: str,
+    state_dir: str,
+    verbose: bool,
+) -> list[str]:
+    _, peer_address = module.peer_of(node)
+    host = f"[{peer_address}]" if ":" in peer_address else peer_address
+    command = [sys.executable, "-m", "tandem.engine.cli"]
+    if verbose:
+        command.append("--verbose")
+    command += ["mount", module.directories[index]]
+    command += ["--replicate-to", f"{host}:{module.port_of(index)}"]
+    command += ["--secret-file", secret_file, "--ack", module.ack]
+    command += ["--timeout", repr(module.timeout)]
+    command += ["--module", stream_identity(node, module, index).module, "--node", node]
+    command += ["--journal", journal_dir(state_dir, module.name, index)]
+    command += ["--control", control_socket(state_dir, module.name, index)]
+    if module.resync_bandwidth is not None:
+        command += ["--resync-bandwidth", repr(module.resync_bandwidth)]
+    return command
+
+
+def _child_environment() -> dict[str, str]:
+    # the node alone speaks to systemd; a child's READY would be taken for the node's
+    return {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+
+
+async def spawn_ready_mounts(
+    node: str, module: ModuleConfig, secret_file: str, state_dir: str, verbose: bool
+) -> list[trio.Process]:
+    """One mount child per directory, started now but mounting only when told "go"
+    (`serve_copy`); closing their stdin makes them exit."""
+    ready = []
+    for index in range(len(module.directories)):
+        command = mount_command(node, module, index, secret_file, state_dir, verbose)
+        ready.append(
+            await trio.lowlevel.open_process(
+                [*command, "--wait-for-go"], env=_child_environment(), stdin=subprocess.PIPE
+            )
+        )
+    return ready
+
+
+async def dismiss_ready_mounts(ready: list[trio.Process]) -> None:
+    for process in ready:
+        if process.stdin is not None:
+            await process.stdin.aclose()
+    for process in ready:
+        with trio.move_on_after(STOP_GRACE):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def serve_copy(
+    node: str,
+    module: ModuleConfig,
+    secret_file: str,
+    state_dir: str,
+    verbose: bool,
+    ready: list[trio.Process] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Mount every directory (with the children of `spawn_ready_mounts` if given); started
+    once all are mounted; unmounts them when cancelled."""
+    async with trio.open_nursery() as nursery:
+        for index in range(len(module.directories)):
+            process = ready[index] if ready else None
+            await nursery.start(
+                _run_mount, node, module, index, secret_file, state_dir, verbose, process
+            )
+        task_status.started()
+
+
+async def _run_mount(
+    node: str,
+    module: ModuleConfig,
+    index: int,
+    secret_file: str,
+    state_dir: str,
+    verbose: bool,
+    ready: trio.Process | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    directory = module.directories[index]
+    check_target(directory)
+    make_stream_dir(state_dir, module, index)
+    process = ready
+    if process is not None and process.poll() is None and process.stdin is not None:
+        try:
+            await process.stdin.send_all(b"go\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            process = None  # it died meanwhile: start one now
+    else:
+        process = None
+    if process is None:
+        command = mount_command(node, module, index, secret_file, state_dir, verbose)
+        process = await trio.lowlevel.open_process(command, env=_child_environment())
+    try:
+        while not is_tandem_mount(directory):
+            if process.poll() is not None:
+                raise CopyFailed(
+                    f"module {module.name}: mounting {directory} failed "
+                    f"(exit code {process.returncode}; see the messages above)"
+                )
+            await trio.sleep(0.02)
+        log.info("module %s: primary for %s", module.name, directory)
+        task_status.started()
+        code = await process.wait()
+        raise CopyFailed(
+            f"module {module.name}: the mount of {directory} ended unexpectedly "
+            f"(exit code {code}); stopping the node"
+        )
+    finally:
+        with trio.CancelScope(shield=True):
+            await _stop_child(process)
+
+
+async def _stop_child(process: trio.Process) -> None:
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    with trio.move_on_after(STOP_GRACE):
+        await process.wait()
+        return
+    log.error("mount process %d did not stop within %g s; killing it", process.pid, STOP_GRACE)
+    process.kill()
+    await process.wait()
+
+
+async def receive_copy(
+    node: str,
+    module: ModuleConfig,
+    secret: bytes,
+    state_dir: str,
+    receivers: list[Receiver],
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Receive every directory (``receivers`` is filled with their receivers); started once all
+    listen; stops receiving and makes the copies writable again when cancelled."""
+    listen = module.nodes[node]
+    with ExitStack() as cleanup:
+        async with trio.open_nursery() as nursery:
+            for index, directory in enumerate(module.directories):
+                make_stream_dir(state_dir, module, index)
+                root_fd = cleanup.enter_context(secondary_copy(directory))
+                receiver = Receiver(
+                    root_fd,
+                    stream_identity(node, module, index),
+                    secret,
+                    durable=module.ack == "durable",
+                    handshake_timeout=module.timeout,
+                    journal=SecondaryJournal(journal_dir(state_dir, module.name, index)),
+                )
+                receivers.append(receiver)
+                await nursery.start(receiver.serve, listen, module.port_of(index))
+                commands = secondary_commands(receiver, directory)
+                control = control_socket(state_dir, module.name, index)
+                await nursery.start(serve_control, control, commands)
+                log.info("module %s: secondary for %s", module.name, directory)
+            task_status.started()

@@ -1,0 +1,403 @@
+"""The secondary's side of replication: accepts one authenticated primary at a time, applies its
+mutations in sequence order to the local copy, and acknowledges them (received, applied, and in
+durable mode durable). A mutation it cannot apply (disk full, copies diverged) is reported to the
+primary, which then goes on alone: the copy is never left with a silent gap.
+
+Each connection starts with a resync: the secondary first says where its copy stands (from its
+journal directory: the generation it shares with a primary, the paths it changed itself), then
+applies the stream *tolerantly* (what it cannot apply, it names back as UNSETTLED instead of
+failing) and answers the primary's queries, until the primary's Finish finds nothing unsettled
+left: the copy is then made durable, the new generation recorded, and applying becomes strict.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import cast
+
+import trio
+
+from tandem.engine.protocol.connection import (
+    MAX_FRAME,
+    AckKind,
+    Authenticated,
+    Connection,
+    ConnectionFailed,
+    Event,
+    Identity,
+    MutationReceived,
+    PeerError,
+    PeerState,
+    Role,
+    State,
+    StreamItem,
+)
+from tandem.engine.protocol.queries import Finish, HashQuery, ListQuery, ProgressNote, Query
+from tandem.engine.reintegration.journal import SecondaryJournal
+from tandem.engine.reintegration.plan import plan_from_history
+from tandem.engine.replica.durability import make_durable
+from tandem.engine.replica.repair import REPAIR_TYPES, apply_repair, apply_tolerantly
+from tandem.engine.replica.replay import apply
+from tandem.engine.replica.survey import encode_entries, encode_hashes, hash_file_range, survey
+from tandem.engine.replication.raw_socket import RawSocket
+from tandem.engine.replication.replicator import RECEIVE_SIZE
+from tandem.fsdriver.mount import check_target, open_root
+from tandem.fsdriver.mutation import Mutation
+from tandem.fsdriver.syscall import syncfs
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class ApplyError(Exception):
+    pass
+
+
+MAX_REPORTED_PATHS = 100_000  # beyond, the peer is told to compare everything
+RESULT_PART = MAX_FRAME // 2
+MAX_HASHES_PER_QUERY = 1 << 20
+
+
+def _apply_batch(
+    root_fd: int, batch: list[tuple[int, StreamItem]], durable: bool, tolerant: bool
+) -> list[bytes]:
+    """Apply in order; returns the paths a tolerant application could not settle."""
+    unsettled: list[bytes] = []
+    for seq, item in batch:
+        try:
+            if isinstance(item, ProgressNote):
+                continue  # read when it arrived
+            if isinstance(item, REPAIR_TYPES):
+                unsettled.extend(apply_repair(root_fd, item))
+            elif tolerant:
+                unsettled.extend(apply_tolerantly(root_fd, cast(Mutation, item)))
+            else:
+                apply(root_fd, cast(Mutation, item))  # queries never reach a batch
+        except OSError as exc:
+            what = type(item).__name__
+            path = getattr(item, "path", getattr(item, "old", b"?"))
+            name = errno.errorcode.get(exc.errno or 0, "error")
+            raise ApplyError(
+                f"cannot apply mutation {seq} ({what} {path!r}): {name} {exc.strerror}"
+            ) from None
+    if durable:
+        make_durable(root_fd, [item for _, item in batch])
+    return unsettled
+
+
+def answer_query(root_fd: int, query: Query) -> bytes:
+    match query:
+        case ListQuery(path=path):
+            return encode_entries(survey(root_fd, path))
+        case HashQuery(path=path, offset=offset, length=length, block=block):
+            if block < 512 or length // block > MAX_HASHES_PER_QUERY:
+                raise ApplyError(f"refused a hash query of {length} bytes in {block}-byte blocks")
+            return encode_hashes(hash_file_range(root_fd, path, offset, length, block))
+    raise TypeError(f"not a query: {query!r}")
+
+
+class Receiver:
+    def __init__(
+        self,
+        root_fd: int,
+        identity: Identity,
+        secret: bytes,
+        *,
+        durable: bool,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        journal: SecondaryJournal | None = None,
+    ) -> None:
+        self._handshake_timeout = handshake_timeout
+        self._journal = journal
+        self.in_sync = False
+        self._root_fd = root_fd
+        self.identity = identity
+        self._secret = secret
+        self._durable = durable
+        self._current: tuple[trio.CancelScope, trio.Event] | None = None
+        self.applied = 0  # mutations applied over this process's life (for status and tests)
+        self._primary = ""  # the connected primary's node name
+        self._progress: dict[str, object] | None = None  # the primary's last progress note
+        self._progress_at = 0.0
+
+    def status(self) -> dict[str, object]:
+        if self._current is None:
+            replication = "waiting for the primary"
+        else:
+            replication = "in sync" if self.in_sync else "resyncing"
+        resync = None
+        if replication == "resyncing" and self._progress is not None:
+            age = round(time.monotonic() - self._progress_at, 1)
+            resync = {**self._progress, "reported_s_ago": age}
+        return {
+            "role": "secondary",
+            "node": self.identity.node,
+            "module": self.identity.module,
+            "peer": self._primary or None,
+            "replication": replication,
+            "resync": resync,
+            "applied": self.applied,
+        }
+
+    def _note(self, note: ProgressNote) -> None:
+        try:
+            progress = json.loads(note.body)
+        except ValueError:
+            return  # a status line, not worth a session
+        if isinstance(progress, dict):
+            self._progress, self._progress_at = progress, time.monotonic()
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        log.info("waiting for the primary of %s on %s:%d", self.identity.module, host, port)
+        await trio.serve_listeners(self.handle, listeners, task_status=task_status)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            connection = Connection(Role.RESPONDER, self.identity, self._secret)
+            try:
+                with trio.move_on_after(self._handshake_timeout) as waited:
+                    first_events = await self._handshake(stream, connection)
+                if waited.cancelled_caught:
+                    log.warning(
+                        "a peer did not complete the handshake within %g s; connection closed",
+                        self._handshake_timeout,
+                    )
+                    return
+                if first_events is None:
+                    return
+                await self._take_over()
+                done = trio.Event()
+                with trio.CancelScope() as scope, RawSocket(stream) as raw:
+                    self._current = (scope, done)
+                    try:
+                        connection.send_peer_state(await self._where_the_copy_stands())
+                        await raw.send_all(connection.bytes_to_send())
+                        if self._journal is not None:
+                            self._journal.begin_receiving()
+                        await self._session(raw, connection, first_events)
+                    finally:
+                        self.in_sync = False
+                        with trio.CancelScope(shield=True):
+                            await self._end_receiving()
+                        done.set()
+                        if self._current is not None and self._current[0] is scope:
+                            self._current = None
+                if scope.cancelled_caught:
+                    log.info("the previous connection from the primary was closed")
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.warning("connection from the primary lost: %s", exc)
+
+    async def _handshake(
+        self, stream: trio.SocketStream, connection: Connection
+    ) -> list[Event] | None:
+        """Authenticate the peer; returns the events that followed its proof, or None."""
+        while True:
+            outgoing = connection.bytes_to_send()
+            if outgoing:
+                await stream.send_all(outgoing)
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                log.info("a peer closed the connection during the handshake")
+                return None
+            events = connection.receive(data)
+            for index, event in enumerate(events):
+                if isinstance(event, Authenticated):
+                    log.info("primary %s connected (protocol %d)", event.peer_node, event.version)
+                    self._primary = event.peer_node
+                    return events[index + 1 :]
+                if isinstance(event, ConnectionFailed | PeerError):
+                    log.error("refused a peer: %s", event.reason)
+                    with trio.move_on_after(1):
+                        await stream.send_all(connection.bytes_to_send())
+                    return None
+
+    async def _where_the_copy_stands(self) -> PeerState:
+        if self._journal is None:
+            return PeerState("", False, False, ())
+        history = await trio.to_thread.run_sync(self._journal.history)
+        if not history.complete:
+            log.info("this copy's own changes are unknown (%s)", history.why_incomplete)
+            return PeerState(history.generation, False, history.served_alone, ())
+        paths = plan_from_history(history).paths()
+        if len(paths) > MAX_REPORTED_PATHS:
+            return PeerState(history.generation, False, history.served_alone, ())
+        if paths:
+            log.warning(
+                "this copy changed %d path(s) since it last agreed with a primary%s; "
+                "the primary's versions replace them",
+                len(paths),
+                " (it served alone meanwhile)" if history.served_alone else "",
+            )
+        return PeerState(history.generation, True, history.served_alone, tuple(paths))
+
+    async def _end_receiving(self) -> None:
+        """Mark the copy cleanly left (trusted after a reboot) once what it holds is on disk."""
+        if self._journal is None:
+            return
+        try:
+            await trio.to_thread.run_sync(syncfs, self._root_fd)
+            self._journal.end_receiving()
+        except OSError as exc:
+            log.warning("could not mark the copy cleanly left: %s", exc.strerror)
+
+    async def _take_over(self) -> None:
+        """A primary that proved itself replaces one that went silent (a dead host leaves a
+        half-open connection behind). The old session ends before the new one applies."""
+        if self._current is None:
+            return
+        scope, done = self._current
+        log.warning("a new connection from the primary replaces the previous one")
+        scope.cancel()
+        await done.wait()
+
+    async def _session(self, raw: RawSocket, connection: Connection, events: list[Event]) -> None:
+        expected = 1
+        tolerant = True  # until the resync is confirmed
+        unsettled_sent = 0
+        while True:
+            batch: list[tuple[int, StreamItem]] = []
+            for event in events:
+                if isinstance(event, MutationReceived):
+                    if event.seq != expected:
+                        connection.send_error(f"expected mutation {expected}, got {event.seq}")
+                        log.error("out-of-order mutation %d (expected %d)", event.seq, expected)
+                        break
+                    expected += 1
+                    item = event.mutation
+                    if isinstance(item, ProgressNote):
+                        self._note(item)
+                    if not isinstance(item, ListQuery | HashQuery | Finish):
+                        batch.append((event.seq, item))
+                        continue
+                    # a query sees every mutation before it applied, and nothing after
+                    sent = await self._apply(raw, connection, batch, tolerant)
+                    if sent is None:
+                        return
+                    unsettled_sent += sent
+                    batch = []
+                    if isinstance(item, Finish):
+                        finished = tolerant and item.unsettled == unsettled_sent
+                        if finished:
+                            await self._confirm(item.generation.decode(errors="replace"))
+                            tolerant = False
+                        connection.send_result(
+                            event.seq, b"\x01" if finished else b"\x00", final=True
+                        )
+                    else:
+                        try:
+                            body = await trio.to_thread.run_sync(answer_query, self._root_fd, item)
+                        except ApplyError as exc:
+                            connection.send_error(str(exc))
+                            await raw.send_all(connection.bytes_to_send())
+                            return
+                        for start in range(0, max(len(body), 1), RESULT_PART):
+                            final = start + RESULT_PART >= len(body)
+                            connection.send_result(
+                                event.seq, body[start : start + RESULT_PART], final=final
+                            )
+                    self._acknowledge(connection, event.seq)
+                    await raw.send_all(connection.bytes_to_send())
+                elif isinstance(event, ConnectionFailed):
+                    log.error("the primary sent something invalid: %s", event.reason)
+                elif isinstance(event, PeerError):
+                    log.warning("the primary ended replication: %s", event.reason)
+            if batch:
+                connection.send_ack(AckKind.RECEIVED, batch[-1][0])
+                sent = await self._apply(raw, connection, batch, tolerant)
+                if sent is None:
+                    return
+                unsettled_sent += sent
+                self._acknowledge(connection, batch[-1][0])
+            outgoing = connection.bytes_to_send()
+            if outgoing:
+                await raw.send_all(outgoing)
+            if connection.state is State.CLOSED:
+                return
+            data = await raw.receive()
+            if not data:
+                log.info("the primary closed the connection")
+                return
+            events = connection.receive(data)
+
+    async def _apply(
+        self,
+        raw: RawSocket,
+        connection: Connection,
+        batch: list[tuple[int, StreamItem]],
+        tolerant: bool,
+    ) -> int | None:
+        """Apply a batch; returns how many UNSETTLED requests that took (0 or 1), None when it
+        failed (the primary was told, the session ends)."""
+        if not batch:
+            return 0
+        unsettled: list[bytes] = []
+        try:
+            if self._durable or tolerant:
+                # syncfs and resync repairs can take long: keep the loop free (a new primary
+                # may come)
+                unsettled = await trio.to_thread.run_sync(
+                    _apply_batch, self._root_fd, batch, self._durable, tolerant
+                )
+            else:
+                # applying is a few syscalls per mutation: a thread hop would cost more than it
+                # saves, and this connection has nothing else to do meanwhile
+                _apply_batch(self._root_fd, batch, False, False)
+        except ApplyError as exc:
+            log.error("%s; the primary will go on alone", exc)
+            connection.send_error(str(exc))
+            await raw.send_all(connection.bytes_to_send())
+            return None
+        self.applied += len(batch)
+        if not unsettled:
+            return 0
+        connection.send_unsettled(tuple(dict.fromkeys(unsettled)))
+        return 1
+
+    def _acknowledge(self, connection: Connection, seq: int) -> None:
+        connection.send_ack(AckKind.APPLIED, seq)
+        if self._durable:
+            connection.send_ack(AckKind.DURABLE, seq)
+
+    async def _confirm(self, generation: str) -> None:
+        """The resync is over: the copy equals the primary's. Durable first, then said so."""
+        await trio.to_thread.run_sync(syncfs, self._root_fd)
+        if self._journal is not None:
+            await trio.to_thread.run_sync(self._journal.adopt_generation, generation)
+        self.in_sync = True
+        log.info("this copy is up to date (generation %s)", generation)
+
+
+@contextmanager
+def secondary_copy(directory: str) -> Iterator[int]:
+    """The secondary's copy of ``directory``: a descriptor to apply through, while the path
+    itself is read-only to applications."""
+    path = check_target(directory)
+    with open_root(path) as root_fd, read_only_in_place(path):
+        yield root_fd
+
+
+@contextmanager
+def read_only_in_place(path: str) -> Iterator[None]:
+    """Make ``path`` read-only to applications (a read-only bind mount over itself) while this
+    process keeps writing through a descriptor opened before. Removed on exit."""
+    subprocess.run(["mount", "--bind", path, path], check=True, capture_output=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", path], check=True, capture_output=True)
+        yield
+    finally:
+        done = subprocess.run(["umount", path], capture_output=True)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", path], capture_output=True)

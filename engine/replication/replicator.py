@@ -1,0 +1,570 @@
+"""The primary's network `ReplicationSink`: each mutation gets the next sequence number, goes to
+the peer over one pipelined connection, and its receipt completes when the peer acknowledges it
+(applied or durable, per the module's mode). If the peer does not answer within the timeout the
+replicator stops waiting, goes on alone and says why; it never hangs a writer forever.
+
+Every connection starts with a resync (`tandem.engine.reintegration.resync`): from the step the
+connection is ready, new mutations are mirrored at once, but their receipts do not wait for the
+peer (its copy is not up to date yet; the journal keeps naming them) until the peer confirms the
+resync. Then the connection is "in sync" and receipts wait for acknowledgements again. A lost
+peer is reconnected every ``retry`` seconds, for as long as the mount lives.
+
+Concurrency: `submit` is synchronous (the filesystem calls it inside its atomic step, so the
+sequence order is the order changes hit the disk) and hands the frame to the socket right there
+(`RawSocket.send_soon`: no task switch before it leaves); only `Receipt.wait` awaits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from tandem.engine.protocol.connection import (
+    AckKind,
+    Acknowledged,
+    Authenticated,
+    Connection,
+    ConnectionFailed,
+    Event,
+    Identity,
+    PeerError,
+    PeerState,
+    QueryAnswered,
+    Role,
+    StreamItem,
+    UnsettledPaths,
+)
+from tandem.engine.protocol.queries import ProgressNote, Query
+from tandem.engine.reintegration.journal import ChangeJournal
+from tandem.engine.reintegration.plan import Plan, compare_paths, full_plan, plan_from_history
+from tandem.engine.reintegration.resync import PeerRefused, Resync
+from tandem.engine.reintegration.verify import Verify
+from tandem.engine.replication.raw_socket import RawSocket
+from tandem.fsdriver.mutation import DONE, Mutation, Receipt, Write
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 1 << 16
+MAX_BACKLOG = 64 << 20  # unacknowledged bytes in flight while receipts do not wait for acks
+CHECKPOINT_INTERVAL = 1.0  # how often journal segments close (and retire once acknowledged)
+PROGRESS_INTERVAL = 1.0  # how often a resync tells the secondary how far it is
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> PeerAddress:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{text!r} is not HOST:PORT")
+        return cls(host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class _Lost(Exception):
+    """The connection ended while something waited on it."""
+
+
+class Refused(Exception):
+    """An operator's request that cannot be carried out now (worded for the operator)."""
+
+
+class _AckReceipt:
+    __slots__ = ("_epoch", "_replicator", "_seq")
+
+    def __init__(self, replicator: Replicator, epoch: int, seq: int) -> None:
+        self._replicator = replicator
+        self._epoch = epoch
+        self._seq = seq
+
+    async def wait(self) -> None:
+        await self._replicator.wait_acknowledged(self._epoch, self._seq)
+
+
+class _RoomReceipt:
+    """During a resync: wait only while the connection's backlog is full (bounded memory)."""
+
+    __slots__ = ("_replicator",)
+
+    def __init__(self, replicator: Replicator) -> None:
+        self._replicator = replicator
+
+    async def wait(self) -> None:
+        try:
+            await self._replicator.room()
+        except _Lost:
+            pass
+
+
+def _weight(item: StreamItem) -> int:
+    return len(item.data) + 64 if isinstance(item, Write) else 64
+
+
+class Replicator:
+    def __init__(
+        self,
+        peer: PeerAddress,
+        identity: Identity,
+        secret: bytes,
+        *,
+        ack: AckKind = AckKind.APPLIED,
+        timeout: float = 10.0,
+        retry: float = 2.0,
+        root_fd: int | None = None,
+        journal: ChangeJournal | None = None,
+        bandwidth: float | None = None,
+    ) -> None:
+        self.peer = peer
+        self.identity = identity
+        self._secret = secret
+        self._ack_kind = ack
+        self._timeout = timeout
+        self._retry = retry
+        self._root_fd = root_fd
+        self._journal = journal
+        self._bandwidth = bandwidth
+        self._epoch = 0
+        self._next_seq = 1
+        self._link: tuple[Connection, RawSocket] | None = None  # while mirroring
+        self._in_flight: deque[tuple[int, int]] = deque()  # (seq, weight) sent, not acked
+        self._backlog = 0
+        self._acked = 0
+        self._answers: dict[int, tuple[list[bytes], trio.Event]] = {}
+        self._progress = trio.Event()  # set (and replaced) whenever acks advance or state changes
+        self._connection_scope: trio.CancelScope | None = None
+        self._resync: Resync | None = None
+        self._verify: Verify | None = None
+        self._last_verify: dict[str, object] | None = None
+        self._last_resync: dict[str, object] | None = None
+        self._full_requested = ""  # why the next resync must compare everything
+        self._reconnect_now = trio.Event()
+        self.connected = False
+        self.in_sync = False
+        self.alone_reason: str | None = "not connected to the peer yet"
+        self.resync_how = ""  # how the last resync compared (for the log, status and tests)
+
+    # -- ReplicationSink --------------------------------------------------------------------
+
+    def submit(self, mutation: Mutation) -> Receipt:
+        if self.alone_reason is not None:
+            return DONE
+        seq = self._enqueue(mutation)
+        if self._verify is not None:
+            self._verify.observe(mutation)
+        if self._resync is not None:
+            self._resync.observe(mutation)
+            return _RoomReceipt(self)
+        return _AckReceipt(self, self._epoch, seq)
+
+    def _enqueue(self, item: StreamItem) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        if self._link is not None:  # None only once alone: the item is not mirrored
+            connection, raw = self._link
+            connection.send_mutation(seq, item)
+            raw.send_soon(connection.bytes_to_send())
+            weight = _weight(item)
+            self._in_flight.append((seq, weight))
+            self._backlog += weight
+        return seq
+
+    async def wait_acknowledged(self, epoch: int, seq: int) -> None:
+        with trio.move_on_after(self._timeout) as waited:
+            while self._epoch == epoch and self._acked < seq and self.alone_reason is None:
+                await self._progress.wait()
+        if waited.cancelled_caught:
+            self.go_alone(f"peer {self.peer} did not acknowledge within {self._timeout:g} s")
+
+    async def room(self) -> None:
+        epoch = self._epoch
+        with trio.move_on_after(self._timeout) as waited:
+            while self._backlog > MAX_BACKLOG and self._epoch == epoch:
+                if self.alone_reason is not None:
+                    raise _Lost
+                await self._progress.wait()
+        if waited.cancelled_caught:
+            self.go_alone(f"peer {self.peer} did not acknowledge within {self._timeout:g} s")
+        if self.alone_reason is not None or self._epoch != epoch:
+            raise _Lost
+
+    async def ask(self, query: Query) -> bytes:
+        if self.alone_reason is not None:
+            raise _Lost
+        seq = self._enqueue(query)
+        parts: list[bytes] = []
+        answered = trio.Event()
+        self._answers[seq] = (parts, answered)
+        await answered.wait()
+        if self.alone_reason is not None:
+            raise _Lost
+        return b"".join(parts)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def go_alone(self, reason: str) -> None:
+        if self.alone_reason is not None:
+            return
+        self.alone_reason = reason
+        self.connected = False
+        self.in_sync = False
+        log.warning(
+            "replication to %s stopped: %s; going on alone (changes are no longer mirrored)",
+            self.peer,
+            reason,
+        )
+        self._link = None
+        self._in_flight.clear()
+        self._backlog = 0
+        self._resync = None
+        for _, answered in self._answers.values():
+            answered.set()
+        self._answers.clear()
+        if self._journal is not None:
+            self._journal.go_alone(reason)
+        self._wake()
+        if self._connection_scope is not None:
+            self._connection_scope.cancel()
+
+    def _wake(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    @property
+    def acknowledged(self) -> int:
+        return self._acked
+
+    # -- what an operator may ask -----------------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        if self.in_sync:
+            replication = "in sync"
+        elif self._resync is not None:
+            replication = "resyncing"
+        else:
+            replication = "alone"
+        resync = None
+        if self._resync is not None:
+            resync = {"how": self.resync_how, **self._resync.progress.as_dict()}
+        verify = self._verify.report.as_dict() if self._verify is not None else None
+        return {
+            "role": "primary",
+            "node": self.identity.node,
+            "module": self.identity.module,
+            "peer": str(self.peer),
+            "replication": replication,
+            "reason": self.alone_reason,
+            "resync": resync,
+            "last_resync": self._last_resync,
+            "full_resync_pending": bool(self._full_requested),
+            "verify": verify if verify is not None else self._last_verify,
+            "acknowledged": self._acked,
+        }
+
+    def request_full_resync(self, why: str = "requested by the operator") -> str:
+        """Compare everything: now if connected (the connection starts over), else at the next
+        connection. What it says is for the operator."""
+        self._full_requested = why
+        log.info("full resync %s", why)
+        if self.connected:
+            self.go_alone(f"full resync {why}; reconnecting")
+            self._reconnect_now.set()
+            return "the connection starts over with a full comparison"
+        self._reconnect_now.set()
+        return f"not connected ({self.alone_reason}); the next connection compares everything"
+
+    async def verify(self) -> dict[str, object]:
+        """Compare both copies block by block, changing nothing; the report (as a dict)."""
+        if self._root_fd is None:
+            raise Refused("this mount has no copy to read (no backing directory)")
+        if not self.in_sync:
+            state = "resyncing" if self._resync is not None else f"alone: {self.alone_reason}"
+            raise Refused(f"the copies are not in sync yet ({state}); verify once they are")
+        if self._verify is not None:
+            raise Refused("a verify is already running")
+        verify = Verify(self._root_fd, _Channel(self))
+        self._verify = verify
+        log.info("verify with %s started", self.peer)
+        try:
+            report = await verify.run()
+        except _Lost:
+            raise Refused(
+                f"the connection to the peer ended during the verify ({self.alone_reason})"
+            ) from None
+        finally:
+            self._verify = None
+            self._last_verify = verify.report.as_dict()
+        summary = report.as_dict()
+        if summary["identical"]:
+            log.info(
+                "verify: copies identical (%d paths, %d bytes compared in %.2f s)",
+                report.paths_checked,
+                report.bytes_compared,
+                summary["elapsed_s"],
+            )
+        else:
+            named = ", ".join(
+                f"{path}: {what}" for path, what in list(report.differences.items())[:5]
+            )
+            log.warning(
+                "verify: %d difference(s)%s%s",
+                report.difference_count,
+                f" ({named})" if named else "",
+                f"; not verified (kept changing): {len(report.not_verified)}"
+                if report.not_verified
+                else "",
+            )
+        return summary
+
+    # -- the connection task ----------------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, resync, mirror; after a loss, reconnect every ``retry`` seconds."""
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            if self._journal is not None:
+                nursery.start_soon(self._checkpoints)
+            while True:
+                await self._connect_once()
+                with trio.move_on_after(self._retry):
+                    await self._reconnect_now.wait()
+                self._reconnect_now = trio.Event()
+
+    async def _checkpoints(self) -> None:
+        assert self._journal is not None
+        while True:
+            await trio.sleep(CHECKPOINT_INTERVAL)
+            if self.in_sync:
+                # every record in a closed segment belongs to a mutation submitted by now
+                self._journal.checkpoint(self._next_seq - 1)
+                self._journal.retire(self._acked)
+
+    async def _connect_once(self) -> None:
+        try:
+            with trio.fail_after(self._timeout):
+                stream = await trio.open_tcp_stream(self.peer.host, self.peer.port)
+        except (OSError, trio.TooSlowError) as exc:
+            self._still_alone(f"cannot reach peer {self.peer}: {exc or 'timed out'}")
+            return
+        async with stream:
+            connection = Connection(Role.INITIATOR, self.identity, self._secret)
+            ready: PeerState | str | None = None
+            try:
+                with trio.move_on_after(self._timeout):
+                    ready = await self._handshake(stream, connection)
+                if ready is None:
+                    self._still_alone(f"peer {self.peer} did not complete the handshake")
+                    return
+                if isinstance(ready, str):
+                    self._still_alone(ready)
+                    return
+                with RawSocket(stream) as raw:
+                    await self._mirror(raw, connection, ready)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.go_alone(f"connection to {self.peer} lost: {exc}")
+            finally:
+                self._connection_scope = None
+                self.go_alone(f"connection to {self.peer} ended")
+
+    def _still_alone(self, reason: str) -> None:
+        if self.alone_reason != reason:
+            log.info("replication to %s: %s; retrying every %g s", self.peer, reason, self._retry)
+        self.alone_reason = reason
+
+    async def _handshake(
+        self, stream: trio.SocketStream, connection: Connection
+    ) -> PeerState | str | None:
+        """The peer's state once it proved itself; a reason when it refused; None: silence."""
+        authenticated = None
+        while True:
+            await stream.send_all(connection.bytes_to_send())
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return f"peer {self.peer} closed the connection during the handshake"
+            for event in connection.receive(data):
+                if isinstance(event, Authenticated):
+                    authenticated = event
+                elif isinstance(event, PeerState) and authenticated is not None:
+                    log.info(
+                        "connected to %s (node %s, protocol %d, %s)",
+                        self.peer,
+                        authenticated.peer_node,
+                        authenticated.version,
+                        authenticated.features.name or "no options",
+                    )
+                    return event
+                elif isinstance(event, ConnectionFailed | PeerError):
+                    await stream.send_all(connection.bytes_to_send())
+                    return f"peer {self.peer} refused: {event.reason}"
+
+    async def _mirror(self, raw: RawSocket, connection: Connection, peer: PeerState) -> None:
+        # one step: from here on, every mutation is mirrored, and the journal's sync point says
+        # that what it recorded before is the resync's to settle
+        self._epoch += 1
+        self._next_seq, self._acked = 1, 0
+        raw.send_soon(connection.bytes_to_send())
+        self._link = (connection, raw)
+        self._in_flight.clear()
+        self._backlog = 0
+        self.alone_reason = None
+        self.connected = True
+        token = self._journal.sync_point() if self._journal is not None else None
+        generation = uuid.uuid4().hex
+        resync = Resync(
+            self._root_fd if self._root_fd is not None else -1,
+            _Channel(self),
+            generation,
+            bandwidth=self._bandwidth,
+        )
+        self._resync = resync
+        async with trio.open_nursery() as nursery:
+            self._connection_scope = nursery.cancel_scope
+            nursery.start_soon(raw.flush_forever)
+            nursery.start_soon(self._receive_loop, raw, connection)
+            nursery.start_soon(self._resync_task, resync, peer, token)
+
+    async def _resync_task(self, resync: Resync, peer: PeerState, token: int | None) -> None:
+        try:
+            plan, how = await self._plan(peer, token)
+            resync.adopt(plan)
+            self.resync_how = how
+            log.info("resync with %s started: %s", self.peer, how)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._tell_progress, resync)
+                progress = await resync.run()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:  # whatever stopped it, the mount lives on
+            self._resync_failed(exc)
+            return
+        label = self._next_seq - 1
+        if self._journal is not None and token is not None:
+            self._journal.resynced(token, label, resync.generation)
+        self._resync = None
+        self.in_sync = True
+        self._full_requested = ""
+        summary = progress.as_dict()
+        self._last_resync = {"how": self.resync_how, "finished_at": time.time(), **summary}
+        log.info(
+            "resync with %s done in %.2f s: %d paths, %d bytes compared, %d bytes sent",
+            self.peer,
+            summary["elapsed_s"],
+            summary["paths_done"],
+            summary["bytes_compared"],
+            summary["bytes_sent"],
+        )
+        log.info("replicating %s to %s (in sync)", self.identity.module, self.peer)
+
+    async def _tell_progress(self, resync: Resync) -> None:
+        """The returning node shows the resync's progress too (`tandem state` there)."""
+        while self.alone_reason is None:
+            note = {"how": self.resync_how, **resync.progress.as_dict()}
+            self._enqueue(ProgressNote(json.dumps(note).encode()))
+            await trio.sleep(PROGRESS_INTERVAL)
+
+    def _resync_failed(self, exc: Exception) -> None:
+        leaves = _leaves(exc)
+        if all(isinstance(leaf, _Lost) for leaf in leaves):
+            return  # the connection went first; go_alone said why
+        refused = [leaf for leaf in leaves if isinstance(leaf, PeerRefused)]
+        if refused:
+            self.go_alone(str(refused[0]))
+            return
+        log.error("resync with %s failed", self.peer, exc_info=exc)
+        self.go_alone(f"resync failed: {next(x for x in leaves if not isinstance(x, _Lost))!r}")
+
+    async def _plan(self, peer: PeerState, token: int | None) -> tuple[Plan, str]:
+        if self._full_requested:
+            return full_plan(), f"full comparison ({self._full_requested})"
+        if self._journal is None:
+            return full_plan(), "full comparison (no journal on this node)"
+        history = await trio.to_thread.run_sync(self._journal.read_history, token)
+        if not history.complete:
+            return full_plan(), f"full comparison ({history.why_incomplete})"
+        if not peer.complete:
+            return full_plan(), "full comparison (the peer's own changes are unknown)"
+        if not history.generation or history.generation != peer.generation:
+            return full_plan(), "full comparison (the copies share no known state)"
+        plan = plan_from_history(history)
+        if peer.paths:
+            if peer.served_alone:  # split brain: the failover layer keeps this from happening
+                log.warning(
+                    "the peer served alone since the copies last agreed: its changes to %d "
+                    "path(s) are replaced by this node's (%s)",
+                    len(peer.paths),
+                    ", ".join(os.fsdecode(p) for p in peer.paths[:5]),
+                )
+            compare_paths(plan, peer.paths)
+        return plan, f"tracked: {len(plan.work)} path(s), {len(plan.moves)} move(s)"
+
+    async def _receive_loop(self, raw: RawSocket, connection: Connection) -> None:
+        while True:
+            data = await raw.receive()
+            if not data:
+                self.go_alone(f"peer {self.peer} closed the connection")
+                return
+            for event in connection.receive(data):
+                if not self._handle(event):
+                    raw.send_soon(connection.bytes_to_send())
+                    with trio.move_on_after(1):
+                        await raw.flush()
+                    return
+
+    def _handle(self, event: Event) -> bool:
+        if isinstance(event, Acknowledged):
+            if event.kind == self._ack_kind and event.seq > self._acked:
+                self._acked = event.seq
+                while self._in_flight and self._in_flight[0][0] <= event.seq:
+                    self._backlog -= self._in_flight.popleft()[1]
+                self._wake()
+        elif isinstance(event, QueryAnswered):
+            waiting = self._answers.get(event.seq)
+            if waiting is not None:
+                waiting[0].append(event.body)
+                if event.final:
+                    del self._answers[event.seq]
+                    waiting[1].set()
+        elif isinstance(event, UnsettledPaths):
+            if self._resync is not None:
+                self._resync.unsettled(event.paths)
+            else:
+                self.go_alone(f"peer {self.peer} diverged outside a resync")
+                return False
+        elif isinstance(event, PeerError | ConnectionFailed):
+            self.go_alone(f"peer {self.peer} reported: {event.reason}")
+            return False
+        return True
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+class _Channel:
+    """The replicator as the resync sees it: its items are not application mutations."""
+
+    def __init__(self, replicator: Replicator) -> None:
+        self._replicator = replicator
+
+    def submit(self, item: StreamItem) -> int:
+        if self._replicator.alone_reason is not None:
+            raise _Lost
+        return self._replicator._enqueue(item)
+
+    async def ask(self, query: Query) -> bytes:
+        return await self._replicator.ask(query)
+
+    async def room(self) -> None:
+        await self._replicator.room()
