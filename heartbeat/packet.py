@@ -101,7 +101,7 @@ class _Peer:
     per_network: dict[str, int] = field(default_factory=dict)
 
 
-class Receiver:
+class BeatChecker:
     """Checks datagrams from the peers: authentic, from a known node, fresh. Counts rejects."""
 
     def __init__(self, secret: bytes, peers: set[str]) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 from tandem.heartbeat.detector import FailureDetector, Verdict
-from tandem.heartbeat.packet import Heartbeat, Receiver, encode, new_incarnation
+from tandem.heartbeat.packet import BeatChecker, Heartbeat, encode, new_incarnation
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class HeartbeatService:
         self._on_change = on_change
         self._incarnation = new_incarnation()
         self._seq = 0
-        self._receiver = Receiver(secret, {peer})
+        self._receiver = BeatChecker(secret, {peer})
         self._timeout = timeout
         self._detector = FailureDetector([link.name for link in links], timeout, 0.0)
         self.verdict = Verdict.UNKNOWN

@@ -7,17 +7,17 @@ fields are added, never renamed or removed, and ``version`` changes if that ever
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
+from tandem.engine.cli.common import EXIT_FAILED, EXIT_OK, state_dir_option
 from tandem.engine.config.modules import ConfigError, check_name
 from tandem.engine.config.paths import app_log, control_socket, module_log, module_socket
 from tandem.engine.control.channel import ControlError, ask
 
 STATE_VERSION = 1
-EXIT_OK = 0
-EXIT_FAILED = 1
 MODULE_COMMANDS = {
     "start": "start a stopped module on this node (it serves or follows as the peer decides)",
     "stop": "stop the module on this node (an up-to-date peer takes over)",
@@ -246,3 +246,67 @@ def start_full_resync(state_dir: str, module: str) -> int:
         answer = ask(control_socket(state_dir, module, index), "resync", full=True)
         print(f"{module}/{index}: {answer['message']}")
     return EXIT_OK
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    state = commands.add_parser(
+        "state",
+        help="each module's replication on this node: in sync, resyncing (with progress), alone",
+        description="Exit code 0 when every module found answered, 1 otherwise.",
+    )
+    state.set_defaults(run=lambda a: show_state(a.state_dir, a.modules, as_json=a.json))
+    state.add_argument("modules", nargs="*", metavar="MODULE", help="default: every module")
+    state.add_argument("--json", action="store_true", help="print the documented JSON shape")
+    state_dir_option(state)
+
+    verify = commands.add_parser(
+        "verify",
+        help="compare both copies block by block while the application runs; changes nothing",
+        description="Run on the primary. Exit code 0: identical; 1: differences (listed), or "
+        "the verify could not run.",
+    )
+    verify.set_defaults(run=lambda a: run_verify(a.state_dir, a.module, as_json=a.json))
+    verify.add_argument("module", metavar="MODULE")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    state_dir_option(verify)
+
+    resync = commands.add_parser(
+        "resync",
+        help="force a complete comparison of both copies (after a suspected divergence)",
+        description="Run on the primary. The connection to the secondary starts over and "
+        "compares every file by hashes, sending only what differs.",
+    )
+    resync.set_defaults(run=lambda a: start_full_resync(a.state_dir, a.module))
+    resync.add_argument("module", metavar="MODULE")
+    resync.add_argument(
+        "--full", action="store_true", required=True, help="compare everything (required)"
+    )
+    state_dir_option(resync)
+
+    for name, text in MODULE_COMMANDS.items():
+        command = commands.add_parser(name, help=text)
+        command.set_defaults(run=_run_module_command)
+        command.add_argument("module", metavar="MODULE")
+        if name == "prim":
+            command.add_argument(
+                "--force",
+                action="store_true",
+                help="serve this copy even if it is not known to be up to date (writes the peer "
+                "acknowledged after this copy fell behind are lost)",
+            )
+        state_dir_option(command)
+
+    logs = commands.add_parser(
+        "logs",
+        help="the module log (every state change and why), or with --app the scripts' output",
+    )
+    logs.set_defaults(run=lambda a: show_log(a.state_dir, a.module, app=a.app, lines=a.lines))
+    logs.add_argument("module", metavar="MODULE")
+    logs.add_argument("--app", action="store_true", help="the application log instead")
+    logs.add_argument("-n", "--lines", type=int, default=100, help="how many last lines (100)")
+    state_dir_option(logs)
+
+
+def _run_module_command(args: argparse.Namespace) -> int:
+    extra = {"force": True} if getattr(args, "force", False) else {}
+    return module_command(args.state_dir, args.module, args.command, **extra)

@@ -12,6 +12,7 @@ application, fail over, stop) is the state machine's (`AppFailed`), not theirs.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -92,3 +93,21 @@ async def run_check(checker: Checker) -> Probe:
         case "interface":
             return await interface_up(checker.target)
     raise ValueError(f"unknown checker kind {checker.kind!r}")
+
+
+async def watch_checker(
+    checker: Checker,
+    serving: Callable[[], bool],
+    still_serving: Callable[[], bool],
+    failed: Callable[[str], Awaitable[None]],
+) -> None:
+    """Run ``checker`` every interval while this node serves; ``failed`` hears a failure seen
+    while the node still serves (a step down begun meanwhile stops the application itself)."""
+    while True:
+        await trio.sleep(checker.interval)
+        if not serving():
+            continue
+        probe = await run_check(checker)
+        if probe.ok or not still_serving():
+            continue
+        await failed(f"checker {checker.kind} {checker.target}: {probe.detail}")

@@ -149,7 +149,7 @@ class AppFailed:
     now: float
 
 
-Event = (
+ModuleEvent = (
     Start
     | Stop
     | PeerSeen
@@ -233,7 +233,7 @@ _START_SERVING: tuple[Action, ...] = (ServeCopy(), AcquireVip(), RunScript("star
 _STOP_SERVING: tuple[Action, ...] = (RunScript("stop_prim"), ReleaseVip())
 
 
-def step(module: Module, event: Event, policy: Policy) -> tuple[Module, list[Action]]:
+def step(module: Module, event: ModuleEvent, policy: Policy) -> tuple[Module, list[Action]]:
     state = module.state
     match event:
         case Start(epoch=epoch, served=served, sure=sure):

@@ -32,7 +32,7 @@ from tandem.fsdriver.mount import notify_systemd
 log = logging.getLogger(__name__)
 
 
-class Role(enum.Enum):
+class FixedRole(enum.Enum):
     PRIMARY = "primary"
     SECONDARY = "secondary"
 
@@ -40,7 +40,7 @@ class Role(enum.Enum):
 @dataclass(frozen=True)
 class Assignment:
     module: ModuleConfig
-    role: Role | None  # None: the failover layer decides
+    role: FixedRole | None  # None: the failover layer decides
 
 
 class NodeFailed(Exception):
@@ -76,7 +76,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             for assignment in self.assignments:
                 module = assignment.module
-                if assignment.role is Role.PRIMARY:
+                if assignment.role is FixedRole.PRIMARY:
                     await nursery.start(
                         serve_copy,
                         self.name,
@@ -85,7 +85,7 @@ class Node:
                         self.state_dir,
                         self._verbose,
                     )
-                elif assignment.role is Role.SECONDARY:
+                elif assignment.role is FixedRole.SECONDARY:
                     await nursery.start(
                         receive_copy, self.name, module, self._secret, self.state_dir, []
                     )

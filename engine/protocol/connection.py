@@ -6,7 +6,7 @@ frame is acted on only once it has fully arrived and decoded, so a malformed or 
 can never be half-applied. Integers are big-endian.
 
 Handshake (both sides at once): each sends HELLO (magic, version range, feature bits, node and
-module names, a fresh nonce); each then proves it holds the cluster secret with
+stream names, a fresh nonce); each then proves it holds the cluster secret with
 ``AUTH = HMAC-SHA256(secret, label | initiator HELLO | responder HELLO)``, where the label names
 the sender's role, so a proof cannot be reflected back. Nothing but HELLO and AUTH is accepted
 before the peer's proof checks out.
@@ -29,34 +29,18 @@ import hmac
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import TypeAlias
 
 import lz4.block
 
-from tandem.engine.protocol.queries import Finish, HashQuery, ListQuery, ProgressNote, Query
-from tandem.engine.replica.repair import Ensure, LinkIfPresent, Move, RemoveTree, Repair, SetXattrs
-from tandem.fsdriver.mutation import (
-    CreateFile,
-    MakeDirectory,
-    MakeHardLink,
-    MakeNode,
-    MakeSymlink,
-    Mutation,
-    RemoveDirectory,
-    RemoveXattr,
-    Rename,
-    SetAttributes,
-    SetXattr,
-    Stamp,
-    Sync,
-    Unlink,
-    Write,
-)
+from tandem.engine.protocol.codec import ProtocolError, Reader, Writer, decode_paths
+from tandem.engine.protocol.items import StreamItem, decode_mutation, encode_parts
 
 MAGIC = b"TNDM"
 # 2: resync (PEER_STATE, RESULT, UNSETTLED, repairs and queries); 3: listings carry small
-# files' content digests, progress notes
-PROTOCOL_VERSION = 3
+# files' content digests, progress notes; 4: RESULT bodies big-endian like everything else
+# (`tandem.engine.protocol.results`)
+PROTOCOL_VERSION = 4
+OLDEST_VERSION = 3  # still spoken: a node can be upgraded while its peer runs the last release
 MAX_FRAME = 8 << 20  # a 1 MiB FUSE write plus path and stamps fits many times over
 # Handshake frames are small: judging their header alone refuses a stranger at once instead of
 # waiting for the megabytes a random length field may announce.
@@ -95,19 +79,15 @@ class AckKind(enum.IntEnum):
     DURABLE = 3  # applied and fsync'd on the peer
 
 
-class Role(enum.Enum):
+class Side(enum.Enum):
     INITIATOR = b"tandem-initiator"
     RESPONDER = b"tandem-responder"
 
 
-class State(enum.Enum):
+class ConnectionState(enum.Enum):
     HANDSHAKE = "handshake"
     READY = "ready"
     CLOSED = "closed"
-
-
-class ProtocolError(Exception):
-    """The peer sent something this side will not accept; the connection must end."""
 
 
 # -- events -------------------------------------------------------------------------------
@@ -116,12 +96,9 @@ class ProtocolError(Exception):
 @dataclass(frozen=True)
 class Authenticated:
     peer_node: str
-    peer_module: str
+    peer_stream: str
     version: int
     features: Feature
-
-
-StreamItem: TypeAlias = Mutation | Repair | Query | ProgressNote
 
 
 @dataclass(frozen=True)
@@ -168,7 +145,7 @@ class ConnectionFailed:
     reason: str
 
 
-Event = (
+ConnectionEvent = (
     Authenticated
     | MutationReceived
     | Acknowledged
@@ -181,268 +158,6 @@ Event = (
 
 
 # -- value encoding -----------------------------------------------------------------------
-
-
-class _Writer:
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def u8(self, value: int) -> None:
-        self.parts.append(struct.pack(">B", value))
-
-    def u16(self, value: int) -> None:
-        self.parts.append(struct.pack(">H", value))
-
-    def u32(self, value: int) -> None:
-        self.parts.append(struct.pack(">I", value))
-
-    def u64(self, value: int) -> None:
-        self.parts.append(struct.pack(">Q", value))
-
-    def i64(self, value: int) -> None:
-        self.parts.append(struct.pack(">q", value))
-
-    def blob(self, value: bytes) -> None:
-        self.u32(len(value))
-        self.parts.append(value)
-
-    def text(self, value: str) -> None:
-        self.blob(value.encode("utf-8"))
-
-    def optional_u64(self, value: int | None) -> None:
-        self.u8(value is not None)
-        if value is not None:
-            self.u64(value)
-
-    def bytes(self) -> bytes:
-        return b"".join(self.parts)
-
-
-class _Reader:
-    def __init__(self, data: bytes | memoryview) -> None:
-        self._data = memoryview(data)
-        self._at = 0
-
-    def _take(self, size: int) -> memoryview:
-        if self._at + size > len(self._data):
-            raise ProtocolError("frame body ends early")
-        chunk = self._data[self._at : self._at + size]
-        self._at += size
-        return chunk
-
-    def u8(self) -> int:
-        return int(self._take(1)[0])
-
-    def u16(self) -> int:
-        value: int = struct.unpack(">H", self._take(2))[0]
-        return value
-
-    def u32(self) -> int:
-        value: int = struct.unpack(">I", self._take(4))[0]
-        return value
-
-    def u64(self) -> int:
-        value: int = struct.unpack(">Q", self._take(8))[0]
-        return value
-
-    def i64(self) -> int:
-        value: int = struct.unpack(">q", self._take(8))[0]
-        return value
-
-    def blob(self) -> bytes:
-        return bytes(self._take(self.u32()))
-
-    def text(self) -> str:
-        try:
-            return self.blob().decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError("text field is not UTF-8") from None
-
-    def optional_u64(self) -> int | None:
-        present = self.u8()
-        if present > 1:
-            raise ProtocolError("bad presence byte")
-        return self.u64() if present else None
-
-    def end(self) -> None:
-        if self._at != len(self._data):
-            raise ProtocolError(f"{len(self._data) - self._at} unexpected bytes after the body")
-
-
-# Field layout of each mutation on the wire. The numbers are the protocol: never reuse one.
-_U64, _I64, _BLOB, _OPT, _BOOL, _PAIRS = "u64", "i64", "blob", "opt", "bool", "pairs"
-_LAYOUT: dict[type, tuple[int, tuple[tuple[str, str], ...]]] = {
-    Write: (1, (("path", _BLOB), ("offset", _U64), ("data", _BLOB))),
-    SetAttributes: (
-        2,
-        (("path", _BLOB), ("mode", _OPT), ("uid", _OPT), ("gid", _OPT), ("size", _OPT)),
-    ),
-    CreateFile: (3, (("path", _BLOB), ("mode", _U64), ("uid", _U64), ("gid", _U64))),
-    MakeDirectory: (4, (("path", _BLOB), ("mode", _U64), ("uid", _U64), ("gid", _U64))),
-    MakeNode: (
-        5,
-        (("path", _BLOB), ("mode", _U64), ("rdev", _U64), ("uid", _U64), ("gid", _U64)),
-    ),
-    MakeSymlink: (6, (("path", _BLOB), ("target", _BLOB), ("uid", _U64), ("gid", _U64))),
-    MakeHardLink: (7, (("existing", _BLOB), ("path", _BLOB))),
-    Unlink: (8, (("path", _BLOB),)),
-    RemoveDirectory: (9, (("path", _BLOB),)),
-    Rename: (10, (("old", _BLOB), ("new", _BLOB), ("flags", _U64))),
-    SetXattr: (11, (("path", _BLOB), ("name", _BLOB), ("value", _BLOB))),
-    RemoveXattr: (12, (("path", _BLOB), ("name", _BLOB))),
-    Sync: (13, (("path", _BLOB), ("data_only", _BOOL))),
-    Ensure: (
-        14,
-        (
-            ("path", _BLOB),
-            ("mode", _U64),
-            ("uid", _U64),
-            ("gid", _U64),
-            ("rdev", _U64),
-            ("target", _BLOB),
-            ("fresh", _BOOL),
-        ),
-    ),
-    RemoveTree: (15, (("path", _BLOB),)),
-    SetXattrs: (16, (("path", _BLOB), ("xattrs", _PAIRS))),
-    Move: (17, (("old", _BLOB), ("new", _BLOB), ("flags", _U64))),
-    LinkIfPresent: (18, (("existing", _BLOB), ("path", _BLOB))),
-    ListQuery: (19, (("path", _BLOB),)),
-    HashQuery: (20, (("path", _BLOB), ("offset", _U64), ("length", _U64), ("block", _U64))),
-    Finish: (21, (("generation", _BLOB), ("unsettled", _U64))),
-    ProgressNote: (22, (("body", _BLOB),)),
-}
-_BY_CODE = {code: (cls, fields) for cls, (code, fields) in _LAYOUT.items()}
-
-
-def encode_mutation(mutation: StreamItem) -> bytes:
-    return _encode(mutation).bytes()
-
-
-def _encode(mutation: StreamItem) -> _Writer:
-    code, layout = _LAYOUT[type(mutation)]
-    out = _Writer()
-    out.u8(code)
-    for name, kind in layout:
-        value = getattr(mutation, name)
-        if kind == _BLOB:
-            out.blob(value)
-        elif kind == _U64:
-            out.u64(value)
-        elif kind == _OPT:
-            out.optional_u64(value)
-        elif kind == _BOOL:
-            out.u8(1 if value else 0)
-        elif kind == _PAIRS:
-            out.u32(len(value))
-            for name_bytes, item in value:
-                out.blob(name_bytes)
-                out.blob(item)
-    out.u16(len(mutation.stamps))
-    for stamp in mutation.stamps:
-        out.blob(stamp.path)
-        out.i64(stamp.atime_ns)
-        out.i64(stamp.mtime_ns)
-    return out
-
-
-_WRITE_CODE = _LAYOUT[Write][0]
-_LENGTH = struct.Struct(">I")
-_OFFSET_AND_LENGTH = struct.Struct(">QI")
-_STAMP_COUNT = struct.Struct(">H")
-_STAMP_TIMES = struct.Struct(">qq")
-
-
-def _decode_write(view: memoryview) -> Write:
-    """`decode_mutation` for the most frequent item, without the generic layout walk: on a
-    small machine that walk cost ~35 µs per write on the secondary, on the write's path."""
-    end = len(view)
-
-    def take(at: int, size: int) -> int:
-        if at + size > end:
-            raise ProtocolError("frame body ends early")
-        return at + size
-
-    at = take(1, 4)
-    (size,) = _LENGTH.unpack_from(view, 1)
-    path = bytes(view[at : take(at, size)])
-    at = take(at + size, 12)
-    offset, size = _OFFSET_AND_LENGTH.unpack_from(view, at - 12)
-    data = bytes(view[at : take(at, size)])
-    at = take(at + size, 2)
-    (count,) = _STAMP_COUNT.unpack_from(view, at - 2)
-    stamps = []
-    for _ in range(count):
-        at = take(at, 4)
-        (size,) = _LENGTH.unpack_from(view, at - 4)
-        stamp_path = bytes(view[at : take(at, size)])
-        at = take(at + size, 16)
-        atime, mtime = _STAMP_TIMES.unpack_from(view, at - 16)
-        _check_path(stamp_path)
-        stamps.append(Stamp(stamp_path, atime, mtime))
-    if at != end:
-        raise ProtocolError(f"{end - at} unexpected bytes after the body")
-    _check_path(path)
-    return Write(path, offset, data, tuple(stamps))
-
-
-def decode_mutation(data: bytes | memoryview) -> StreamItem:
-    if data and data[0] == _WRITE_CODE:
-        return _decode_write(memoryview(data))
-    source = _Reader(data)
-    code = source.u8()
-    if code not in _BY_CODE:
-        raise ProtocolError(f"unknown mutation code {code}")
-    cls, layout = _BY_CODE[code]
-    values: dict[str, object] = {}
-    for name, kind in layout:
-        if kind == _BLOB:
-            values[name] = source.blob()
-        elif kind == _U64:
-            values[name] = source.u64()
-        elif kind == _OPT:
-            values[name] = source.optional_u64()
-        elif kind == _BOOL:
-            flag = source.u8()
-            if flag > 1:
-                raise ProtocolError("bad boolean")
-            values[name] = bool(flag)
-        elif kind == _PAIRS:
-            values[name] = tuple((source.blob(), source.blob()) for _ in range(source.u32()))
-    stamps = tuple(Stamp(source.blob(), source.i64(), source.i64()) for _ in range(source.u16()))
-    source.end()
-    for name, kind in layout:
-        if kind == _BLOB and name in ("path", "old", "new", "existing"):
-            _check_path(values[name])  # type: ignore[arg-type]
-    for stamp in stamps:
-        _check_path(stamp.path)
-    mutation: StreamItem = cls(**values, stamps=stamps)
-    return mutation
-
-
-def _decode_paths(source: _Reader) -> tuple[bytes, ...]:
-    paths = tuple(source.blob() for _ in range(source.u32()))
-    source.end()
-    for path in paths:
-        _check_path(path)
-    return paths
-
-
-_CHECKED_PATHS: set[bytes] = set()  # the same few paths come again and again
-_CHECKED_PATHS_MAX = 4096
-
-
-def _check_path(path: bytes) -> None:
-    """A path from the peer must stay inside the replicated directory."""
-    if path in _CHECKED_PATHS or path == b".":
-        return
-    if not path or path.startswith(b"/") or b"\0" in path:
-        raise ProtocolError(f"path {path!r} is not relative")
-    if any(part in (b"", b".", b"..") for part in path.split(b"/")):
-        raise ProtocolError(f"path {path!r} is not normalised")
-    if len(_CHECKED_PATHS) >= _CHECKED_PATHS_MAX:
-        _CHECKED_PATHS.clear()
-    _CHECKED_PATHS.add(path)
 
 
 # -- the connection -----------------------------------------------------------------------
@@ -481,7 +196,7 @@ class _CompressionOutlook:
 @dataclass(frozen=True)
 class Identity:
     node: str
-    module: str
+    stream: str  # the module's name and the directory's index: 'web/0'
 
 
 @dataclass
@@ -491,20 +206,20 @@ class _Hello:
     version_max: int
     features: Feature
     node: str
-    module: str
+    stream: str
     nonce: bytes
 
 
 def _encode_hello(
     identity: Identity, versions: tuple[int, int], features: Feature, nonce: bytes
 ) -> bytes:
-    out = _Writer()
+    out = Writer()
     out.parts.append(MAGIC)
     out.u16(versions[0])
     out.u16(versions[1])
     out.u32(int(features))
     out.text(identity.node)
-    out.text(identity.module)
+    out.text(identity.stream)
     out.blob(nonce)
     return out.bytes()
 
@@ -512,27 +227,27 @@ def _encode_hello(
 def _decode_hello(body: bytes) -> _Hello:
     if body[:4] != MAGIC:
         raise ProtocolError("not a Tandem peer (bad magic)")
-    source = _Reader(body[4:])
+    source = Reader(body[4:])
     version_min, version_max = source.u16(), source.u16()
     features = Feature(source.u32() & int(SUPPORTED_FEATURES))
-    node, module, nonce = source.text(), source.text(), source.blob()
+    node, stream, nonce = source.text(), source.text(), source.blob()
     source.end()
     if len(nonce) != NONCE_SIZE:
         raise ProtocolError("bad nonce")
-    return _Hello(body, version_min, version_max, features, node, module, nonce)
+    return _Hello(body, version_min, version_max, features, node, stream, nonce)
 
 
 @dataclass
 class Connection:
-    """One end of a replication connection for one module."""
+    """One end of a replication connection for one stream (one directory of a module)."""
 
-    role: Role
+    side: Side
     identity: Identity
     secret: bytes
-    versions: tuple[int, int] = (PROTOCOL_VERSION, PROTOCOL_VERSION)
+    versions: tuple[int, int] = (OLDEST_VERSION, PROTOCOL_VERSION)
     features: Feature = SUPPORTED_FEATURES
     nonce: bytes = field(default_factory=lambda: os.urandom(NONCE_SIZE))
-    state: State = State.HANDSHAKE
+    state: ConnectionState = ConnectionState.HANDSHAKE
     version: int | None = None
     agreed: Feature = field(default_factory=lambda: Feature(0))
     _inbox: bytearray = field(default_factory=bytearray)
@@ -546,6 +261,13 @@ class Connection:
             raise ValueError("a cluster secret is required")
         self._my_hello = _encode_hello(self.identity, self.versions, self.features, self.nonce)
         self._queue(FrameKind.HELLO, self._my_hello)
+
+    @property
+    def agreed_version(self) -> int:
+        """The protocol version both ends speak (known once the peer's HELLO arrived)."""
+        if self.version is None:
+            raise RuntimeError("no protocol version agreed yet")
+        return self.version
 
     # outgoing -----------------------------------------------------------------------------
 
@@ -562,12 +284,12 @@ class Connection:
             self._outbox += part
 
     def _require_ready(self) -> None:
-        if self.state is not State.READY:
+        if self.state is not ConnectionState.READY:
             raise RuntimeError(f"connection is {self.state.value}, not ready")
 
     def send_mutation(self, seq: int, mutation: StreamItem) -> None:
         self._require_ready()
-        parts = _encode(mutation).parts
+        parts = encode_parts(mutation)
         size = sum(map(len, parts))
         flags = 0
         if Feature.LZ4 in self.agreed and size >= _COMPRESS_MIN and self._compression.worth():
@@ -590,7 +312,7 @@ class Connection:
 
     def send_unsettled(self, paths: tuple[bytes, ...]) -> None:
         self._require_ready()
-        out = _Writer()
+        out = Writer()
         out.u32(len(paths))
         for path in paths:
             out.blob(path)
@@ -598,7 +320,7 @@ class Connection:
 
     def send_peer_state(self, state: PeerState) -> None:
         self._require_ready()
-        out = _Writer()
+        out = Writer()
         out.text(state.generation)
         out.u8(state.complete)
         out.u8(state.served_alone)
@@ -608,20 +330,20 @@ class Connection:
         self._queue(FrameKind.PEER_STATE, out.bytes())
 
     def send_error(self, reason: str) -> None:
-        if self.state is not State.CLOSED:
+        if self.state is not ConnectionState.CLOSED:
             self._queue(FrameKind.ERROR, reason.encode("utf-8", "replace")[:4096])
-            self.state = State.CLOSED
+            self.state = ConnectionState.CLOSED
 
     # incoming -----------------------------------------------------------------------------
 
-    def receive(self, data: bytes | bytearray | memoryview) -> list[Event]:
+    def receive(self, data: bytes | bytearray | memoryview) -> list[ConnectionEvent]:
         """Feed bytes from the peer; returns what they meant, in order."""
-        if self.state is State.CLOSED:
+        if self.state is ConnectionState.CLOSED:
             return []
         self._inbox += data
-        events: list[Event] = []
+        events: list[ConnectionEvent] = []
         try:
-            while self.state is not State.CLOSED:
+            while self.state is not ConnectionState.CLOSED:
                 frame = self._next_frame()
                 if frame is None:
                     break
@@ -640,7 +362,7 @@ class Connection:
         length, kind, flags = _HEADER.unpack_from(self._inbox)
         if length < 2 or length > MAX_FRAME:
             raise ProtocolError(f"frame length {length} out of bounds")
-        if self.state is State.HANDSHAKE:
+        if self.state is ConnectionState.HANDSHAKE:
             if kind not in (FrameKind.HELLO, FrameKind.AUTH, FrameKind.ERROR):
                 raise ProtocolError(f"frame kind {kind} before authentication")
             if length > MAX_HANDSHAKE_FRAME:
@@ -653,11 +375,11 @@ class Connection:
         del self._inbox[:end]
         return kind, flags, body
 
-    def _handle(self, kind: int, flags: int, body: bytes) -> Event | None:
+    def _handle(self, kind: int, flags: int, body: bytes) -> ConnectionEvent | None:
         if kind == FrameKind.ERROR:
-            self.state = State.CLOSED
+            self.state = ConnectionState.CLOSED
             return PeerError(body.decode("utf-8", "replace"))
-        if self.state is State.HANDSHAKE:
+        if self.state is ConnectionState.HANDSHAKE:
             if kind == FrameKind.HELLO and self._peer_hello is None:
                 self._on_hello(body)
                 return None
@@ -680,7 +402,7 @@ class Connection:
                     raise ProtocolError("decompressed frame too large")
             return MutationReceived(seq, decode_mutation(payload))
         if kind == FrameKind.ACK:
-            source = _Reader(body)
+            source = Reader(body)
             ack_kind, seq = source.u8(), source.u64()
             source.end()
             try:
@@ -693,14 +415,14 @@ class Connection:
             (seq,) = struct.unpack_from(">Q", body)
             return QueryAnswered(seq, bool(body[8]), body[9:])
         if kind == FrameKind.UNSETTLED:
-            return UnsettledPaths(_decode_paths(_Reader(body)))
+            return UnsettledPaths(decode_paths(Reader(body)))
         if kind == FrameKind.PEER_STATE:
-            source = _Reader(body)
+            source = Reader(body)
             generation = source.text()
             complete, served_alone = source.u8(), source.u8()
             if complete > 1 or served_alone > 1:
                 raise ProtocolError("bad boolean")
-            return PeerState(generation, bool(complete), bool(served_alone), _decode_paths(source))
+            return PeerState(generation, bool(complete), bool(served_alone), decode_paths(source))
         if flags & FrameFlag.IGNORABLE:
             return None
         raise ProtocolError(f"unknown frame kind {kind}")
@@ -714,36 +436,36 @@ class Connection:
                 f"no common protocol version: we speak {self.versions[0]}..{self.versions[1]}, "
                 f"peer {hello.node!r} speaks {hello.version_min}..{hello.version_max}"
             )
-        if hello.module != self.identity.module:
+        if hello.stream != self.identity.stream:
             raise ProtocolError(
-                f"peer {hello.node!r} replicates module {hello.module!r}, "
-                f"not {self.identity.module!r}"
+                f"peer {hello.node!r} replicates module {hello.stream!r}, "
+                f"not {self.identity.stream!r}"
             )
         if hello.nonce == self.nonce:
             raise ProtocolError("peer echoed our nonce")
         self._peer_hello = hello
         self.version = high
         self.agreed = self.features & hello.features
-        self._queue(FrameKind.AUTH, self._proof(self.role))
+        self._queue(FrameKind.AUTH, self._proof(self.side))
 
     def _transcript(self) -> bytes:
         assert self._peer_hello is not None
         mine, theirs = self._my_hello, self._peer_hello.raw
-        first, second = (mine, theirs) if self.role is Role.INITIATOR else (theirs, mine)
+        first, second = (mine, theirs) if self.side is Side.INITIATOR else (theirs, mine)
         return struct.pack(">I", len(first)) + first + second
 
-    def _proof(self, role: Role) -> bytes:
+    def _proof(self, role: Side) -> bytes:
         return hmac.new(self.secret, role.value + self._transcript(), hashlib.sha256).digest()
 
-    def _on_auth(self, body: bytes) -> Event:
+    def _on_auth(self, body: bytes) -> ConnectionEvent:
         assert self._peer_hello is not None
-        peer_role = Role.RESPONDER if self.role is Role.INITIATOR else Role.INITIATOR
+        peer_role = Side.RESPONDER if self.side is Side.INITIATOR else Side.INITIATOR
         if not hmac.compare_digest(body, self._proof(peer_role)):
             raise ProtocolError(
                 f"peer {self._peer_hello.node!r} failed authentication (wrong cluster secret?)"
             )
-        self.state = State.READY
+        self.state = ConnectionState.READY
         assert self.version is not None
         return Authenticated(
-            self._peer_hello.node, self._peer_hello.module, self.version, self.agreed
+            self._peer_hello.node, self._peer_hello.stream, self.version, self.agreed
         )

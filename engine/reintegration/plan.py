@@ -14,8 +14,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from tandem.engine.protocol.repairs import RENAME_EXCHANGE, LinkIfPresent, Move
 from tandem.engine.reintegration.journal import History
-from tandem.engine.replica.repair import RENAME_EXCHANGE, LinkIfPresent, Move
 from tandem.fsdriver.change import UNBOUNDED, Change, ChangeKind
 
 

@@ -26,22 +26,19 @@ from typing import Protocol
 
 import trio
 
-from tandem.engine.protocol.connection import StreamItem
+from tandem.engine.protocol.items import StreamItem
 from tandem.engine.protocol.queries import Finish, HashQuery, ListQuery, Query
-from tandem.engine.reintegration.plan import Need, Plan, Work
-from tandem.engine.replica.repair import (
+from tandem.engine.protocol.repairs import (
     RENAME_EXCHANGE,
     Ensure,
     LinkIfPresent,
     RemoveTree,
     SetXattrs,
 )
+from tandem.engine.protocol.results import FOUND, Entry, decode_entries, decode_hashes
+from tandem.engine.reintegration.plan import Need, Plan, Work
 from tandem.engine.replica.survey import (
-    FOUND,
-    Entry,
     child_path,
-    decode_entries,
-    decode_hashes,
     differing_blocks,
     open_regular,
     survey,
@@ -82,6 +79,10 @@ class ResyncStream(Protocol):
 
     async def room(self) -> None:
         """Return once the connection has room for more (bounded memory)."""
+
+    @property
+    def version(self) -> int:
+        """The protocol version agreed with the peer (how its answers are laid out)."""
 
 
 class PeerRefused(Exception):
@@ -430,7 +431,7 @@ class Resync:
 
     async def _compare_tree(self, path: bytes) -> None:
         since = self._changes.clock
-        answer = decode_entries(await self._stream.ask(ListQuery(path)))
+        answer = decode_entries(await self._stream.ask(ListQuery(path)), self._stream.version)
         local = await trio.to_thread.run_sync(survey, self._root_fd, path)
         if local is None:
             if self._local(path) is None and path != b".":
@@ -608,7 +609,7 @@ class Resync:
             if mine is None:
                 return True  # gone or replaced meanwhile: its own mutations say what happened
             st, local_hashes = mine
-            theirs = decode_hashes(theirs_box[0])
+            theirs = decode_hashes(theirs_box[0], self._stream.version)
             if theirs.status != FOUND:
                 if offset == 0:
                     return False

@@ -21,17 +21,9 @@ from typing import Protocol
 import trio
 
 from tandem.engine.protocol.queries import HashQuery, ListQuery, Query
+from tandem.engine.protocol.results import FOUND, Entry, decode_entries, decode_hashes
 from tandem.engine.reintegration.resync import BLOCK, COMPARE_CHUNK, ChangeClock
-from tandem.engine.replica.survey import (
-    FOUND,
-    Entry,
-    child_path,
-    decode_entries,
-    decode_hashes,
-    differing_blocks,
-    open_regular,
-    survey,
-)
+from tandem.engine.replica.survey import child_path, differing_blocks, open_regular, survey
 from tandem.fsdriver.mutation import MakeHardLink, Mutation, Rename
 from tandem.native.blockhash import hash_blocks
 
@@ -45,6 +37,10 @@ MAX_LISTED = 1000  # differences named in the report (all are counted)
 class QueryStream(Protocol):
     async def ask(self, query: Query) -> bytes:
         """Submit a query in stream order and return the peer's whole answer."""
+
+    @property
+    def version(self) -> int:
+        """The protocol version agreed with the peer (how its answers are laid out)."""
 
 
 @dataclass
@@ -149,7 +145,7 @@ class Verify:
         """``whole``: the directory and everything under it; else only its own attributes."""
         async with limiter:
             since = self._clock.clock
-            answer = decode_entries(await self._stream.ask(ListQuery(path)))
+            answer = decode_entries(await self._stream.ask(ListQuery(path)), self._stream.version)
             local = await trio.to_thread.run_sync(survey, self._root_fd, path)
         mine = local[0] if local else None
         theirs = answer[0] if answer else None
@@ -290,7 +286,7 @@ class Verify:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ask_into, box, HashQuery(path, offset, length, BLOCK))
             mine = await trio.to_thread.run_sync(self._hash_local, path, offset, length)
-        theirs = decode_hashes(box[0])
+        theirs = decode_hashes(box[0], self._stream.version)
         if mine is None or theirs.status != FOUND or self._moved(path, since):
             self._look_again(path)  # replaced meanwhile (a listing said both were files)
             return None

@@ -15,7 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from tandem.engine.protocol.connection import StreamItem
+from tandem.engine.protocol.items import StreamItem
 from tandem.engine.protocol.queries import ProgressNote
 from tandem.fsdriver.mutation import (
     CreateFile,

@@ -13,9 +13,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
-from typing import TypeAlias
 
+from tandem.engine.protocol.repairs import (
+    RENAME_EXCHANGE,
+    Ensure,
+    LinkIfPresent,
+    Move,
+    RemoveTree,
+    Repair,
+    SetXattrs,
+)
 from tandem.engine.replica.replay import apply_change, apply_stamps, owner_and_mode, xattr_path
 from tandem.fsdriver.mutation import (
     CreateFile,
@@ -31,64 +38,6 @@ from tandem.fsdriver.mutation import (
     Unlink,
 )
 from tandem.fsdriver.syscall import renameat2
-
-RENAME_EXCHANGE = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Ensure:
-    """``path`` must be an object of ``mode``'s type with that mode and owner; a different
-    object there is replaced. ``fresh``: a new object even if one of the right type is there
-    (the primary created this one: whatever the copy holds there is not it)."""
-
-    path: bytes
-    mode: int  # with the type bits
-    uid: int
-    gid: int
-    rdev: int = 0
-    target: bytes = b""  # a symlink's
-    fresh: bool = False
-    stamps: tuple[Stamp, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RemoveTree:
-    """Nothing may be at ``path`` (it is removed with everything under it)."""
-
-    path: bytes
-    stamps: tuple[Stamp, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SetXattrs:
-    """``path`` has exactly these extended attributes."""
-
-    path: bytes
-    xattrs: tuple[tuple[bytes, bytes], ...]
-    stamps: tuple[Stamp, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Move:
-    """Replays a rename the copy may have missed, if what it moves is there (``flags`` as in
-    renameat2). Moving the copy's own data costs nothing on the wire; the primary still compares
-    what it moved."""
-
-    old: bytes
-    new: bytes
-    flags: int = 0
-    stamps: tuple[Stamp, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class LinkIfPresent:
-    existing: bytes
-    path: bytes
-    stamps: tuple[Stamp, ...] = ()
-
-
-Repair: TypeAlias = Ensure | RemoveTree | SetXattrs | Move | LinkIfPresent
-REPAIR_TYPES = (Ensure, RemoveTree, SetXattrs, Move, LinkIfPresent)
 
 # a stale copy may refuse an ordinary mutation with these: the object is missing, or another
 # kind of object is in the way. Anything else (ENOSPC, EIO, EROFS...) is a real failure.

@@ -1,59 +1,22 @@
-"""What a resync compares: a directory's entries (names, types, modes, owners, sizes, times,
-link targets, a digest of the extended attributes) and a file's per-block hashes, read the same
-way on both nodes and encoded compactly for the wire."""
+"""What a resync compares, read the same way on both nodes: a directory's entries (names, types,
+modes, owners, sizes, times, link targets, a digest of the extended attributes) and a file's
+per-block hashes. Their wire form is `tandem.engine.protocol.results`'."""
 
 from __future__ import annotations
 
 import os
 import stat
 import struct
-import sys
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import xxhash
 
+from tandem.engine.protocol.results import FOUND, MISSING, NOT_A_FILE, BlockHashes, Entry
 from tandem.native.blockhash import hash_blocks
 
-_ENTRY = struct.Struct("<HIIIQqQQIHQ")
 SMALL_FILE = 64 << 10  # files up to this size have their content digest in a listing
-_HASHES = struct.Struct("<BQQII")
-MISSING, NOT_A_FILE, FOUND = 0, 1, 2
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    name: bytes  # b"" is the surveyed object itself
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    rdev: int
-    xattrs: int  # digest of the extended attributes (0: none)
-    nlink: int
-    target: bytes = b""
-    content: int = 0  # digest of a small file's content, read with the listing (0: none)
-
-    @property
-    def kind(self) -> int:
-        return stat.S_IFMT(self.mode)
-
-    def same_object(self, other: Entry) -> bool:
-        """Same type, and where a type has an identity of its own (link target, device)."""
-        return (self.kind, self.target, self.rdev) == (other.kind, other.target, other.rdev)
-
-    def same_attributes(self, other: Entry) -> bool:
-        mode = stat.S_IMODE(self.mode) if self.kind != stat.S_IFLNK else 0
-        theirs = stat.S_IMODE(other.mode) if other.kind != stat.S_IFLNK else 0
-        return (mode, self.uid, self.gid, self.xattrs) == (
-            theirs,
-            other.uid,
-            other.gid,
-            other.xattrs,
-        )
 
 
 def xattr_items(root_fd: int, path: bytes) -> tuple[tuple[bytes, bytes], ...]:
@@ -170,71 +133,6 @@ def survey(root_fd: int, path: bytes) -> list[Entry] | None:
     return found
 
 
-def encode_entries(entries: list[Entry] | None) -> bytes:
-    if entries is None:
-        return b""
-    parts = []
-    for e in entries:
-        parts.append(
-            _ENTRY.pack(
-                len(e.name),
-                e.mode,
-                e.uid,
-                e.gid,
-                e.size,
-                e.mtime_ns,
-                e.rdev,
-                e.xattrs,
-                e.nlink,
-                len(e.target),
-                e.content,
-            )
-        )
-        parts.append(e.name)
-        parts.append(e.target)
-    return b"".join(parts)
-
-
-class SurveyError(ValueError):
-    pass
-
-
-def decode_entries(data: bytes) -> list[Entry] | None:
-    if not data:
-        return None
-    entries: list[Entry] = []
-    position = 0
-    while position < len(data):
-        if position + _ENTRY.size > len(data):
-            raise SurveyError("a directory entry ends early")
-        (name_len, mode, uid, gid, size, mtime, rdev, xattrs, nlink, target_len, content) = (
-            _ENTRY.unpack_from(data, position)
-        )
-        position += _ENTRY.size
-        name = data[position : position + name_len]
-        target = data[position + name_len : position + name_len + target_len]
-        position += name_len + target_len
-        if len(name) != name_len or len(target) != target_len:
-            raise SurveyError("a directory entry ends early")
-        if (entries and (not name or b"/" in name or name in (b".", b".."))) or (
-            not entries and name
-        ):
-            raise SurveyError(f"bad entry name {name!r}")
-        entries.append(
-            Entry(name, mode, uid, gid, size, mtime, rdev, xattrs, nlink, target, content)
-        )
-    return entries
-
-
-@dataclass(frozen=True)
-class BlockHashes:
-    status: int  # MISSING, NOT_A_FILE or FOUND
-    size: int
-    hashes: array[int]  # of the blocks from the asked offset
-    ino: int = 0  # which file this is on its side (hard links share it)
-    nlink: int = 0
-
-
 def hash_file_range(root_fd: int, path: bytes, offset: int, length: int, block: int) -> BlockHashes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
@@ -253,25 +151,3 @@ def hash_file_range(root_fd: int, path: bytes, offset: int, length: int, block: 
         return BlockHashes(FOUND, st.st_size, hashes, st.st_ino, st.st_nlink)
     finally:
         os.close(fd)
-
-
-def encode_hashes(result: BlockHashes) -> bytes:
-    hashes = result.hashes
-    if sys.byteorder != "little":
-        hashes = array("Q", hashes)
-        hashes.byteswap()
-    header = _HASHES.pack(result.status, result.size, result.ino, result.nlink, len(hashes))
-    return header + hashes.tobytes()
-
-
-def decode_hashes(data: bytes) -> BlockHashes:
-    if len(data) < _HASHES.size:
-        raise SurveyError("a hash reply ends early")
-    status, size, ino, nlink, count = _HASHES.unpack_from(data)
-    if status not in (MISSING, NOT_A_FILE, FOUND) or len(data) != _HASHES.size + 8 * count:
-        raise SurveyError("a malformed hash reply")
-    hashes = array("Q")
-    hashes.frombytes(data[_HASHES.size :])
-    if sys.byteorder != "little":
-        hashes.byteswap()
-    return BlockHashes(status, size, hashes, ino, nlink)

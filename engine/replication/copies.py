@@ -21,9 +21,9 @@ from contextlib import ExitStack
 import trio
 
 from tandem.engine.config.modules import ModuleConfig
-from tandem.engine.config.paths import control_socket, journal_dir, stream_dir
+from tandem.engine.config.paths import stream_dir
+from tandem.engine.config.stream import module_stream
 from tandem.engine.control.channel import serve_control
-from tandem.engine.protocol.connection import Identity
 from tandem.engine.reintegration.journal import SecondaryJournal
 from tandem.engine.replication.commands import secondary_commands
 from tandem.engine.replication.receiver import Receiver, secondary_copy
@@ -36,11 +36,6 @@ STOP_GRACE = 30.0
 
 class CopyFailed(Exception):
     pass
-
-
-def stream_identity(node: str, module: ModuleConfig, index: int) -> Identity:
-    """Each directory of a module is its own replication stream, named ``module/index``."""
-    return Identity(node, f"{module.name}/{index}")
 
 
 def make_stream_dir(state_dir: str, module: ModuleConfig, index: int) -> None:
@@ -59,20 +54,11 @@ def mount_command(
     state_dir: str,
     verbose: bool,
 ) -> list[str]:
-    _, peer_address = module.peer_of(node)
-    host = f"[{peer_address}]" if ":" in peer_address else peer_address
+    settings = module_stream(node, module, index, state_dir, secret_file)
     command = [sys.executable, "-m", "tandem.engine.cli"]
     if verbose:
         command.append("--verbose")
-    command += ["mount", module.directories[index]]
-    command += ["--replicate-to", f"{host}:{module.port_of(index)}"]
-    command += ["--secret-file", secret_file, "--ack", module.ack]
-    command += ["--timeout", repr(module.timeout)]
-    command += ["--module", stream_identity(node, module, index).module, "--node", node]
-    command += ["--journal", journal_dir(state_dir, module.name, index)]
-    command += ["--control", control_socket(state_dir, module.name, index)]
-    if module.resync_bandwidth is not None:
-        command += ["--resync-bandwidth", repr(module.resync_bandwidth)]
+    command += ["mount", settings.directory, "--settings", settings.to_json()]
     return command
 
 
@@ -195,24 +181,18 @@ async def receive_copy(
 ) -> None:
     """Receive every directory (``receivers`` is filled with their receivers); started once all
     listen; stops receiving and makes the copies writable again when cancelled."""
-    listen = module.nodes[node]
     with ExitStack() as cleanup:
         async with trio.open_nursery() as nursery:
             for index, directory in enumerate(module.directories):
                 make_stream_dir(state_dir, module, index)
                 root_fd = cleanup.enter_context(secondary_copy(directory))
-                receiver = Receiver(
-                    root_fd,
-                    stream_identity(node, module, index),
-                    secret,
-                    durable=module.ack == "durable",
-                    handshake_timeout=module.timeout,
-                    journal=SecondaryJournal(journal_dir(state_dir, module.name, index)),
-                )
+                settings = module_stream(node, module, index, state_dir, None)
+                assert settings.listen is not None and settings.journal and settings.control
+                journal = SecondaryJournal(settings.journal)
+                receiver = Receiver(root_fd, settings, secret, journal=journal)
                 receivers.append(receiver)
-                await nursery.start(receiver.serve, listen, module.port_of(index))
+                await nursery.start(receiver.serve, settings.listen.host, settings.listen.port)
                 commands = secondary_commands(receiver, directory)
-                control = control_socket(state_dir, module.name, index)
-                await nursery.start(serve_control, control, commands)
+                await nursery.start(serve_control, settings.control, commands)
                 log.info("module %s: secondary for %s", module.name, directory)
             task_status.started()

@@ -23,30 +23,35 @@ from typing import cast
 
 import trio
 
+from tandem.engine.config.stream import StreamSettings
 from tandem.engine.protocol.connection import (
     MAX_FRAME,
     AckKind,
-    Authenticated,
     Connection,
+    ConnectionEvent,
     ConnectionFailed,
-    Event,
-    Identity,
+    ConnectionState,
     MutationReceived,
     PeerError,
     PeerState,
-    Role,
-    State,
-    StreamItem,
+    Side,
 )
+from tandem.engine.protocol.handshake import (
+    ClosedDuringHandshake,
+    HandshakeFailed,
+    authenticate,
+)
+from tandem.engine.protocol.items import StreamItem
 from tandem.engine.protocol.queries import Finish, HashQuery, ListQuery, ProgressNote, Query
+from tandem.engine.protocol.repairs import REPAIR_TYPES
+from tandem.engine.protocol.results import encode_entries, encode_hashes
 from tandem.engine.reintegration.journal import SecondaryJournal
 from tandem.engine.reintegration.plan import plan_from_history
 from tandem.engine.replica.durability import make_durable
-from tandem.engine.replica.repair import REPAIR_TYPES, apply_repair, apply_tolerantly
+from tandem.engine.replica.repair import apply_repair, apply_tolerantly
 from tandem.engine.replica.replay import apply
-from tandem.engine.replica.survey import encode_entries, encode_hashes, hash_file_range, survey
+from tandem.engine.replica.survey import hash_file_range, survey
 from tandem.engine.replication.raw_socket import RawSocket
-from tandem.engine.replication.replicator import RECEIVE_SIZE
 from tandem.fsdriver.mount import check_target, open_root
 from tandem.fsdriver.mutation import Mutation
 from tandem.fsdriver.syscall import syncfs
@@ -92,14 +97,14 @@ def _apply_batch(
     return unsettled
 
 
-def answer_query(root_fd: int, query: Query) -> bytes:
+def answer_query(root_fd: int, query: Query, version: int) -> bytes:
     match query:
         case ListQuery(path=path):
-            return encode_entries(survey(root_fd, path))
+            return encode_entries(survey(root_fd, path), version)
         case HashQuery(path=path, offset=offset, length=length, block=block):
             if block < 512 or length // block > MAX_HASHES_PER_QUERY:
                 raise ApplyError(f"refused a hash query of {length} bytes in {block}-byte blocks")
-            return encode_hashes(hash_file_range(root_fd, path, offset, length, block))
+            return encode_hashes(hash_file_range(root_fd, path, offset, length, block), version)
     raise TypeError(f"not a query: {query!r}")
 
 
@@ -107,20 +112,18 @@ class Receiver:
     def __init__(
         self,
         root_fd: int,
-        identity: Identity,
+        settings: StreamSettings,
         secret: bytes,
         *,
-        durable: bool,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         journal: SecondaryJournal | None = None,
     ) -> None:
-        self._handshake_timeout = handshake_timeout
+        self._handshake_timeout = settings.handshake_timeout
         self._journal = journal
         self.in_sync = False
         self._root_fd = root_fd
-        self.identity = identity
+        self.identity = settings.identity
         self._secret = secret
-        self._durable = durable
+        self._durable = settings.durable
         self._current: tuple[trio.CancelScope, trio.Event] | None = None
         self.applied = 0  # mutations applied over this process's life (for status and tests)
         self._primary = ""  # the connected primary's node name
@@ -139,7 +142,7 @@ class Receiver:
         return {
             "role": "secondary",
             "node": self.identity.node,
-            "module": self.identity.module,
+            "module": self.identity.stream,
             "peer": self._primary or None,
             "replication": replication,
             "resync": resync,
@@ -161,12 +164,12 @@ class Receiver:
         task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
-        log.info("waiting for the primary of %s on %s:%d", self.identity.module, host, port)
+        log.info("waiting for the primary of %s on %s:%d", self.identity.stream, host, port)
         await trio.serve_listeners(self.handle, listeners, task_status=task_status)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            connection = Connection(Role.RESPONDER, self.identity, self._secret)
+            connection = Connection(Side.RESPONDER, self.identity, self._secret)
             try:
                 with trio.move_on_after(self._handshake_timeout) as waited:
                     first_events = await self._handshake(stream, connection)
@@ -202,27 +205,21 @@ class Receiver:
 
     async def _handshake(
         self, stream: trio.SocketStream, connection: Connection
-    ) -> list[Event] | None:
+    ) -> list[ConnectionEvent] | None:
         """Authenticate the peer; returns the events that followed its proof, or None."""
-        while True:
-            outgoing = connection.bytes_to_send()
-            if outgoing:
-                await stream.send_all(outgoing)
-            data = await stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                log.info("a peer closed the connection during the handshake")
-                return None
-            events = connection.receive(data)
-            for index, event in enumerate(events):
-                if isinstance(event, Authenticated):
-                    log.info("primary %s connected (protocol %d)", event.peer_node, event.version)
-                    self._primary = event.peer_node
-                    return events[index + 1 :]
-                if isinstance(event, ConnectionFailed | PeerError):
-                    log.error("refused a peer: %s", event.reason)
-                    with trio.move_on_after(1):
-                        await stream.send_all(connection.bytes_to_send())
-                    return None
+        try:
+            authenticated, pending = await authenticate(stream, connection)
+        except ClosedDuringHandshake:
+            log.info("a peer closed the connection during the handshake")
+            return None
+        except HandshakeFailed as exc:
+            log.error("refused a peer: %s", exc.reason)
+            return None
+        log.info(
+            "primary %s connected (protocol %d)", authenticated.peer_node, authenticated.version
+        )
+        self._primary = authenticated.peer_node
+        return pending
 
     async def _where_the_copy_stands(self) -> PeerState:
         if self._journal is None:
@@ -263,7 +260,9 @@ class Receiver:
         scope.cancel()
         await done.wait()
 
-    async def _session(self, raw: RawSocket, connection: Connection, events: list[Event]) -> None:
+    async def _session(
+        self, raw: RawSocket, connection: Connection, events: list[ConnectionEvent]
+    ) -> None:
         expected = 1
         tolerant = True  # until the resync is confirmed
         unsettled_sent = 0
@@ -298,7 +297,9 @@ class Receiver:
                         )
                     else:
                         try:
-                            body = await trio.to_thread.run_sync(answer_query, self._root_fd, item)
+                            body = await trio.to_thread.run_sync(
+                                answer_query, self._root_fd, item, connection.agreed_version
+                            )
                         except ApplyError as exc:
                             connection.send_error(str(exc))
                             await raw.send_all(connection.bytes_to_send())
@@ -324,7 +325,7 @@ class Receiver:
             outgoing = connection.bytes_to_send()
             if outgoing:
                 await raw.send_all(outgoing)
-            if connection.state is State.CLOSED:
+            if connection.state is ConnectionState.CLOSED:
                 return
             data = await raw.receive()
             if not data:

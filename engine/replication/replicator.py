@@ -22,25 +22,29 @@ import os
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
 
 import trio
 
+from tandem.engine.config.stream import PeerAddress, StreamSettings
 from tandem.engine.protocol.connection import (
-    AckKind,
+    PROTOCOL_VERSION,
     Acknowledged,
-    Authenticated,
     Connection,
+    ConnectionEvent,
     ConnectionFailed,
-    Event,
-    Identity,
     PeerError,
     PeerState,
     QueryAnswered,
-    Role,
-    StreamItem,
+    Side,
     UnsettledPaths,
 )
+from tandem.engine.protocol.handshake import (
+    ClosedDuringHandshake,
+    HandshakeFailed,
+    authenticate,
+    expect,
+)
+from tandem.engine.protocol.items import StreamItem
 from tandem.engine.protocol.queries import ProgressNote, Query
 from tandem.engine.reintegration.journal import ChangeJournal
 from tandem.engine.reintegration.plan import Plan, compare_paths, full_plan, plan_from_history
@@ -51,26 +55,9 @@ from tandem.fsdriver.mutation import DONE, Mutation, Receipt, Write
 
 log = logging.getLogger(__name__)
 
-RECEIVE_SIZE = 1 << 16
 MAX_BACKLOG = 64 << 20  # unacknowledged bytes in flight while receipts do not wait for acks
 CHECKPOINT_INTERVAL = 1.0  # how often journal segments close (and retire once acknowledged)
 PROGRESS_INTERVAL = 1.0  # how often a resync tells the secondary how far it is
-
-
-@dataclass(frozen=True)
-class PeerAddress:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> PeerAddress:
-        host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{text!r} is not HOST:PORT")
-        return cls(host.strip("[]"), int(port))
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 class _Lost(Exception):
@@ -82,15 +69,15 @@ class Refused(Exception):
 
 
 class _AckReceipt:
-    __slots__ = ("_epoch", "_replicator", "_seq")
+    __slots__ = ("_connection_number", "_replicator", "_seq")
 
-    def __init__(self, replicator: Replicator, epoch: int, seq: int) -> None:
+    def __init__(self, replicator: Replicator, connection_number: int, seq: int) -> None:
         self._replicator = replicator
-        self._epoch = epoch
+        self._connection_number = connection_number
         self._seq = seq
 
     async def wait(self) -> None:
-        await self._replicator.wait_acknowledged(self._epoch, self._seq)
+        await self._replicator.wait_acknowledged(self._connection_number, self._seq)
 
 
 class _RoomReceipt:
@@ -115,27 +102,24 @@ def _weight(item: StreamItem) -> int:
 class Replicator:
     def __init__(
         self,
-        peer: PeerAddress,
-        identity: Identity,
+        settings: StreamSettings,
         secret: bytes,
         *,
-        ack: AckKind = AckKind.APPLIED,
-        timeout: float = 10.0,
-        retry: float = 2.0,
         root_fd: int | None = None,
         journal: ChangeJournal | None = None,
-        bandwidth: float | None = None,
     ) -> None:
-        self.peer = peer
-        self.identity = identity
+        if settings.peer is None:
+            raise ValueError("a replicator needs the peer's address")
+        self.peer: PeerAddress = settings.peer
+        self.identity = settings.identity
         self._secret = secret
-        self._ack_kind = ack
-        self._timeout = timeout
-        self._retry = retry
+        self._ack_kind = settings.ack
+        self._timeout = settings.peer_timeout
+        self._retry = settings.retry
         self._root_fd = root_fd
         self._journal = journal
-        self._bandwidth = bandwidth
-        self._epoch = 0
+        self._bandwidth = settings.resync_bandwidth
+        self._connection_number = 0
         self._next_seq = 1
         self._link: tuple[Connection, RawSocket] | None = None  # while mirroring
         self._in_flight: deque[tuple[int, int]] = deque()  # (seq, weight) sent, not acked
@@ -166,7 +150,7 @@ class Replicator:
         if self._resync is not None:
             self._resync.observe(mutation)
             return _RoomReceipt(self)
-        return _AckReceipt(self, self._epoch, seq)
+        return _AckReceipt(self, self._connection_number, seq)
 
     def _enqueue(self, item: StreamItem) -> int:
         seq = self._next_seq
@@ -180,23 +164,27 @@ class Replicator:
             self._backlog += weight
         return seq
 
-    async def wait_acknowledged(self, epoch: int, seq: int) -> None:
+    async def wait_acknowledged(self, connection_number: int, seq: int) -> None:
         with trio.move_on_after(self._timeout) as waited:
-            while self._epoch == epoch and self._acked < seq and self.alone_reason is None:
+            while (
+                self._connection_number == connection_number
+                and self._acked < seq
+                and self.alone_reason is None
+            ):
                 await self._progress.wait()
         if waited.cancelled_caught:
             self.go_alone(f"peer {self.peer} did not acknowledge within {self._timeout:g} s")
 
     async def room(self) -> None:
-        epoch = self._epoch
+        connection_number = self._connection_number
         with trio.move_on_after(self._timeout) as waited:
-            while self._backlog > MAX_BACKLOG and self._epoch == epoch:
+            while self._backlog > MAX_BACKLOG and self._connection_number == connection_number:
                 if self.alone_reason is not None:
                     raise _Lost
                 await self._progress.wait()
         if waited.cancelled_caught:
             self.go_alone(f"peer {self.peer} did not acknowledge within {self._timeout:g} s")
-        if self.alone_reason is not None or self._epoch != epoch:
+        if self.alone_reason is not None or self._connection_number != connection_number:
             raise _Lost
 
     async def ask(self, query: Query) -> bytes:
@@ -245,6 +233,13 @@ class Replicator:
     def acknowledged(self) -> int:
         return self._acked
 
+    @property
+    def version(self) -> int:
+        """The protocol version of the current connection (the newest one, between them)."""
+        if self._link is None:
+            return PROTOCOL_VERSION
+        return self._link[0].agreed_version
+
     # -- what an operator may ask -----------------------------------------------------------
 
     def status(self) -> dict[str, object]:
@@ -261,7 +256,7 @@ class Replicator:
         return {
             "role": "primary",
             "node": self.identity.node,
-            "module": self.identity.module,
+            "module": self.identity.stream,
             "peer": str(self.peer),
             "replication": replication,
             "reason": self.alone_reason,
@@ -358,19 +353,25 @@ class Replicator:
             self._still_alone(f"cannot reach peer {self.peer}: {exc or 'timed out'}")
             return
         async with stream:
-            connection = Connection(Role.INITIATOR, self.identity, self._secret)
-            ready: PeerState | str | None = None
+            connection = Connection(Side.INITIATOR, self.identity, self._secret)
             try:
-                with trio.move_on_after(self._timeout):
-                    ready = await self._handshake(stream, connection)
-                if ready is None:
-                    self._still_alone(f"peer {self.peer} did not complete the handshake")
-                    return
-                if isinstance(ready, str):
-                    self._still_alone(ready)
-                    return
+                with trio.fail_after(self._timeout):
+                    peer = await self._handshake(stream, connection)
+            except trio.TooSlowError:
+                self._still_alone(f"peer {self.peer} did not complete the handshake")
+                return
+            except ClosedDuringHandshake:
+                self._still_alone(f"peer {self.peer} closed the connection during the handshake")
+                return
+            except HandshakeFailed as exc:
+                self._still_alone(f"peer {self.peer} refused: {exc.reason}")
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._still_alone(f"connection to {self.peer} lost during the handshake: {exc}")
+                return
+            try:
                 with RawSocket(stream) as raw:
-                    await self._mirror(raw, connection, ready)
+                    await self._mirror(raw, connection, peer)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self.go_alone(f"connection to {self.peer} lost: {exc}")
             finally:
@@ -382,36 +383,23 @@ class Replicator:
             log.info("replication to %s: %s; retrying every %g s", self.peer, reason, self._retry)
         self.alone_reason = reason
 
-    async def _handshake(
-        self, stream: trio.SocketStream, connection: Connection
-    ) -> PeerState | str | None:
-        """The peer's state once it proved itself; a reason when it refused; None: silence."""
-        authenticated = None
-        while True:
-            await stream.send_all(connection.bytes_to_send())
-            data = await stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                return f"peer {self.peer} closed the connection during the handshake"
-            for event in connection.receive(data):
-                if isinstance(event, Authenticated):
-                    authenticated = event
-                elif isinstance(event, PeerState) and authenticated is not None:
-                    log.info(
-                        "connected to %s (node %s, protocol %d, %s)",
-                        self.peer,
-                        authenticated.peer_node,
-                        authenticated.version,
-                        authenticated.features.name or "no options",
-                    )
-                    return event
-                elif isinstance(event, ConnectionFailed | PeerError):
-                    await stream.send_all(connection.bytes_to_send())
-                    return f"peer {self.peer} refused: {event.reason}"
+    async def _handshake(self, stream: trio.SocketStream, connection: Connection) -> PeerState:
+        """The peer's state once it proved itself."""
+        authenticated, pending = await authenticate(stream, connection)
+        peer = await expect(stream, connection, PeerState, pending)
+        log.info(
+            "connected to %s (node %s, protocol %d, %s)",
+            self.peer,
+            authenticated.peer_node,
+            authenticated.version,
+            authenticated.features.name or "no options",
+        )
+        return peer
 
     async def _mirror(self, raw: RawSocket, connection: Connection, peer: PeerState) -> None:
         # one step: from here on, every mutation is mirrored, and the journal's sync point says
         # that what it recorded before is the resync's to settle
-        self._epoch += 1
+        self._connection_number += 1
         self._next_seq, self._acked = 1, 0
         raw.send_soon(connection.bytes_to_send())
         self._link = (connection, raw)
@@ -463,7 +451,7 @@ class Replicator:
             summary["bytes_compared"],
             summary["bytes_sent"],
         )
-        log.info("replicating %s to %s (in sync)", self.identity.module, self.peer)
+        log.info("replicating %s to %s (in sync)", self.identity.stream, self.peer)
 
     async def _tell_progress(self, resync: Resync) -> None:
         """The returning node shows the resync's progress too (`tandem state` there)."""
@@ -520,7 +508,7 @@ class Replicator:
                         await raw.flush()
                     return
 
-    def _handle(self, event: Event) -> bool:
+    def _handle(self, event: ConnectionEvent) -> bool:
         if isinstance(event, Acknowledged):
             if event.kind == self._ack_kind and event.seq > self._acked:
                 self._acked = event.seq
@@ -568,3 +556,7 @@ class _Channel:
 
     async def room(self) -> None:
         await self._replicator.room()
+
+    @property
+    def version(self) -> int:
+        return self._replicator.version

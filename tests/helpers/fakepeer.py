@@ -19,7 +19,7 @@ from tandem.engine.protocol.connection import (
     ConnectionFailed,
     Identity,
     PeerError,
-    Role,
+    Side,
 )
 from tandem.fsdriver.mutation import Write
 
@@ -67,7 +67,7 @@ def main(mode: str, host: str, port: int, secret: bytes) -> None:
         sock, _ = server.accept()
     else:
         sock = socket.create_connection((host, port), timeout=10)
-    role = Role.RESPONDER if mode.startswith("listen-") else Role.INITIATOR
+    role = Side.RESPONDER if mode.startswith("listen-") else Side.INITIATOR
     if mode == "garbage":
         sock.sendall(os.urandom(4096))
         drain(sock, None)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import trio
 
-from tandem.engine.protocol.connection import Identity
+from tandem.engine.config.stream import PeerAddress, StreamSettings
 from tandem.engine.reintegration.journal import ChangeJournal, SecondaryJournal
 from tandem.engine.replica.replay import apply_change
 from tandem.engine.replication.receiver import Receiver
-from tandem.engine.replication.replicator import PeerAddress, Replicator
+from tandem.engine.replication.replicator import Replicator
 from tandem.fsdriver.change import Change, ChangeKind
 from tandem.fsdriver.mutation import (
     CreateFile,
@@ -232,23 +232,17 @@ async def run_pair(
     try:
         receiver = Receiver(
             b_fd,
-            Identity("b", "m"),
+            StreamSettings("b", "m", str(b)),
             SECRET,
-            durable=False,
             journal=SecondaryJournal(journal_b) if journal_b else None,
         )
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(receiver.serve, "127.0.0.1", 0)
             port = listeners[0].socket.getsockname()[1]
-            replicator = Replicator(
-                PeerAddress("127.0.0.1", port),
-                Identity("a", "m"),
-                SECRET,
-                timeout=20,
-                retry=0.05,
-                root_fd=a_fd,
-                journal=journal,
+            settings = StreamSettings(
+                "a", "m", str(a), peer=PeerAddress("127.0.0.1", port), peer_timeout=20, retry=0.05
             )
+            replicator = Replicator(settings, SECRET, root_fd=a_fd, journal=journal)
             if connect_after:
                 await trio.sleep(connect_after)
             nursery.start_soon(replicator.run)

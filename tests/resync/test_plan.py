@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tandem.engine.protocol.queries import HashQuery
+from tandem.engine.protocol.repairs import RENAME_EXCHANGE, LinkIfPresent, Move
+from tandem.engine.protocol.results import decode_hashes
 from tandem.engine.reintegration.journal import History
 from tandem.engine.reintegration.plan import Need, plan_from_history
-from tandem.engine.replica.repair import RENAME_EXCHANGE, LinkIfPresent, Move
-from tandem.engine.replica.survey import decode_hashes
 from tandem.engine.replication.receiver import ApplyError
 from tandem.engine.replication.receiver import answer_query as answer
 from tandem.fsdriver.change import UNBOUNDED, Change, ChangeKind
@@ -105,9 +105,9 @@ def test_a_hash_query_asking_for_too_many_hashes_is_refused(tmp_path: Path) -> N
     root_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with pytest.raises(ApplyError, match="refused a hash query"):
-            answer(root_fd, HashQuery(b"f", 0, 1 << 40, 512))
+            answer(root_fd, HashQuery(b"f", 0, 1 << 40, 512), 4)
         with pytest.raises(ApplyError, match="refused a hash query"):
-            answer(root_fd, HashQuery(b"f", 0, 4096, 1))
-        assert decode_hashes(answer(root_fd, HashQuery(b"f", 0, 4096, 4096))).size == 10
+            answer(root_fd, HashQuery(b"f", 0, 4096, 1), 4)
+        assert decode_hashes(answer(root_fd, HashQuery(b"f", 0, 4096, 4096), 4), 4).size == 10
     finally:
         os.close(root_fd)

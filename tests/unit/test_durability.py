@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tandem.engine.protocol.repairs import Ensure
 from tandem.engine.replica.durability import MAX_SEPARATE_SYNCS, make_durable, sync_targets
-from tandem.engine.replica.repair import Ensure
 from tandem.fsdriver.mutation import (
     CreateFile,
     MakeHardLink,

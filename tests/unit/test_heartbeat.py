@@ -12,8 +12,8 @@ from tandem.heartbeat.packet import (
     MAX_PAYLOAD,
     REPLAY_WINDOW,
     BadPacket,
+    BeatChecker,
     Heartbeat,
-    Receiver,
     decode,
     encode,
 )
@@ -48,7 +48,7 @@ def test_another_secret_is_forged_and_a_bad_version_is_named() -> None:
 
 
 def test_replays_are_rejected_and_counted() -> None:
-    receiver = Receiver(SECRET, {"alpha"})
+    receiver = BeatChecker(SECRET, {"alpha"})
     beats = [encode(SECRET, Heartbeat("alpha", 100, seq)) for seq in range(1, 200)]
     assert receiver.take("net1", beats[0]) is not None
     assert receiver.take("net2", beats[0]) is not None  # the same beat on the other network

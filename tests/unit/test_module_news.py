@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tandem.engine.failover.module_state import Module, State
-from tandem.engine.failover.runner import PeerNews, decode_news, encode_news
+from tandem.engine.failover.news import PeerNews, decode_news, encode_news
 from tandem.heartbeat.packet import MAX_PAYLOAD
 
 

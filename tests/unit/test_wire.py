@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tandem.engine.protocol.codec import ProtocolError
 from tandem.engine.protocol.connection import (
     MAX_FRAME,
     PROTOCOL_VERSION,
@@ -18,6 +19,7 @@ from tandem.engine.protocol.connection import (
     Authenticated,
     Connection,
     ConnectionFailed,
+    ConnectionState,
     Feature,
     FrameFlag,
     FrameKind,
@@ -25,17 +27,13 @@ from tandem.engine.protocol.connection import (
     MutationReceived,
     PeerError,
     PeerState,
-    ProtocolError,
     QueryAnswered,
-    Role,
-    State,
-    StreamItem,
+    Side,
     UnsettledPaths,
-    decode_mutation,
-    encode_mutation,
 )
+from tandem.engine.protocol.items import StreamItem, decode_mutation, encode_mutation
 from tandem.engine.protocol.queries import Finish, HashQuery, ListQuery, ProgressNote
-from tandem.engine.replica.repair import Ensure, LinkIfPresent, Move, RemoveTree, SetXattrs
+from tandem.engine.protocol.repairs import Ensure, LinkIfPresent, Move, RemoveTree, SetXattrs
 from tandem.fsdriver.mutation import (
     CreateFile,
     MakeDirectory,
@@ -63,8 +61,8 @@ def pair(
     features_a: Feature = Feature.LZ4,
     features_b: Feature = Feature.LZ4,
 ) -> tuple[Connection, Connection]:
-    a = Connection(Role.INITIATOR, Identity("a", "data"), secret_a, features=features_a)
-    b = Connection(Role.RESPONDER, Identity("b", "data"), secret_b, features=features_b)
+    a = Connection(Side.INITIATOR, Identity("a", "data"), secret_a, features=features_a)
+    b = Connection(Side.RESPONDER, Identity("b", "data"), secret_b, features=features_b)
     return a, b
 
 
@@ -85,7 +83,7 @@ def test_handshake_authenticates_both_sides() -> None:
     got_a, got_b = pump(a, b)
     assert got_a == [Authenticated("b", "data", PROTOCOL_VERSION, Feature.LZ4)]
     assert got_b == [Authenticated("a", "data", PROTOCOL_VERSION, Feature.LZ4)]
-    assert a.state is b.state is State.READY
+    assert a.state is b.state is ConnectionState.READY
 
 
 @pytest.mark.parametrize("wrong", ["initiator", "responder"])
@@ -100,7 +98,7 @@ def test_wrong_secret_replicates_nothing(wrong: str) -> None:
     assert any(
         isinstance(e, ConnectionFailed) and "failed authentication" in e.reason for e in events
     )
-    assert a.state is State.CLOSED and b.state is State.CLOSED
+    assert a.state is ConnectionState.CLOSED and b.state is ConnectionState.CLOSED
     with pytest.raises(RuntimeError):
         a.send_mutation(1, Unlink(b"x"))
 
@@ -109,13 +107,13 @@ def test_nothing_is_accepted_before_authentication() -> None:
     a, b = pair()
     b.bytes_to_send()  # discard b's hello: a never learns b's nonce
     a.bytes_to_send()
-    rogue = Connection(Role.INITIATOR, Identity("rogue", "data"), b"no secret")
+    rogue = Connection(Side.INITIATOR, Identity("rogue", "data"), b"no secret")
     rogue.bytes_to_send()
     frame = encode_mutation(Unlink(b"precious"))
     raw = struct.pack(">IBB", len(frame) + 10, FrameKind.MUTATION, 0) + struct.pack(">Q", 1) + frame
     events = b.receive(raw)
     assert events == [ConnectionFailed("frame kind 3 before authentication")]
-    assert b.state is State.CLOSED
+    assert b.state is ConnectionState.CLOSED
 
 
 def test_reflected_proof_is_rejected() -> None:
@@ -124,26 +122,26 @@ def test_reflected_proof_is_rejected() -> None:
     hello_and_auth_from_b = b.bytes_to_send()
     events = b.receive(hello_and_auth_from_b)
     assert isinstance(events[-1], ConnectionFailed)
-    assert b.state is State.CLOSED
+    assert b.state is ConnectionState.CLOSED
 
 
 def test_version_ranges_are_negotiated_or_refused() -> None:
-    a = Connection(Role.INITIATOR, Identity("a", "data"), SECRET, versions=(1, 3))
-    b = Connection(Role.RESPONDER, Identity("b", "data"), SECRET, versions=(2, 5))
+    a = Connection(Side.INITIATOR, Identity("a", "data"), SECRET, versions=(1, 3))
+    b = Connection(Side.RESPONDER, Identity("b", "data"), SECRET, versions=(2, 5))
     got_a, _ = pump(a, b)
     assert got_a == [Authenticated("b", "data", 3, Feature.LZ4)]
 
-    old = Connection(Role.INITIATOR, Identity("old", "data"), SECRET, versions=(1, 1))
-    new = Connection(Role.RESPONDER, Identity("new", "data"), SECRET, versions=(2, 2))
+    old = Connection(Side.INITIATOR, Identity("old", "data"), SECRET, versions=(1, 1))
+    new = Connection(Side.RESPONDER, Identity("new", "data"), SECRET, versions=(2, 2))
     got_old, got_new = pump(old, new)
     reasons = [e.reason for e in got_old + got_new if isinstance(e, ConnectionFailed | PeerError)]
     assert any("no common protocol version" in r for r in reasons)
-    assert old.state is State.CLOSED and new.state is State.CLOSED
+    assert old.state is ConnectionState.CLOSED and new.state is ConnectionState.CLOSED
 
 
 def test_peer_of_another_module_is_refused() -> None:
-    a = Connection(Role.INITIATOR, Identity("a", "web"), SECRET)
-    b = Connection(Role.RESPONDER, Identity("b", "db"), SECRET)
+    a = Connection(Side.INITIATOR, Identity("a", "web"), SECRET)
+    b = Connection(Side.RESPONDER, Identity("b", "db"), SECRET)
     got_a, got_b = pump(a, b)
     assert any(isinstance(e, ConnectionFailed) and "module" in e.reason for e in got_a + got_b)
 
@@ -152,7 +150,7 @@ def test_not_a_tandem_peer() -> None:
     _, b = pair()
     events = b.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert len(events) == 1 and isinstance(events[0], ConnectionFailed)
-    assert b.state is State.CLOSED
+    assert b.state is ConnectionState.CLOSED
     assert b.receive(b"more garbage") == []
 
 
@@ -279,13 +277,13 @@ def test_a_stranger_announcing_a_big_frame_is_refused_from_its_header_alone() ->
     assert b.receive(header) == [
         ConnectionFailed(f"handshake frame of {MAX_FRAME - 1} bytes: not a Tandem peer")
     ]
-    assert b.state is State.CLOSED
+    assert b.state is ConnectionState.CLOSED
 
 
 def test_unknown_frames_end_the_connection_unless_ignorable() -> None:
     _, b = _ready_pair()
     assert b.receive(struct.pack(">IBB", 5, 99, FrameFlag.IGNORABLE) + b"abc") == []
-    assert b.state is State.READY
+    assert b.state is ConnectionState.READY
     events = b.receive(struct.pack(">IBB", 5, 99, 0) + b"abc")
     assert events == [ConnectionFailed("unknown frame kind 99")]
 
@@ -304,7 +302,9 @@ def test_a_stalled_peer_mid_frame_yields_nothing_and_keeps_state() -> None:
     a.send_mutation(1, Write(b"f", 0, b"x" * 1000))
     raw = a.bytes_to_send()
     assert b.receive(raw[:-1]) == []
-    assert b.state is State.READY  # nothing half-applied; the timeout is the caller's business
+    assert (
+        b.state is ConnectionState.READY
+    )  # nothing half-applied; the timeout is the caller's business
     assert b.receive(raw[-1:]) == [MutationReceived(1, Write(b"f", 0, b"x" * 1000))]
 
 
@@ -421,4 +421,4 @@ def test_a_peer_cannot_name_paths_outside_the_copy_in_resync_frames(path: bytes)
     b.send_unsettled((path,))
     got_a, _ = pump(a, b)
     assert isinstance(got_a[0], ConnectionFailed)
-    assert a.state is State.CLOSED
+    assert a.state is ConnectionState.CLOSED

@@ -1,0 +1,152 @@
+"""`tandem node`, `tandem check`, `tandem unit`: running this node's modules, and what is
+checked before they run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tandem.engine.cli.common import (
+    DEFAULT_CONFIG_DIR,
+    EXIT_FAILED,
+    EXIT_OK,
+    node_options,
+    state_dir_option,
+)
+from tandem.engine.config.modules import (
+    ConfigError,
+    ModuleConfig,
+    check_failover_timing,
+    load_module,
+    read_secret,
+)
+from tandem.engine.node.systemd import unit_text
+
+ROLES = ("primary", "secondary")
+
+
+def _assignment(text: str) -> tuple[str, str | None]:
+    name, sep, role = text.partition("=")
+    if not name or (sep and role not in ROLES):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not MODULE (failed over), MODULE=primary or MODULE=secondary"
+        )
+    return name, role if sep else None
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    node = commands.add_parser(
+        "node",
+        help="run this node's modules in the foreground (the systemd unit runs this)",
+        description="Run modules configured in CONFIG_DIR/modules/NAME.toml until SIGINT/SIGTERM. "
+        "A module given by name fails over (heartbeat, virtual IP, scripts); MODULE=primary or "
+        "MODULE=secondary fixes its role (replication only).",
+    )
+    node.set_defaults(run=run_node_command)
+    node.add_argument("assignments", nargs="+", metavar="MODULE[=ROLE]", type=_assignment)
+    node_options(node)
+    state_dir_option(node)
+
+    unit = commands.add_parser(
+        "unit",
+        help="print a systemd unit running the node for these modules "
+        "(tandem unit web db > /etc/systemd/system/tandem.service)",
+    )
+    unit.set_defaults(run=run_unit_command)
+    unit.add_argument("modules", nargs="+", metavar="MODULE")
+    unit.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, metavar="DIR")
+    state_dir_option(unit)
+
+    check = commands.add_parser(
+        "check",
+        help="validate module configuration files and the secret, then say what they define",
+    )
+    check.set_defaults(run=run_check_command)
+    check.add_argument("modules", nargs="*", metavar="MODULE", help="default: every module")
+    node_options(check)
+
+
+def run_node_command(args: argparse.Namespace) -> int:
+    # the node's imports (heartbeat, VIP, pyroute2) stay out of `tandem mount`, whose start-up
+    # time is part of every failover
+    from tandem.engine.node.supervisor import Assignment, FixedRole, Node, NodeFailed, run_node
+
+    names = [name for name, _ in args.assignments]
+    if len(set(names)) != len(names):
+        raise ConfigError("a module is given more than one role")
+    secret_file = os.path.join(args.config_dir, "secret")
+    secret = read_secret(secret_file)
+    assignments = [
+        Assignment(load_module(args.config_dir, name), FixedRole(role) if role else None)
+        for name, role in args.assignments
+    ]
+    node = Node(
+        args.node,
+        assignments,
+        secret,
+        secret_file,
+        state_dir=args.state_dir,
+        verbose=args.verbose,
+    )
+    try:
+        run_node(node)
+    except NodeFailed as failure:
+        print(f"tandem: error: {failure}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"tandem: node {args.node} stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_unit_command(args: argparse.Namespace) -> int:
+    print(unit_text(args.modules, args.config_dir, args.state_dir), end="")
+    return EXIT_OK
+
+
+def run_check_command(args: argparse.Namespace) -> int:
+    read_secret(os.path.join(args.config_dir, "secret"))
+    modules_dir = os.path.join(args.config_dir, "modules")
+    try:
+        files = os.listdir(modules_dir) if not args.modules else []
+    except OSError as exc:
+        raise ConfigError(f"cannot list {modules_dir}: {exc.strerror}") from None
+    names = args.modules or sorted(f.removesuffix(".toml") for f in files if f.endswith(".toml"))
+    if not names:
+        raise ConfigError(f"{args.config_dir}/modules holds no NAME.toml module file")
+    for name in names:
+        module = load_module(args.config_dir, name)
+        peer, address = module.peer_of(args.node)
+        count = len(module.directories)
+        print(
+            f"{name}: {count} director{'y' if count == 1 else 'ies'}"
+            f" ({', '.join(module.directories)}), peer {peer} at {address}, "
+            f"ports {module.port}-{module.port_of(len(module.directories) - 1)}, "
+            f"ack {module.ack}, timeout {module.timeout:g} s"
+            + (
+                f", resync capped at {module.resync_bandwidth:g} MiB/s"
+                if module.resync_bandwidth
+                else ""
+            )
+        )
+        print(f"  failover: {_describe_failover(module)}")
+        try:
+            check_failover_timing(module)
+        except ConfigError as exc:
+            print(f"  warning: {exc} (fine only with fixed roles: tandem node {name}=primary)")
+    return EXIT_OK
+
+
+def _describe_failover(module: ModuleConfig) -> str:
+    parts = [
+        f"heartbeat every {module.heartbeat_interval:g} s, peer lost after "
+        f"{module.heartbeat_timeout:g} s on {1 + len(module.heartbeat_networks)} network(s)",
+        f"VIP {module.vip}" if module.vip else "no VIP",
+        "witness " + ", ".join(h if p is None else f"{h}:{p}" for h, p in module.witnesses)
+        if module.witnesses
+        else "no witness (a partition may let both serve)",
+        f"default primary {module.default_primary}" if module.default_primary else "",
+        f"{len(module.checkers)} checker(s), maxloop {module.maxloop}, then {module.on_failure}",
+    ]
+    if module.health_port:
+        parts.append(f"health probe on port {module.health_port}")
+    return "; ".join(part for part in parts if part)

@@ -1,0 +1,62 @@
+"""What a node says of a module in each heartbeat (the payload `tandem.heartbeat` carries
+without reading it): its state, its serving period (epoch), whether that copy served and is sure
+to be the newest, why, and whether it holds the VIP. JSON, versioned; anything else is refused
+with a worded reason."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from tandem.engine.failover.module_state import Module, State
+
+PAYLOAD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PeerNews:
+    state: State
+    epoch: int
+    served: bool
+    sure: bool
+    reason: str
+    vip: bool
+
+
+def encode_news(module: Module, name: str, vip_held: bool) -> bytes:
+    return json.dumps(
+        {
+            "v": PAYLOAD_VERSION,
+            "module": name,
+            "state": module.state.value,
+            "epoch": module.epoch,
+            "served": module.served,
+            "sure": module.sure,
+            "reason": module.reason[:300],
+            "vip": vip_held,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_news(payload: bytes, name: str) -> PeerNews:
+    """Raises ValueError (worded) for anything but this module's news."""
+    raw = json.loads(payload)
+    if not isinstance(raw, dict) or raw.get("v") != PAYLOAD_VERSION:
+        raise ValueError(f"heartbeat news of another version ({str(raw)[:60]})")
+    if raw.get("module") != name:
+        raise ValueError(
+            f"the peer's heartbeats on this port are for module {raw.get('module')!r}, "
+            f"not {name!r}: the two nodes' configurations differ"
+        )
+    epoch = raw.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise ValueError(f"bad epoch in the peer's news: {epoch!r}")
+    return PeerNews(
+        State(raw.get("state")),
+        epoch,
+        raw.get("served") is True,
+        raw.get("sure") is True,
+        str(raw.get("reason", "")),
+        raw.get("vip") is True,
+    )

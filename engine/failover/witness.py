@@ -1,0 +1,58 @@
+"""The split-brain witness, asked all the time: when the peer falls silent, each side already
+knows whether it still reaches the world, so taking over (or fencing) costs no probe.
+
+Only answers to probes *sent after* the peer's last heartbeat (plus one interval: the peer may
+have been cut off just before sending its next) say which side of a partition this node is on.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from tandem.engine.config.modules import WITNESS_TIMEOUT
+from tandem.heartbeat.probes import Witness, witness_reachable
+
+# A router answers a LAN ping in milliseconds.
+WITNESS_PROBE_TIMEOUT = 0.3
+WITNESS_PROBE_EVERY = 0.2
+
+
+class WitnessWatch:
+    def __init__(self, witnesses: list[Witness], heartbeat_interval: float) -> None:
+        self.witnesses = witnesses
+        self._interval = heartbeat_interval
+        # send times of the latest probe that was answered, and of one that was not
+        self._answered: float | None = None
+        self._unanswered: float | None = None
+        self.detail = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.witnesses)
+
+    async def probe_forever(self) -> None:
+        while True:
+            sent = trio.current_time()
+            reachable, detail = await witness_reachable(self.witnesses, WITNESS_PROBE_TIMEOUT)
+            if reachable:
+                self._answered = sent
+            else:
+                self._unanswered = sent
+            self.detail = detail
+            await trio.sleep(WITNESS_PROBE_EVERY)
+
+    def _counts_from(self, last_heard: float | None) -> float:
+        return (last_heard if last_heard is not None else -1e9) + self._interval
+
+    def unreachable_since(self, last_heard: float | None) -> bool:
+        """A probe sent since the silence began went unanswered, and none was answered."""
+        since = self._counts_from(last_heard)
+        answered = self._answered is not None and self._answered >= since
+        unanswered = self._unanswered is not None and self._unanswered >= since
+        return unanswered and not answered
+
+    async def reachable_since(self, last_heard: float | None) -> tuple[bool, str]:
+        """Whether the witness answers a probe sent since the silence began; asks once more,
+        patiently, if none was answered yet."""
+        if self._answered is not None and self._answered >= self._counts_from(last_heard):
+            return True, self.detail or "answered"
+        return await witness_reachable(self.witnesses, WITNESS_TIMEOUT)
