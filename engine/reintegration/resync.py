@@ -21,7 +21,6 @@ import os
 import stat
 import time
 from array import array
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -29,14 +28,15 @@ import trio
 from tandem.engine.protocol.items import StreamItem
 from tandem.engine.protocol.queries import Finish, HashQuery, ListQuery, Query
 from tandem.engine.protocol.repairs import (
-    RENAME_EXCHANGE,
     Ensure,
     LinkIfPresent,
     RemoveTree,
     SetXattrs,
 )
 from tandem.engine.protocol.results import FOUND, Entry, decode_entries, decode_hashes
+from tandem.engine.reintegration.change_clock import ChangeClock
 from tandem.engine.reintegration.plan import Need, Plan, Work
+from tandem.engine.reintegration.progress import Progress, estimate
 from tandem.engine.replica.survey import (
     child_path,
     differing_blocks,
@@ -46,15 +46,9 @@ from tandem.engine.replica.survey import (
 )
 from tandem.fsdriver.change import UNBOUNDED
 from tandem.fsdriver.mutation import (
-    MakeHardLink,
     Mutation,
-    RemoveXattr,
-    Rename,
     SetAttributes,
-    SetXattr,
     Stamp,
-    Sync,
-    Unlink,
     Write,
 )
 from tandem.native.blockhash import hash_blocks
@@ -65,7 +59,6 @@ BLOCK = 4096
 COMPARE_CHUNK = 64 << 20  # bytes of a file hashed per query
 SEND_CHUNK = 1 << 20  # bytes per resync Write
 WORKERS = 4  # paths settled at once (their queries overlap)
-MAX_REMEMBERED_CHANGES = 200_000
 
 
 class ResyncStream(Protocol):
@@ -87,168 +80,6 @@ class ResyncStream(Protocol):
 
 class PeerRefused(Exception):
     pass
-
-
-@dataclass
-class Progress:
-    started: float = field(default_factory=time.monotonic)
-    paths_total: int = 0  # grows as directories are listed
-    paths_done: int = 0
-    bytes_compared: int = 0  # local bytes hashed
-    bytes_sent: int = 0  # file data sent by the resync
-    bytes_done: int = 0  # of the plan's bytes (compared, or sent without comparing)
-    bytes_total: int | None = None  # the plan's bytes, once estimated (a walk of its paths)
-    files_total: int | None = None  # objects under the plan's paths, once estimated
-    unsettled: int = 0  # paths the peer asked to have compared again
-
-    def as_dict(self) -> dict[str, float | int | None]:
-        elapsed = time.monotonic() - self.started
-        rate = self.bytes_done / elapsed if elapsed > 0 else 0.0
-        remaining = None
-        if self.bytes_total is not None and rate > 0:
-            remaining = round(max(0, self.bytes_total - self.bytes_done) / rate, 1)
-        return {
-            "paths_total": max(self.paths_total, self.files_total or 0),
-            "paths_done": self.paths_done,
-            "bytes_total": self.bytes_total,
-            "bytes_done": min(self.bytes_done, self.bytes_total or self.bytes_done),
-            "bytes_compared": self.bytes_compared,
-            "bytes_sent": self.bytes_sent,
-            "unsettled": self.unsettled,
-            "elapsed_s": round(elapsed, 3),
-            "rate_bytes_s": round(rate),
-            "eta_s": remaining,
-        }
-
-
-def estimate(root_fd: int, plan: Plan) -> tuple[int, int]:
-    """(objects, bytes) a plan covers, as the tree is now: what progress is measured against.
-    A walk of names and sizes, far cheaper than the hashing it announces."""
-    objects = size = 0
-    for path, work in plan.work.items():
-        try:
-            st = os.stat(path, dir_fd=root_fd, follow_symlinks=False)
-        except OSError:
-            continue
-        objects += 1
-        if stat.S_ISREG(st.st_mode):
-            if work.need & (Need.TREE | Need.ENTRY):
-                size += st.st_size
-            else:
-                size += sum(max(0, min(end, st.st_size) - start) for start, end in work.ranges)
-        elif stat.S_ISDIR(st.st_mode) and work.need & Need.TREE:
-            found, found_size = _walk_sizes(root_fd, path)
-            objects += found
-            size += found_size
-    return objects, size
-
-
-def _walk_sizes(root_fd: int, top: bytes) -> tuple[int, int]:
-    objects = size = 0
-    stack = [b"/proc/self/fd/%d/%s" % (root_fd, top)]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            objects += 1
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False):
-                    size += entry.stat(follow_symlinks=False).st_size
-            except OSError:
-                continue
-    return objects, size
-
-
-class ChangeClock:
-    """What the application changed since a point of the stream (the resync's clock is the
-    number of mutations it observed), so a comparison never trusts an answer it outran."""
-
-    def __init__(self) -> None:
-        self.clock = 0
-        self._names: dict[bytes, int] = {}  # path -> last clock what it names changed
-        self._meta: dict[bytes, int] = {}  # path -> last clock its attributes changed
-        self._ranges: dict[bytes, list[tuple[int, int, int]]] = {}  # path -> (clock, start, end)
-        self._data_clock = 0  # last data change anywhere (hard-linked files change unnamed)
-        self._meta_clock = 0  # last attribute or link-count change anywhere (likewise)
-        # last new name of an existing file: a file with one name now may have had two since
-        # (written through the other, which is gone again)
-        self._link_clock = 0
-        self._forgot_at = 0  # before this clock, everything counts as changed
-
-    def observe(self, mutation: Mutation) -> tuple[bytes, ...]:
-        """Note a mutation; returns paths that now need a comparison of their own (moves)."""
-        self.clock += 1
-        clock = self.clock
-        if len(self._names) + len(self._meta) + len(self._ranges) > MAX_REMEMBERED_CHANGES:
-            self._names.clear()
-            self._meta.clear()
-            self._ranges.clear()
-            self._forgot_at = clock
-        match mutation:
-            case Write(path=path, offset=offset, data=data):
-                self._ranges.setdefault(path, []).append((clock, offset, offset + len(data)))
-                self._data_clock = clock
-            case SetAttributes(path=path, size=size):
-                if size is not None:
-                    self._ranges.setdefault(path, []).append((clock, size, UNBOUNDED))
-                    self._data_clock = clock
-                self._meta[path] = self._meta_clock = clock
-            case SetXattr(path=path) | RemoveXattr(path=path):
-                self._meta[path] = self._meta_clock = clock
-            case Sync(path=path):
-                self._meta[path] = clock
-            case Rename(old=old, new=new, flags=flags):
-                self._names[old] = self._names[new] = clock
-                self._meta_clock = clock  # a replaced name was maybe a link of another file
-                return (old, new) if flags & RENAME_EXCHANGE else (new,)
-            case MakeHardLink(existing=existing, path=path):
-                self._names[existing] = self._names[path] = clock
-                self._meta_clock = self._link_clock = clock  # every name has one more link
-                return (path,)
-            case Unlink(path=path):
-                self._names[path] = self._meta_clock = clock  # its other names lose a link
-            case _:
-                self._names[mutation.path] = clock
-        return ()
-
-    def _named_since(self, path: bytes, since: int) -> bool:
-        probe = path
-        while True:
-            if self._names.get(probe, 0) > since:
-                return True
-            if probe == b".":
-                return False
-            probe = probe.rpartition(b"/")[0] or b"."
-
-    def changed(self, path: bytes, since: int) -> bool:
-        """What ``path`` names (it, a parent, or its attributes) changed since ``since``."""
-        return (
-            since < self._forgot_at
-            or self._named_since(path, since)
-            or self._meta.get(path, 0) > since
-        )
-
-    def attributes_changed(self, path: bytes, since: int, nlink: int) -> bool:
-        """Whether ``path``'s attributes may have changed since ``since`` (through another name
-        too, for a file with several)."""
-        return self.changed(path, since) or (
-            self._linked(nlink, since) and self._meta_clock > since
-        )
-
-    def _linked(self, nlink: int, since: int) -> bool:
-        return nlink > 1 or self._link_clock > since
-
-    def changed_blocks(self, path: bytes, since: int, nlink: int) -> list[tuple[int, int]] | None:
-        """Byte ranges of ``path`` changed since ``since``; None: possibly all of it."""
-        if since < self._forgot_at or self._named_since(path, since):
-            return None
-        if self._linked(nlink, since) and self._data_clock > since:
-            return None
-        return [(start, end) for clock, start, end in self._ranges.get(path, ()) if clock > since]
 
 
 def _depth_key(path: bytes) -> tuple[int, bytes]:

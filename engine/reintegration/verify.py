@@ -22,7 +22,8 @@ import trio
 
 from tandem.engine.protocol.queries import HashQuery, ListQuery, Query
 from tandem.engine.protocol.results import FOUND, Entry, decode_entries, decode_hashes
-from tandem.engine.reintegration.resync import BLOCK, COMPARE_CHUNK, ChangeClock
+from tandem.engine.reintegration.change_clock import ChangeClock
+from tandem.engine.reintegration.resync import BLOCK, COMPARE_CHUNK
 from tandem.engine.replica.survey import child_path, differing_blocks, open_regular, survey
 from tandem.fsdriver.mutation import MakeHardLink, Mutation, Rename
 from tandem.native.blockhash import hash_blocks
@@ -370,3 +371,26 @@ def _kind(entry: Entry | None) -> str:
         stat.S_IFCHR: "a character device",
         stat.S_IFBLK: "a block device",
     }.get(entry.kind, "an object")
+
+
+def log_report(report: VerifyReport) -> dict[str, object]:
+    """Say in the log what a verify found; its report as a dict (the operator's answer)."""
+    summary = report.as_dict()
+    if summary["identical"]:
+        log.info(
+            "verify: copies identical (%d paths, %d bytes compared in %.2f s)",
+            report.paths_checked,
+            report.bytes_compared,
+            summary["elapsed_s"],
+        )
+    else:
+        named = ", ".join(f"{path}: {what}" for path, what in list(report.differences.items())[:5])
+        log.warning(
+            "verify: %d difference(s)%s%s",
+            report.difference_count,
+            f" ({named})" if named else "",
+            f"; not verified (kept changing): {len(report.not_verified)}"
+            if report.not_verified
+            else "",
+        )
+    return summary

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from collections import deque
@@ -47,9 +46,9 @@ from tandem.engine.protocol.handshake import (
 from tandem.engine.protocol.items import StreamItem
 from tandem.engine.protocol.queries import ProgressNote, Query
 from tandem.engine.reintegration.journal import ChangeJournal
-from tandem.engine.reintegration.plan import Plan, compare_paths, full_plan, plan_from_history
+from tandem.engine.reintegration.policy import choose_plan
 from tandem.engine.reintegration.resync import PeerRefused, Resync
-from tandem.engine.reintegration.verify import Verify
+from tandem.engine.reintegration.verify import Verify, log_report
 from tandem.engine.replication.raw_socket import RawSocket
 from tandem.fsdriver.mutation import DONE, Mutation, Receipt, Write
 
@@ -300,27 +299,7 @@ class Replicator:
         finally:
             self._verify = None
             self._last_verify = verify.report.as_dict()
-        summary = report.as_dict()
-        if summary["identical"]:
-            log.info(
-                "verify: copies identical (%d paths, %d bytes compared in %.2f s)",
-                report.paths_checked,
-                report.bytes_compared,
-                summary["elapsed_s"],
-            )
-        else:
-            named = ", ".join(
-                f"{path}: {what}" for path, what in list(report.differences.items())[:5]
-            )
-            log.warning(
-                "verify: %d difference(s)%s%s",
-                report.difference_count,
-                f" ({named})" if named else "",
-                f"; not verified (kept changing): {len(report.not_verified)}"
-                if report.not_verified
-                else "",
-            )
-        return summary
+        return log_report(report)
 
     # -- the connection task ----------------------------------------------------------------
 
@@ -424,7 +403,7 @@ class Replicator:
 
     async def _resync_task(self, resync: Resync, peer: PeerState, token: int | None) -> None:
         try:
-            plan, how = await self._plan(peer, token)
+            plan, how = await choose_plan(self._journal, self._full_requested, peer, token)
             resync.adopt(plan)
             self.resync_how = how
             log.info("resync with %s started: %s", self.peer, how)
@@ -470,30 +449,6 @@ class Replicator:
             return
         log.error("resync with %s failed", self.peer, exc_info=exc)
         self.go_alone(f"resync failed: {next(x for x in leaves if not isinstance(x, _Lost))!r}")
-
-    async def _plan(self, peer: PeerState, token: int | None) -> tuple[Plan, str]:
-        if self._full_requested:
-            return full_plan(), f"full comparison ({self._full_requested})"
-        if self._journal is None:
-            return full_plan(), "full comparison (no journal on this node)"
-        history = await trio.to_thread.run_sync(self._journal.read_history, token)
-        if not history.complete:
-            return full_plan(), f"full comparison ({history.why_incomplete})"
-        if not peer.complete:
-            return full_plan(), "full comparison (the peer's own changes are unknown)"
-        if not history.generation or history.generation != peer.generation:
-            return full_plan(), "full comparison (the copies share no known state)"
-        plan = plan_from_history(history)
-        if peer.paths:
-            if peer.served_alone:  # split brain: the failover layer keeps this from happening
-                log.warning(
-                    "the peer served alone since the copies last agreed: its changes to %d "
-                    "path(s) are replaced by this node's (%s)",
-                    len(peer.paths),
-                    ", ".join(os.fsdecode(p) for p in peer.paths[:5]),
-                )
-            compare_paths(plan, peer.paths)
-        return plan, f"tracked: {len(plan.work)} path(s), {len(plan.moves)} move(s)"
 
     async def _receive_loop(self, raw: RawSocket, connection: Connection) -> None:
         while True:

@@ -3,7 +3,7 @@ blocks of a file may have changed since a point of the stream, through any of it
 
 from __future__ import annotations
 
-from tandem.engine.reintegration.resync import ChangeClock
+from tandem.engine.reintegration.change_clock import ChangeClock
 from tandem.fsdriver.mutation import MakeHardLink, Unlink, Write
 
 
