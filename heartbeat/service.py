@@ -1,9 +1,14 @@
 """The heartbeat service: sends this node's heartbeat on every configured network every
 ``interval`` seconds, hears the peer's, and keeps the failure detector's verdict.
 
-One UDP socket per network, bound to this node's address on it; the same sequence number goes
-out on every network at each tick (a receiver takes it once per network). The verdict is
-re-evaluated every tick and on every packet; whoever runs the service is told of each change.
+One UDP socket per network, bound to this node's address on it and connected to the peer's:
+the kernel then delivers only datagrams from the peer's address and port, so a flood from any
+other host never reaches the service nor its buffer (it cannot crowd out the real heartbeats).
+What does arrive is drained in one go per wake-up (no scheduler turn per packet), and refused
+packets (forged, replayed, malformed) are counted and logged as one line per period, never one
+per packet. The same sequence number goes out on every network at each tick (a receiver takes
+it once per network). The verdict is re-evaluated every tick and on every packet; whoever runs
+the service is told of each change.
 
     python -m tandem.heartbeat.service --node a --peer b --secret-file F \\
         --link net1=198.18.1.1,198.18.1.2 [--link net2=…] [--port 7399] [--interval 0.2] \\
@@ -35,6 +40,9 @@ DEFAULT_PORT = 7399
 DEFAULT_INTERVAL = 0.2
 DEFAULT_TIMEOUT = 1.0
 RECEIVE_SIZE = 2048
+RECEIVE_BUFFER = 1 << 21  # room for a burst of packets the service has not read yet
+DRAIN_AT_MOST = 256  # packets read in one go before other tasks get a turn
+REFUSALS_LOGGED_EVERY = 10.0  # seconds: refused packets are summed up, one line per period
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,9 @@ class HeartbeatService:
         self._wake = trio.Event()
         self.send_errors: dict[str, str] = {}
         self._told: tuple[Verdict, int] = (Verdict.UNKNOWN, 0)
+        self._connected: set[str] = set()  # networks whose socket is connected to the peer
+        self._refusals_logged = 0  # rejects counted when the last summary was logged
+        self._refusals_logged_at = -REFUSALS_LOGGED_EVERY
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # the peer gets one timeout from our start before it counts as lost
@@ -100,9 +111,14 @@ class HeartbeatService:
         try:
             for link in self.links:
                 family = socket.AF_INET6 if ":" in link.local else socket.AF_INET
-                sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+                # plain non-blocking sockets: a burst is drained without a scheduler turn per
+                # packet, and a datagram send never waits
+                sock = socket.socket(family, socket.SOCK_DGRAM)
                 sockets.append(sock)
-                await sock.bind((link.local, self._port))
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+                sock.bind((link.local, self._port))
+                self._connect(link, sock)
             async with trio.open_nursery() as nursery:
                 for link, sock in zip(self.links, sockets, strict=True):
                     nursery.start_soon(self._listen, link, sock)
@@ -112,22 +128,39 @@ class HeartbeatService:
             for sock in sockets:
                 sock.close()
 
-    async def _beat(self, sockets: list[trio.socket.SocketType]) -> None:
+    async def _beat(self, sockets: list[socket.socket]) -> None:
         while True:
             self._seq += 1
             data = encode(
                 self._secret, Heartbeat(self.node, self._incarnation, self._seq, self._payload())
             )
             for link, sock in zip(self.links, sockets, strict=True):
+                if link.name not in self._connected and not self._connect(link, sock):
+                    continue
                 try:
-                    await sock.sendto(data, (link.peer, self._port))
+                    sock.send(data)
                     self.send_errors.pop(link.name, None)
+                except BlockingIOError:
+                    self.send_errors[link.name] = "send buffer full"
+                except ConnectionRefusedError:
+                    pass  # the peer's port was closed a moment ago (it restarts): not a link fault
                 except OSError as exc:  # a link that is down: the others may still carry it
                     self.send_errors[link.name] = exc.strerror or str(exc)
             self._evaluate()
             with trio.move_on_after(self._interval):
                 await self._wake.wait()
             self._wake = trio.Event()
+
+    def _connect(self, link: Link, sock: socket.socket) -> bool:
+        """Only the peer's packets from now on: the kernel drops everyone else's. A network
+        without a route yet (its interface down at start) is retried at every tick."""
+        try:
+            sock.connect((link.peer, self._port))
+        except OSError as exc:
+            self.send_errors[link.name] = exc.strerror or str(exc)
+            return False
+        self._connected.add(link.name)
+        return True
 
     def current_verdict(self) -> Verdict:
         """The verdict now (``verdict`` is as of the last tick or packet)."""
@@ -137,15 +170,46 @@ class HeartbeatService:
         """Send the next heartbeat now (this node's news should not wait for the tick)."""
         self._wake.set()
 
-    async def _listen(self, link: Link, sock: trio.socket.SocketType) -> None:
+    async def _listen(self, link: Link, sock: socket.socket) -> None:
         while True:
-            data, _ = await sock.recvfrom(RECEIVE_SIZE)
-            heartbeat = self._receiver.take(link.name, data)
-            if heartbeat is not None:
-                self.last_heard = trio.current_time()
-                self._detector.heard(link.name, self.last_heard)
-                self.peer_payload = heartbeat.payload
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(DRAIN_AT_MOST):
+                try:
+                    data = sock.recv(RECEIVE_SIZE)
+                except BlockingIOError:
+                    break
+                except ConnectionRefusedError:
+                    continue  # an ICMP "port unreachable" for a beat the peer was not up for
+                self._take(link, data)
             self._evaluate()
+            self._log_refusals()
+            await trio.lowlevel.checkpoint()
+
+    def _take(self, link: Link, data: bytes) -> None:
+        heartbeat = self._receiver.take(link.name, data)
+        if heartbeat is not None:
+            self.last_heard = trio.current_time()
+            self._detector.heard(link.name, self.last_heard)
+            self.peer_payload = heartbeat.payload
+
+    def _log_refusals(self) -> None:
+        total = sum(self._receiver.rejected.values())
+        now = trio.current_time()
+        if total == self._refusals_logged or now - self._refusals_logged_at < REFUSALS_LOGGED_EVERY:
+            return
+        kinds = ", ".join(
+            f"{kind} {count}" for kind, count in sorted(self._receiver.rejected.items())
+        )
+        log.warning(
+            "heartbeat: %d packet(s) refused since %s (in all: %s); last: %s",
+            total - self._refusals_logged,
+            "the start"
+            if self._refusals_logged_at < 0
+            else f"{now - self._refusals_logged_at:.0f} s ago",
+            kinds,
+            self._receiver.last_reject,
+        )
+        self._refusals_logged, self._refusals_logged_at = total, now
 
     def _evaluate(self) -> None:
         self.verdict = self._detector.verdict(trio.current_time())

@@ -54,6 +54,17 @@ def interface_of(address: str) -> str:
     raise VipError(f"no interface of this node holds {address} (set vip_interface)")
 
 
+def networks_of(interface: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The subnets of the addresses ``interface`` holds (raises VipError if there is none)."""
+    with IPRoute() as ipr:
+        index = _index(ipr, interface)
+        found = []
+        for message in ipr.get_addr(index=index):
+            address = message.get_attr("IFA_ADDRESS")
+            found.append(ipaddress.ip_interface(f"{address}/{message['prefixlen']}").network)
+        return found
+
+
 def holds(interface: str, address: str) -> bool:
     vip = _parse(address)
     with IPRoute() as ipr:

@@ -11,6 +11,7 @@ from tandem.engine.config.stream import PeerAddress
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
 DEFAULT_CONFIG_DIR = "/etc/tandem"
 
 

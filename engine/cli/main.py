@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from tandem.engine import __version__
 from tandem.engine.cli import lab, node, operate, stream
-from tandem.engine.cli.common import EXIT_FAILED
+from tandem.engine.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from tandem.engine.config.modules import ConfigError
 from tandem.engine.control.channel import ControlError
 from tandem.engine.lab.lab import LabError
@@ -39,12 +40,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    if args.command == "demo":
-        code: int = args.run(args)
-        return code
     try:
-        code = args.run(args)
-    except (MountError, ConfigError, LabError, ControlError) as exc:
-        print(f"tandem: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return code
+        if args.command == "demo":
+            code: int = args.run(args)
+            return code
+        try:
+            code = args.run(args)
+        except (MountError, ConfigError, LabError, ControlError) as exc:
+            _error(str(exc) or type(exc).__name__)
+            return EXIT_FAILED
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # e.g. not root: one line, never a traceback
+            where = f": {exc.filename}" if exc.filename else ""
+            _error(f"{exc.strerror or exc}{where}")
+            return EXIT_FAILED
+        return code
+    except BrokenPipeError:
+        # the reader went away (`tandem state | head -1`): its answer was given; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("tandem: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _error(message: str) -> None:
+    for line in message.splitlines():
+        print(f"tandem: error: {line}", file=sys.stderr)

@@ -18,9 +18,9 @@ from tandem.engine.config.modules import (
     ConfigError,
     ModuleConfig,
     check_failover_timing,
-    load_module,
     read_secret,
 )
+from tandem.engine.config.preflight import load_modules, module_names, preflight
 from tandem.engine.node.systemd import unit_text
 
 ROLES = ("primary", "secondary")
@@ -77,9 +77,18 @@ def run_node_command(args: argparse.Namespace) -> int:
         raise ConfigError("a module is given more than one role")
     secret_file = os.path.join(args.config_dir, "secret")
     secret = read_secret(secret_file)
+    modules = load_modules(args.config_dir, names)
+    # nothing starts unless everything checks out: no half-way start
+    findings = preflight(
+        modules, args.node, failover=[role is None for _, role in args.assignments]
+    )
+    for warning in findings.warnings:
+        print(f"tandem: warning: {warning}", file=sys.stderr)
+    if findings.errors:
+        raise ConfigError("\n".join(findings.errors))
     assignments = [
-        Assignment(load_module(args.config_dir, name), FixedRole(role) if role else None)
-        for name, role in args.assignments
+        Assignment(module, FixedRole(role) if role else None)
+        for module, (_, role) in zip(modules, args.assignments, strict=True)
     ]
     node = Node(
         args.node,
@@ -105,20 +114,19 @@ def run_unit_command(args: argparse.Namespace) -> int:
 
 def run_check_command(args: argparse.Namespace) -> int:
     read_secret(os.path.join(args.config_dir, "secret"))
-    modules_dir = os.path.join(args.config_dir, "modules")
-    try:
-        files = os.listdir(modules_dir) if not args.modules else []
-    except OSError as exc:
-        raise ConfigError(f"cannot list {modules_dir}: {exc.strerror}") from None
-    names = args.modules or sorted(f.removesuffix(".toml") for f in files if f.endswith(".toml"))
+    names = args.modules or module_names(args.config_dir)
     if not names:
         raise ConfigError(f"{args.config_dir}/modules holds no NAME.toml module file")
-    for name in names:
-        module = load_module(args.config_dir, name)
-        peer, address = module.peer_of(args.node)
+    modules = load_modules(args.config_dir, names)
+    # conflicts are judged against every module this node is configured with
+    others = [n for n in module_names(args.config_dir) if n not in names] if args.modules else []
+    everything = modules + load_modules(args.config_dir, others)
+    findings = preflight(everything, args.node, starting=False)
+    for module in modules:
+        peer, address = module.peer_of(args.node) if args.node in module.nodes else ("?", "?")
         count = len(module.directories)
         print(
-            f"{name}: {count} director{'y' if count == 1 else 'ies'}"
+            f"{module.name}: {count} director{'y' if count == 1 else 'ies'}"
             f" ({', '.join(module.directories)}), peer {peer} at {address}, "
             f"ports {module.port}-{module.port_of(len(module.directories) - 1)}, "
             f"ack {module.ack}, timeout {module.timeout:g} s"
@@ -132,7 +140,13 @@ def run_check_command(args: argparse.Namespace) -> int:
         try:
             check_failover_timing(module)
         except ConfigError as exc:
-            print(f"  warning: {exc} (fine only with fixed roles: tandem node {name}=primary)")
+            print(
+                f"  warning: {exc} (fine only with fixed roles: tandem node {module.name}=primary)"
+            )
+    for warning in findings.warnings:
+        print(f"  warning: {warning}")
+    if findings.errors:
+        raise ConfigError("\n".join(findings.errors))
     return EXIT_OK
 
 

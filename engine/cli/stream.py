@@ -17,7 +17,7 @@ import trio
 
 from tandem.engine.cli.common import EXIT_OK, peer_address, positive_float
 from tandem.engine.config.modules import ConfigError, read_secret
-from tandem.engine.config.stream import DEFAULT_RETRY, StreamSettings, ack_kind
+from tandem.engine.config.stream import DEFAULT_RETRY, PeerAddress, StreamSettings, ack_kind
 from tandem.engine.control.channel import Handler, serve_control
 from tandem.engine.reintegration.journal import ChangeJournal, SecondaryJournal
 from tandem.engine.replication.commands import primary_commands, secondary_commands
@@ -185,6 +185,16 @@ def _settings(args: argparse.Namespace, *, primary: bool) -> StreamSettings | No
     )
 
 
+def _check_socket_place(control: str | None) -> None:
+    """Before anything is mounted: a control socket that cannot be created would end the mount
+    half-way through its start."""
+    if control is None:
+        return
+    parent = os.path.dirname(os.path.abspath(control))
+    if not os.path.isdir(parent):
+        raise ConfigError(f"--control {control}: no directory {parent} to create the socket in")
+
+
 def _secret(settings: StreamSettings) -> bytes:
     if settings.secret_file is None:
         raise ConfigError("replication needs --secret-file")
@@ -195,6 +205,8 @@ def run_mount_command(args: argparse.Namespace) -> int:
     if args.wait_for_go and sys.stdin.readline().strip() != "go":
         return EXIT_OK  # not needed after all
     settings = _settings(args, primary=True)
+    control = settings.control if settings is not None else args.control
+    _check_socket_place(control)
     sink: ReplicationSink
     recorder = FileRecordingSink(args.record) if args.record else None
     journal_path = settings.journal if settings is not None else args.journal
@@ -252,12 +264,29 @@ def _with_control(
     return both
 
 
+def _check_can_listen(listen: PeerAddress) -> None:
+    """Before the copy is made read-only: a port another process holds is one clear line."""
+    try:
+        infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--listen {listen}: {exc.strerror}") from None
+    family, kind, _, _, address = infos[0]
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from None
+
+
 def run_receive_command(args: argparse.Namespace) -> int:
     settings = _settings(args, primary=False)
     if settings is None or settings.listen is None:
         raise ConfigError("tandem receive needs --listen HOST:PORT (or --settings)")
     listen = settings.listen
     secret = _secret(settings)
+    _check_socket_place(settings.control)
+    _check_can_listen(listen)
     with secondary_copy(args.directory) as root_fd:
         journal = SecondaryJournal(settings.journal) if settings.journal else None
         receiver = Receiver(root_fd, settings, secret, journal=journal)

@@ -40,9 +40,10 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 DEFAULT_PORT = 7400
 DEFAULT_TIMEOUT = 10.0
@@ -72,11 +73,15 @@ _KEYS = {
     "script_timeout",
     "checker",
 }
+# a module's scripts, in <config-dir>/modules/<name>/
+SCRIPT_NAMES = ("start_prim", "stop_prim", "start_both", "stop_both")
 CHECKER_KINDS = ("process", "custom", "tcp", "ping", "interface")
 _CHECKER_KEYS = {"kind", "target", "port", "interval", "timeout"}
 DEFAULT_HEARTBEAT_INTERVAL = 0.2
 DEFAULT_HEARTBEAT_TIMEOUT = 1.0
 WITNESS_TIMEOUT = 1.0
+
+_T = TypeVar("_T")
 
 
 class ConfigError(Exception):
@@ -133,6 +138,25 @@ class ModuleConfig:
 
 def _fail(source: str, key: str, problem: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {problem}")
+
+
+class _Problems:
+    """Every mistake of a file, not just the first: each key is checked on its own and a bad
+    one stands in with its default so the others can still be judged."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def check(self, judge: Callable[[], _T], default: Any) -> _T:
+        try:
+            return judge()
+        except ConfigError as exc:
+            self.found.append(str(exc))
+            return default
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise ConfigError("\n".join(self.found))
 
 
 def _describe(value: Any) -> str:
@@ -208,51 +232,70 @@ def _nodes(source: str, value: Any) -> dict[str, str]:
 
 
 def parse_module(name: str, text: str, source: str) -> ModuleConfig:
+    """The module in ``text``; a ConfigError naming every mistake (one per line)."""
     check_name(name)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    unknown = sorted(set(raw) - _KEYS)
-    if unknown:
-        raise _fail(source, unknown[0], f"unknown key (known: {', '.join(sorted(_KEYS))})")
+    problems = _Problems()
+    for key in sorted(set(raw) - _KEYS):
+        problems.found.append(
+            str(_fail(source, key, f"unknown key (known: {', '.join(sorted(_KEYS))})"))
+        )
     for required in ("directories", "nodes"):
         if required not in raw:
-            raise _fail(source, required, "missing (required)")
-    port = raw.get("port", DEFAULT_PORT)
-    directories = _directories(source, raw["directories"])
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise _fail(source, "port", f"must be an integer from 1 to 65535, got {_describe(port)}")
-    if port + len(directories) - 1 > 65535:
-        raise _fail(source, "port", f"{port} + {len(directories)} directories passes 65535")
-    ack = raw.get("ack", "applied")
-    if ack not in ("applied", "durable"):
-        raise _fail(source, "ack", f'must be "applied" or "durable", got {_describe(ack)}')
-    timeout = raw.get("timeout", DEFAULT_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise _fail(
-            source, "timeout", f"must be a number of seconds above 0, got {_describe(timeout)}"
-        )
-    bandwidth = raw.get("resync_bandwidth")
-    if bandwidth is not None and (
-        isinstance(bandwidth, bool) or not isinstance(bandwidth, int | float) or not bandwidth > 0
-    ):
-        raise _fail(
-            source, "resync_bandwidth", f"must be MiB/s above 0, got {_describe(bandwidth)}"
-        )
-    nodes = _nodes(source, raw["nodes"])
-    failover = _failover(source, raw, nodes)
+            problems.found.append(str(_fail(source, required, "missing (required)")))
+    directories = problems.check(lambda: _directories(source, raw.get("directories", [])), ())
+    port = problems.check(lambda: _stream_port(source, raw, len(directories)), DEFAULT_PORT)
+    ack = problems.check(lambda: _ack(source, raw), "applied")
+    timeout = problems.check(
+        lambda: _seconds(source, "timeout", raw.get("timeout", DEFAULT_TIMEOUT)), DEFAULT_TIMEOUT
+    )
+    bandwidth = problems.check(lambda: _bandwidth(source, raw), None)
+    nodes = (
+        problems.check(lambda: _nodes(source, raw.get("nodes", {})), {}) if "nodes" in raw else {}
+    )
+    failover = _failover(source, raw, nodes, problems)
+    problems.raise_any()
     return ModuleConfig(
         **failover,
         name=name,
-        resync_bandwidth=None if bandwidth is None else float(bandwidth),
+        resync_bandwidth=bandwidth,
         directories=directories,
         nodes=nodes,
         port=port,
         ack=ack,
-        timeout=float(timeout),
+        timeout=timeout,
         source=source,
     )
+
+
+def _stream_port(source: str, raw: dict[str, Any], directories: int) -> int:
+    port = raw.get("port", DEFAULT_PORT)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise _fail(source, "port", f"must be an integer from 1 to 65535, got {_describe(port)}")
+    if port + max(directories, 1) - 1 > 65535:
+        raise _fail(source, "port", f"{port} + {directories} directories passes 65535")
+    return port
+
+
+def _ack(source: str, raw: dict[str, Any]) -> str:
+    ack = raw.get("ack", "applied")
+    if ack not in ("applied", "durable"):
+        raise _fail(source, "ack", f'must be "applied" or "durable", got {_describe(ack)}')
+    return str(ack)
+
+
+def _bandwidth(source: str, raw: dict[str, Any]) -> float | None:
+    bandwidth = raw.get("resync_bandwidth")
+    if bandwidth is None:
+        return None
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, int | float) or not bandwidth > 0:
+        raise _fail(
+            source, "resync_bandwidth", f"must be MiB/s above 0, got {_describe(bandwidth)}"
+        )
+    return float(bandwidth)
 
 
 def _seconds(source: str, key: str, value: Any) -> float:
@@ -323,8 +366,70 @@ def _checker(source: str, key: str, value: Any) -> CheckerConfig:
     )
 
 
-def _failover(source: str, raw: dict[str, Any], nodes: dict[str, str]) -> dict[str, Any]:
+def _failover(
+    source: str, raw: dict[str, Any], nodes: dict[str, str], problems: _Problems
+) -> dict[str, Any]:
     found: dict[str, Any] = {}
+    found["default_primary"] = problems.check(lambda: _default_primary(source, raw, nodes), None)
+    found["vip"] = problems.check(lambda: _vip(source, raw, nodes), None)
+    found["vip_interface"] = problems.check(lambda: _vip_interface(source, raw), None)
+    health = raw.get("health_port")
+    found["health_port"] = problems.check(
+        lambda: None if health is None else _port(source, "health_port", health), None
+    )
+    found["witnesses"] = problems.check(lambda: _witnesses(source, raw), ())
+    interval = problems.check(
+        lambda: _seconds(
+            source, "heartbeat_interval", raw.get("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)
+        ),
+        DEFAULT_HEARTBEAT_INTERVAL,
+    )
+    silence = problems.check(
+        lambda: _seconds(
+            source, "heartbeat_timeout", raw.get("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT)
+        ),
+        DEFAULT_HEARTBEAT_TIMEOUT,
+    )
+    if interval >= silence:
+        problems.found.append(
+            str(
+                _fail(
+                    source,
+                    "heartbeat_interval",
+                    f"{interval:g} s must be shorter than heartbeat_timeout ({silence:g} s)",
+                )
+            )
+        )
+    found["heartbeat_interval"], found["heartbeat_timeout"] = interval, silence
+    found["heartbeat_networks"] = problems.check(
+        lambda: _heartbeat_networks(source, raw, nodes), ()
+    )
+    found["maxloop"] = problems.check(lambda: _maxloop(source, raw), 3)
+    found["loop_interval"] = problems.check(
+        lambda: _seconds(source, "loop_interval", raw.get("loop_interval", 86400.0)), 86400.0
+    )
+    found["on_failure"] = problems.check(lambda: _on_failure(source, raw), "failover")
+    found["script_timeout"] = problems.check(
+        lambda: _seconds(source, "script_timeout", raw.get("script_timeout", 120.0)), 120.0
+    )
+    checkers = raw.get("checker", [])
+    if not isinstance(checkers, list):
+        problems.found.append(
+            str(_fail(source, "checker", f"must be [[checker]] tables, got {_describe(checkers)}"))
+        )
+        checkers = []
+    parsed: list[CheckerConfig | None] = []
+    for index, item in enumerate(checkers):
+
+        def judge(i: int = index, c: Any = item) -> CheckerConfig | None:
+            return _checker(source, f"checker[{i}]", c)
+
+        parsed.append(problems.check(judge, None))
+    found["checkers"] = tuple(c for c in parsed if c is not None)
+    return found
+
+
+def _default_primary(source: str, raw: dict[str, Any], nodes: dict[str, str]) -> str | None:
     default_primary = raw.get("default_primary")
     if default_primary is not None and default_primary not in nodes:
         raise _fail(
@@ -332,59 +437,57 @@ def _failover(source: str, raw: dict[str, Any], nodes: dict[str, str]) -> dict[s
             "default_primary",
             f"must be one of the nodes ({', '.join(nodes)}), got {_describe(default_primary)}",
         )
-    found["default_primary"] = default_primary
+    return default_primary
+
+
+def _vip(source: str, raw: dict[str, Any], nodes: dict[str, str]) -> str | None:
     vip = raw.get("vip")
-    if vip is not None:
-        try:
-            interface = ipaddress.ip_interface(vip) if isinstance(vip, str) and "/" in vip else None
-        except ValueError:
-            interface = None
-        if interface is None:
-            raise _fail(
-                source,
-                "vip",
-                f'must be "ADDRESS/PREFIX" (e.g. "10.0.0.100/24"), got {_describe(vip)}',
-            )
-        if str(interface.ip) in nodes.values():
-            raise _fail(source, "vip", f"{interface.ip} is a node's own address")
-    found["vip"] = vip
+    if vip is None:
+        return None
+    try:
+        interface = ipaddress.ip_interface(vip) if isinstance(vip, str) and "/" in vip else None
+    except ValueError:
+        interface = None
+    if interface is None:
+        raise _fail(
+            source,
+            "vip",
+            f'must be "ADDRESS/PREFIX" (e.g. "10.0.0.100/24"), got {_describe(vip)}',
+        )
+    if str(interface.ip) in nodes.values():
+        raise _fail(source, "vip", f"{interface.ip} is a node's own address")
+    return str(vip)
+
+
+def _vip_interface(source: str, raw: dict[str, Any]) -> str | None:
     vip_interface = raw.get("vip_interface")
     if vip_interface is not None and (not isinstance(vip_interface, str) or not vip_interface):
         raise _fail(
             source, "vip_interface", f"must be an interface name, got {_describe(vip_interface)}"
         )
-    if vip_interface is not None and vip is None:
+    if vip_interface is not None and raw.get("vip") is None:
         raise _fail(source, "vip_interface", "given without a vip")
-    found["vip_interface"] = vip_interface
-    health = raw.get("health_port")
-    found["health_port"] = None if health is None else _port(source, "health_port", health)
+    return vip_interface
+
+
+def _witnesses(source: str, raw: dict[str, Any]) -> tuple[tuple[str, int | None], ...]:
     witness = raw.get("witness", [])
     if isinstance(witness, str):
         witness = [witness]
     if not isinstance(witness, list):
         raise _fail(source, "witness", f"must be a list of addresses, got {_describe(witness)}")
-    found["witnesses"] = tuple(
-        _witness(source, f"witness[{index}]", item) for index, item in enumerate(witness)
-    )
-    interval = _seconds(
-        source, "heartbeat_interval", raw.get("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)
-    )
-    silence = _seconds(
-        source, "heartbeat_timeout", raw.get("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT)
-    )
-    if interval >= silence:
-        raise _fail(
-            source,
-            "heartbeat_interval",
-            f"{interval:g} s must be shorter than heartbeat_timeout ({silence:g} s)",
-        )
-    found["heartbeat_interval"], found["heartbeat_timeout"] = interval, silence
+    return tuple(_witness(source, f"witness[{index}]", item) for index, item in enumerate(witness))
+
+
+def _heartbeat_networks(
+    source: str, raw: dict[str, Any], nodes: dict[str, str]
+) -> tuple[dict[str, str], ...]:
     networks = raw.get("heartbeat_networks", [])
     if not isinstance(networks, list):
         raise _fail(
             source, "heartbeat_networks", f"must be a list of tables, got {_describe(networks)}"
         )
-    parsed_networks = []
+    parsed = []
     for index, network in enumerate(networks):
         key = f"heartbeat_networks[{index}]"
         if not isinstance(network, dict) or set(network) != set(nodes):
@@ -394,29 +497,24 @@ def _failover(source: str, raw: dict[str, Any], nodes: dict[str, str]) -> dict[s
                 f"must give an address for each node ({', '.join(nodes)}), "
                 f"got {_describe(network)}",
             )
-        parsed_networks.append(
-            {node: _address(source, f"{key}.{node}", network[node]) for node in nodes}
-        )
-    found["heartbeat_networks"] = tuple(parsed_networks)
+        parsed.append({node: _address(source, f"{key}.{node}", network[node]) for node in nodes})
+    return tuple(parsed)
+
+
+def _maxloop(source: str, raw: dict[str, Any]) -> int:
     maxloop = raw.get("maxloop", 3)
     if isinstance(maxloop, bool) or not isinstance(maxloop, int) or maxloop < 0:
         raise _fail(source, "maxloop", f"must be an integer of 0 or more, got {_describe(maxloop)}")
-    found["maxloop"] = maxloop
-    found["loop_interval"] = _seconds(source, "loop_interval", raw.get("loop_interval", 86400.0))
+    return maxloop
+
+
+def _on_failure(source: str, raw: dict[str, Any]) -> str:
     on_failure = raw.get("on_failure", "failover")
     if on_failure not in ("failover", "stop"):
         raise _fail(
             source, "on_failure", f'must be "failover" or "stop", got {_describe(on_failure)}'
         )
-    found["on_failure"] = on_failure
-    found["script_timeout"] = _seconds(source, "script_timeout", raw.get("script_timeout", 120.0))
-    checkers = raw.get("checker", [])
-    if not isinstance(checkers, list):
-        raise _fail(source, "checker", f"must be [[checker]] tables, got {_describe(checkers)}")
-    found["checkers"] = tuple(
-        _checker(source, f"checker[{index}]", item) for index, item in enumerate(checkers)
-    )
-    return found
+    return str(on_failure)
 
 
 def check_failover_timing(module: ModuleConfig) -> None:

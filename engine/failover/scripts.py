@@ -20,7 +20,8 @@ from pathlib import Path
 
 import trio
 
-SCRIPT_NAMES = ("start_prim", "stop_prim", "start_both", "stop_both")
+from tandem.engine.config.modules import SCRIPT_NAMES
+
 DEFAULT_TIMEOUT = 120.0
 KILL_GRACE = 5.0
 

@@ -25,6 +25,7 @@ from tandem.engine.config.paths import (  # noqa: F401  (the names the commands 
     control_socket,
     default_state_dir,
 )
+from tandem.engine.control.failures import leaves
 from tandem.engine.failover.runner import ModuleRunner
 from tandem.engine.replication.copies import CopyFailed, receive_copy, serve_copy
 from tandem.fsdriver.mount import notify_systemd
@@ -122,15 +123,8 @@ def run_node(node: Node) -> None:
         failed, _ = group.split((NodeFailed, CopyFailed, ConfigError))
         if failed is None:
             raise
-        reasons = sorted({str(leaf) for leaf in _leaves(failed)})
+        reasons = sorted({str(leaf) for leaf in leaves(failed)})
         raise NodeFailed("; ".join(reasons)) from group
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return leaves
 
 
 def _notify(message: bytes) -> None:

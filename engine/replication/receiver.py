@@ -24,6 +24,7 @@ from typing import cast
 import trio
 
 from tandem.engine.config.stream import StreamSettings
+from tandem.engine.control.failures import leaves
 from tandem.engine.protocol.connection import (
     MAX_FRAME,
     AckKind,
@@ -200,8 +201,12 @@ class Receiver:
                             self._current = None
                 if scope.cancelled_caught:
                     log.info("the previous connection from the primary was closed")
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                log.warning("connection from the primary lost: %s", exc)
+            # whatever ends one connection (tasks below raise exception groups), the receiver
+            # lives on for the next
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+                log.warning("connection from the primary lost: %s", leaves(group)[0])
+            except* Exception as group:
+                log.error("connection from the primary failed", exc_info=group)
 
     async def _handshake(
         self, stream: trio.SocketStream, connection: Connection
@@ -311,10 +316,16 @@ class Receiver:
                             )
                     self._acknowledge(connection, event.seq)
                     await raw.send_all(connection.bytes_to_send())
-                elif isinstance(event, ConnectionFailed):
-                    log.error("the primary sent something invalid: %s", event.reason)
-                elif isinstance(event, PeerError):
-                    log.warning("the primary ended replication: %s", event.reason)
+                elif isinstance(event, ConnectionFailed | PeerError):
+                    # the stream is over: what arrived before the bad frame stays unapplied
+                    # and unacknowledged (the primary resyncs it), only the ERROR goes out
+                    if isinstance(event, ConnectionFailed):
+                        log.error("the primary sent something invalid: %s", event.reason)
+                    else:
+                        log.warning("the primary ended replication: %s", event.reason)
+                    with trio.move_on_after(1):
+                        await raw.send_all(connection.bytes_to_send())
+                    return
             if batch:
                 connection.send_ack(AckKind.RECEIVED, batch[-1][0])
                 sent = await self._apply(raw, connection, batch, tolerant)

@@ -25,6 +25,7 @@ from collections import deque
 import trio
 
 from tandem.engine.config.stream import PeerAddress, StreamSettings
+from tandem.engine.control.failures import leaves
 from tandem.engine.protocol.connection import (
     PROTOCOL_VERSION,
     Acknowledged,
@@ -348,11 +349,20 @@ class Replicator:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._still_alone(f"connection to {self.peer} lost during the handshake: {exc}")
                 return
+            except Exception as exc:  # a bug, not the peer: the mount must outlive it
+                log.error("handshake with %s failed", self.peer, exc_info=exc)
+                self._still_alone(f"handshake with {self.peer} failed: {exc!r}")
+                return
+            # The connection's tasks run in a nursery: what ends it arrives as an exception
+            # group. Whatever it is, the mount goes on (alone, journalled) and reconnects.
             try:
                 with RawSocket(stream) as raw:
                     await self._mirror(raw, connection, peer)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                self.go_alone(f"connection to {self.peer} lost: {exc}")
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+                self.go_alone(f"connection to {self.peer} lost: {leaves(group)[0]}")
+            except* Exception as group:
+                log.error("replication to %s failed", self.peer, exc_info=group)
+                self.go_alone(f"replication to {self.peer} failed: {leaves(group)[0]!r}")
             finally:
                 self._connection_scope = None
                 self.go_alone(f"connection to {self.peer} ended")
@@ -440,15 +450,15 @@ class Replicator:
             await trio.sleep(PROGRESS_INTERVAL)
 
     def _resync_failed(self, exc: Exception) -> None:
-        leaves = _leaves(exc)
-        if all(isinstance(leaf, _Lost) for leaf in leaves):
+        found = leaves(exc)
+        if all(isinstance(leaf, _Lost) for leaf in found):
             return  # the connection went first; go_alone said why
-        refused = [leaf for leaf in leaves if isinstance(leaf, PeerRefused)]
+        refused = [leaf for leaf in found if isinstance(leaf, PeerRefused)]
         if refused:
             self.go_alone(str(refused[0]))
             return
         log.error("resync with %s failed", self.peer, exc_info=exc)
-        self.go_alone(f"resync failed: {next(x for x in leaves if not isinstance(x, _Lost))!r}")
+        self.go_alone(f"resync failed: {next(x for x in found if not isinstance(x, _Lost))!r}")
 
     async def _receive_loop(self, raw: RawSocket, connection: Connection) -> None:
         while True:
@@ -487,12 +497,6 @@ class Replicator:
             self.go_alone(f"peer {self.peer} reported: {event.reason}")
             return False
         return True
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
 
 
 class _Channel:

@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 
 from tandem.engine.lab.lab import APP_PORT, VIP, Lab
+from tandem.heartbeat.packet import Heartbeat, encode
 from tests.helpers.lab import CLI, LabCluster, stop_group
 from tests.helpers.mountproc import wait_for
 
 pytestmark = pytest.mark.root
 
 SERVING = ("PRIM", "ALONE")
+SPOOF = str(Path(__file__).parents[1] / "helpers" / "spoof.py")
 APP = [sys.executable, "-m", "tandem.engine.lab.demoapp"]
 
 
@@ -266,13 +268,12 @@ def test_operator_commands_and_their_refusals(lab: LabCluster) -> None:
 
 
 def test_forged_and_garbage_heartbeats_are_counted_and_change_nothing(lab: LabCluster) -> None:
-    forge = (
-        "import socket; from tandem.heartbeat.packet import Heartbeat, encode; "
-        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-        "forged = encode(b'not the cluster secret!', Heartbeat('b', 1, 1, b'{}')); "
-        "[s.sendto(p, ('198.18.0.1', 7400)) for p in (forged, b'garbage' * 10, forged)]"
-    )
-    sent = lab.exec("client", sys.executable, "-c", forge)
+    forged = encode(b"not the cluster secret!", Heartbeat("b", 1, 1, b"{}")).hex()
+    # a stranger's datagrams never reach the service (its socket only takes the peer's): these
+    # come as if from b's address and heartbeat port, as an attacker on the segment can send
+    hexes = [forged, (b"garbage" * 10).hex(), forged]
+    spoof = [sys.executable, SPOOF, "198.18.0.2", "7400", "198.18.0.1", "7400", *hexes]
+    sent = lab.exec("client", *spoof)
     assert sent.returncode == 0, sent.stderr
 
     def rejected() -> dict[str, int]:
@@ -285,6 +286,46 @@ def test_forged_and_garbage_heartbeats_are_counted_and_change_nothing(lab: LabCl
     assert rejected().get("malformed") == 1 and rejected().get("forged") == 2
     time.sleep(1.5)
     assert _settled(lab, "a")  # nothing believed: a serves, b follows
+
+
+def test_a_heartbeat_flood_forges_no_failover(lab: LabCluster, workspace: Path) -> None:
+    """A third host floods both nodes' heartbeat port as fast as it can, and the same host
+    sends datagrams as if from each node's own heartbeat port (an attacker on the segment);
+    neither may be believed, and none may crowd out the real heartbeats: no state changes,
+    never two holders of the VIP, and the refusals are summed up in a line or two."""
+    logs = [lab.directory / f"nodes/{n}/state/modules/demo/module.log" for n in ("a", "b")]
+    before = [len(log.read_text().splitlines()) for log in logs]
+    flood = (
+        "import socket, time\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "end = time.monotonic() + 12\n"
+        "while time.monotonic() < end:\n"
+        "    for node in ('198.18.0.1', '198.18.0.2'):\n"
+        "        s.sendto(b'x' * 200, (node, 7400))\n"
+    )
+    garbage = (b"\x00" * 120).hex()
+    with Monitor(lab) as monitor:
+        flooder = lab.popen("client", sys.executable, "-c", flood)
+        try:
+            for _ in range(10):  # as if from the peer: counted, refused
+                for source, target in (("198.18.0.2", "198.18.0.1"), ("198.18.0.1", "198.18.0.2")):
+                    spoof = [sys.executable, SPOOF, source, "7400", target, "7400", garbage]
+                    sent = lab.exec("client", *spoof, "--repeat", "300")
+                    assert sent.returncode == 0, sent.stderr
+                time.sleep(1)
+            flooder.wait(timeout=30)
+        finally:
+            stop_group(flooder)
+    assert monitor.violations == []
+    assert monitor.samples > 50
+    after = [log.read_text().splitlines() for log in logs]
+    assert [lines[count:] for lines, count in zip(after, before, strict=True)] == [[], []]
+    assert _settled(lab, "a")
+    state = _state(lab, "a")
+    assert state is not None
+    assert state["peer"]["heartbeat"]["rejected"].get("malformed", 0) >= 1000
+    summaries = [line for line in lab.log("a").splitlines() if "packet(s) refused" in line]
+    assert 1 <= len(summaries) <= 3, summaries
 
 
 def test_no_false_failover_under_heavy_write_load(lab: LabCluster, workspace: Path) -> None:

@@ -22,6 +22,7 @@ from tandem.heartbeat.packet import Heartbeat, encode
 pytestmark = pytest.mark.root
 
 SECRET = b"heartbeat-test-secret-0123456789"
+SPOOF = str(Path(__file__).parents[1] / "helpers" / "spoof.py")
 PORT = 7399
 LINKS = {"net1": ("198.18.41.1", "198.18.41.2"), "net2": ("198.18.42.1", "198.18.42.2")}
 
@@ -139,14 +140,11 @@ def test_forged_replayed_and_garbage_datagrams_are_counted(
         encode(SECRET, Heartbeat("a", 1, 10)),  # an earlier run of a: a replay
         encode(SECRET, Heartbeat("mallory", time.time_ns(), 1)),
     ]
-    script = (
-        "import socket, sys\n"
-        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "s.bind(('198.18.41.1', 0))\n"
-        f"for d in {datagrams!r}:\n"
-        f"    s.sendto(d, ('198.18.41.2', {PORT}))\n"
-    )
-    subprocess.run(["ip", "netns", "exec", ns_a, sys.executable, "-c", script], check=True)
+    # from a's address and heartbeat port, as only the peer can (anyone else's are dropped by
+    # the kernel: `test_a_stranger_s_datagrams_never_reach_the_service`)
+    hexes = [d.hex() for d in datagrams]
+    spoof = [sys.executable, SPOOF, "198.18.41.1", str(PORT), "198.18.41.2", str(PORT), *hexes]
+    subprocess.run(["ip", "netns", "exec", ns_a, *spoof], check=True)
     deadline = time.monotonic() + 5
     rejected: dict[str, int] = {}
     while time.monotonic() < deadline and sum(rejected.values()) < 4:
@@ -155,3 +153,31 @@ def test_forged_replayed_and_garbage_datagrams_are_counted(
             rejected = status["rejected"]
             assert status["verdict"] == "alive", status
     assert rejected == {"malformed": 1, "forged": 1, "replayed": 1, "stranger": 1}
+
+
+def test_a_stranger_s_datagrams_never_reach_the_service(
+    pair: tuple[Node, Node, str, str],
+) -> None:
+    """A flood from another port of the peer's host (or any other host) is dropped by the
+    kernel: the socket is connected to the peer's address and port."""
+    _, b, ns_a, _ = pair
+    b.wait_for("alive")
+    flood = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.bind(('198.18.41.1', 0))\n"
+        "for _ in range(20000):\n"
+        f"    s.sendto(b'garbage' * 20, ('198.18.41.2', {PORT}))\n"
+    )
+    subprocess.run(["ip", "netns", "exec", ns_a, sys.executable, "-c", flood], check=True)
+    # then one datagram from the peer's own port: the only one the service ever sees
+    spoof = [sys.executable, SPOOF, "198.18.41.1", str(PORT), "198.18.41.2", str(PORT)]
+    subprocess.run(["ip", "netns", "exec", ns_a, *spoof, b"garbage".hex()], check=True)
+    deadline = time.monotonic() + 5
+    rejected: dict[str, int] = {}
+    while time.monotonic() < deadline and not rejected:
+        time.sleep(0.1)
+        for status in b.drain():
+            rejected = status["rejected"]
+            assert status["verdict"] == "alive", status
+    assert rejected == {"malformed": 1}

@@ -1,7 +1,11 @@
 """A misbehaving peer, as its own process: `fakepeer.py MODE HOST PORT [SECRET_FILE]`.
 
 Connecting modes (a bad primary): garbage, version, stall, auth-stall.
-Listening modes (a bad secondary): listen-version, listen-stall, listen-auth-stall.
+Listening modes (a bad secondary): listen-version, listen-stall, listen-auth-stall, and the
+ones that break a stream the handshake completed (after sending PEER_STATE): listen-close
+(closes), listen-reset (a TCP reset once the first frames arrived), listen-garbage (bytes that
+are no frame), listen-enospc (the secondary's refusal of a mutation: disk full), listen-ack-reset
+(acknowledges what arrives for a while, then resets mid-stream).
 It prints what it saw, one line per event, and "closed after N.N s" when the other side hangs up.
 """
 
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import sys
 import time
 
@@ -18,7 +23,9 @@ from tandem.engine.protocol.connection import (
     Connection,
     ConnectionFailed,
     Identity,
+    MutationReceived,
     PeerError,
+    PeerState,
     Side,
 )
 from tandem.fsdriver.mutation import Write
@@ -94,8 +101,73 @@ def main(mode: str, host: str, port: int, secret: bytes) -> None:
         frame = connection.bytes_to_send()
         sock.sendall(frame[: len(frame) // 2])
         drain(sock, connection)
+    elif mode in BREAKING:
+        connection = Connection(role, identity, secret)
+        authenticate(sock, connection)
+        connection.send_peer_state(PeerState("", False, False, ()))
+        sock.sendall(connection.bytes_to_send())
+        say("peer state sent")
+        BREAKING[mode](sock, connection)
     else:
         raise SystemExit(f"unknown mode {mode}")
+
+
+def _reset(sock: socket.socket) -> None:
+    # SO_LINGER 0: close sends RST instead of FIN
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    say("reset")
+
+
+def _close(sock: socket.socket, connection: Connection) -> None:
+    sock.close()
+    say("closed")
+
+
+def _reset_at_first_frames(sock: socket.socket, connection: Connection) -> None:
+    sock.recv(65536)
+    _reset(sock)
+
+
+def _garbage(sock: socket.socket, connection: Connection) -> None:
+    sock.sendall(b"\xff" * 64)
+    drain(sock, None)
+
+
+def _enospc(sock: socket.socket, connection: Connection) -> None:
+    connection.receive(sock.recv(65536))
+    connection.send_error(
+        "cannot apply mutation 1 (Ensure b'.'): [Errno 28] No space left on device"
+    )
+    sock.sendall(connection.bytes_to_send())
+    drain(sock, None)
+
+
+def _ack_then_reset(sock: socket.socket, connection: Connection) -> None:
+    deadline = time.monotonic() + 1.5
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        if not data:
+            break
+        for event in connection.receive(data):
+            if isinstance(event, MutationReceived):
+                connection.send_ack(AckKind.RECEIVED, event.seq)
+                connection.send_ack(AckKind.APPLIED, event.seq)
+        sock.sendall(connection.bytes_to_send())
+    _reset(sock)
+
+
+BREAKING = {
+    "listen-close": _close,
+    "listen-reset": _reset_at_first_frames,
+    "listen-garbage": _garbage,
+    "listen-enospc": _enospc,
+    "listen-ack-reset": _ack_then_reset,
+}
 
 
 if __name__ == "__main__":

@@ -181,12 +181,17 @@ def _config_dir(tmp_path: Path, module_text: str) -> Path:
 
 
 def test_check_describes_what_the_files_define(tmp_path: Path) -> None:
-    config = _config_dir(tmp_path, GOOD)
+    # what the node needs is there: the directories, names that resolve, the scripts
+    app, lib = tmp_path / "srv-app", tmp_path / "var-lib-app"
+    app.mkdir()
+    lib.mkdir()
+    good = GOOD.replace('"/srv/app", "/var/lib/app/"', f'"{app}", "{lib}/"')
+    config = _config_dir(tmp_path / "c", good.replace("beta.example", "localhost"))
     done = _tandem("check", "--config-dir", str(config), "--node", "alpha")
     assert done.returncode == 0, done.stderr
-    first, failover, warning = done.stdout.splitlines()
+    first, failover, warning, scripts = done.stdout.splitlines()
     assert first == (
-        "web: 2 directories (/srv/app, /var/lib/app), peer beta at beta.example, "
+        f"web: 2 directories ({app}, {lib}), peer beta at localhost, "
         "ports 7500-7501, ack durable, timeout 2.5 s, resync capped at 20 MiB/s"
     )
     assert failover == (
@@ -194,13 +199,18 @@ def test_check_describes_what_the_files_define(tmp_path: Path) -> None:
         "no witness (a partition may let both serve); 0 checker(s), maxloop 3, then failover"
     )
     assert warning.startswith("  warning: ") and "timeout: 2.5 s is too short" in warning
-    done = _tandem(
-        "check", "--config-dir", str(_config_dir(tmp_path / "f", FAILOVER)), "--node", "alpha"
-    )
+    assert scripts.startswith("  warning: ") and "start_prim: missing" in scripts
+    config = _config_dir(tmp_path / "f", FAILOVER.replace("/srv/app", str(app)))
+    (config / "modules" / "web").mkdir()
+    (config / "modules" / "web" / "start_prim").write_text("#!/bin/sh\n")
+    (config / "modules" / "web" / "start_prim").chmod(0o755)
+    done = _tandem("check", "--config-dir", str(config), "--node", "alpha")
     assert done.returncode == 0, done.stderr
     assert "VIP 198.18.0.100/24; witness 198.18.0.254, 198.18.0.253:53, ::1:80" in done.stdout
     assert "default primary beta; 2 checker(s), maxloop 3, then stop" in done.stdout
-    assert "warning" not in done.stdout
+    # this machine is not node alpha: its VIP's subnet can only be judged there
+    warnings = [line for line in done.stdout.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "vip: not checked on this machine" in warnings[0], warnings
 
 
 def test_node_and_check_refuse_bad_configuration_with_exit_1(tmp_path: Path) -> None:

@@ -1,0 +1,70 @@
+"""The primary's mount never ends because of its peer (issue 13, first point): a secondary that
+proves the secret and then breaks the stream — closes, resets, sends garbage, refuses with a
+full disk, resets mid-stream — leaves the mount up and writing (alone, journalled), and it
+reconnects and resyncs once a working secondary listens again. Each way, a few times."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tandem.fsdriver.mount import is_tandem_mount
+from tests.helpers.mountproc import wait_for
+from tests.helpers.pair import Pair
+
+pytestmark = pytest.mark.root
+
+FAKE = str(Path(__file__).parents[1] / "helpers" / "fakepeer.py")
+TIMEOUT = 2.0
+TRIES = 3
+
+
+@pytest.fixture
+def pair(workspace: Path) -> Iterator[Pair]:
+    cluster = Pair(workspace, extra=["--timeout", str(TIMEOUT), "--module", "demo/0"])
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _fake_secondary(pair: Pair, mode: str) -> subprocess.Popen[str]:
+    fake = subprocess.Popen(
+        [sys.executable, FAKE, mode, "127.0.0.1", str(pair.port), str(pair.secret)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert fake.stdout is not None
+    assert fake.stdout.readline().strip() == "listening"
+    return fake
+
+
+@pytest.mark.parametrize(
+    "mode", ["listen-close", "listen-reset", "listen-garbage", "listen-enospc", "listen-ack-reset"]
+)
+def test_a_stream_broken_after_the_handshake_never_ends_the_mount(pair: Pair, mode: str) -> None:
+    primary = pair.start_primary("--journal", str(pair.base / "journal"), expect_peer=False)
+    for attempt in range(TRIES):
+        fake = _fake_secondary(pair, mode)
+        try:
+            assert fake.stdout is not None
+            wait_for(lambda f=fake: "peer state sent" in (f.stdout.readline() or ""), 30, "a peer")
+            # the application keeps writing through the break
+            for index in range(20):
+                (pair.a / f"{mode}-{attempt}-{index}").write_bytes(b"x" * 70_000)
+            wait_for(lambda a=attempt: primary.log().count("going on alone") > a, 30, "alone")
+        finally:
+            fake.kill()
+            fake.communicate()
+        assert primary.alive(), primary.log()
+        assert is_tandem_mount(str(pair.a))
+    # a working secondary: the primary reconnects by itself and brings it level
+    pair.start_secondary()
+    primary.wait_log("replicating demo/0", timeout=60)
+    wait_for(lambda: (pair.b / f"{mode}-{TRIES - 1}-19").exists(), 30, "the resync")
+    assert (pair.b / f"{mode}-0-0").read_bytes() == b"x" * 70_000
+    assert "Traceback" not in primary.log(), primary.log()

@@ -1,0 +1,78 @@
+"""Bad input at the command line is one clear line and starts nothing half-way: a port another
+process holds, a control socket in a directory that does not exist, a reader that goes away."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tandem.fsdriver.mount import mounts_at
+
+CLI = [sys.executable, "-m", "tandem.engine.cli"]
+
+
+def _secret(tmp_path: Path) -> Path:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"0123456789abcdef0123")
+    secret.chmod(0o600)
+    return secret
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_receive_on_a_busy_port_is_one_line_and_mounts_nothing(tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = _run(
+            "receive", str(copy), "--listen", f"127.0.0.1:{port}",
+            "--secret-file", str(_secret(tmp_path)),
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"tandem: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert mounts_at(str(copy)) == []
+
+
+def test_a_control_socket_nowhere_is_refused_before_mounting(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    done = _run(
+        "mount", str(data), "--replicate-to", "127.0.0.1:9",
+        "--secret-file", str(_secret(tmp_path)), "--control", "/nonexistent/x.sock",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "tandem: error: --control /nonexistent/x.sock: no directory /nonexistent to create "
+        "the socket in"
+    ]
+    assert mounts_at(str(data)) == []
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "modules"
+    for name in ("alpha", "beta", "gamma"):
+        (state / name).mkdir(parents=True)
+    read, write = os.pipe()
+    os.close(read)  # `| head -0`: gone before the first line
+    try:
+        done = subprocess.run(
+            [*CLI, "state", "--state-dir", str(tmp_path / "state")],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert done.stderr == ""
+    assert done.returncode in (0, 1)  # 1: the modules found did not answer (none runs)
