@@ -361,8 +361,10 @@ class Replicator:
             except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
                 self.go_alone(f"connection to {self.peer} lost: {leaves(group)[0]}")
             except* Exception as group:
-                log.error("replication to %s failed", self.peer, exc_info=group)
-                self.go_alone(f"replication to {self.peer} failed: {leaves(group)[0]!r}")
+                unexpected = [leaf for leaf in leaves(group) if not isinstance(leaf, _Lost)]
+                if unexpected:  # a bug, not the peer: said loudly, and the mount lives on
+                    log.error("replication to %s failed", self.peer, exc_info=group)
+                    self.go_alone(f"replication to {self.peer} failed: {unexpected[0]!r}")
             finally:
                 self._connection_scope = None
                 self.go_alone(f"connection to {self.peer} ended")
@@ -412,8 +414,13 @@ class Replicator:
             nursery.start_soon(self._resync_task, resync, peer, token)
 
     async def _resync_task(self, resync: Resync, peer: PeerState, token: int | None) -> None:
+        # whatever stops the resync, the mount lives on; a cancellation (the connection ended
+        # meanwhile) travels on beside it, so the failure is split off with except*
+        failure: BaseException | None = None
         try:
             plan, how = await choose_plan(self._journal, self._full_requested, peer, token)
+            if self.alone_reason is not None:
+                return  # the connection ended while the plan was drawn
             resync.adopt(plan)
             self.resync_how = how
             log.info("resync with %s started: %s", self.peer, how)
@@ -421,8 +428,10 @@ class Replicator:
                 nursery.start_soon(self._tell_progress, resync)
                 progress = await resync.run()
                 nursery.cancel_scope.cancel()
-        except Exception as exc:  # whatever stopped it, the mount lives on
-            self._resync_failed(exc)
+        except* Exception as group:
+            failure = group
+        if failure is not None:
+            self._resync_failed(failure)
             return
         label = self._next_seq - 1
         if self._journal is not None and token is not None:
@@ -449,7 +458,7 @@ class Replicator:
             self._enqueue(ProgressNote(json.dumps(note).encode()))
             await trio.sleep(PROGRESS_INTERVAL)
 
-    def _resync_failed(self, exc: Exception) -> None:
+    def _resync_failed(self, exc: BaseException) -> None:
         found = leaves(exc)
         if all(isinstance(leaf, _Lost) for leaf in found):
             return  # the connection went first; go_alone said why
