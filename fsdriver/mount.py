@@ -16,6 +16,8 @@ import pyfuse3
 import trio
 
 from tandem.fsdriver.change import NO_RECORDER, ChangeRecorder
+from tandem.fsdriver.fence import FENCE_TYPE, fence, is_dead
+from tandem.fsdriver.fence import remove as remove_fence
 from tandem.fsdriver.mutation import ReplicationSink
 from tandem.fsdriver.ops import Passthrough
 from tandem.fsdriver.syscall import MNT_DETACH, umount2
@@ -36,7 +38,7 @@ class MountOptions:
     max_tasks: int = 128
 
 
-def _unescape_mountinfo(field: str) -> str:
+def unescape_mountinfo(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \\ooo octal
     out, i = [], 0
     while i < len(field):
@@ -56,7 +58,7 @@ def mounts_at(path: str) -> list[str]:
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
         for line in table:
             left, _, right = line.partition(" - ")
-            if _unescape_mountinfo(left.split()[4]) == path:
+            if unescape_mountinfo(left.split()[4]) == path:
                 found.append(right.split()[0])
     return found
 
@@ -66,9 +68,23 @@ def is_tandem_mount(path: str) -> bool:
     return bool(types) and types[-1] == FS_TYPE
 
 
+def release_leftovers(path: str) -> list[str]:
+    """Take away what a failed run left over ``path``: a fence, or a Tandem mount whose process
+    died (both answer ENOTCONN). A live mount is never touched. Says what it removed."""
+    removed = []
+    while mounts_at(path) and mounts_at(path)[-1] in (FS_TYPE, FENCE_TYPE) and is_dead(path):
+        kind = "fence" if mounts_at(path)[-1] == FENCE_TYPE else "dead mount"
+        remove_fence(path)
+        removed.append(kind)
+        log.info("%s: removed the %s a failed run left", path, kind)
+    return removed
+
+
 def check_target(directory: str) -> str:
-    """The absolute path to mount over, or MountError saying why not."""
+    """The absolute path to mount over, or MountError saying why not. What a failed run left
+    there (a fence, a dead mount) is taken away first: the module starts its copy again."""
     path = os.path.abspath(directory)
+    release_leftovers(path)
     if is_tandem_mount(path):
         raise MountError(
             f"{path} is already a Tandem mount (if no tandem process serves it, "
@@ -88,14 +104,19 @@ def check_target(directory: str) -> str:
 
 
 def unmount(path: str) -> str:
-    """Unmount ``path``; detach it lazily when it is busy. Returns what happened."""
+    """Unmount ``path``. When it is busy it is detached lazily and fenced at once: the next
+    open through the path must fail, never reach the bare copy. Returns what happened."""
     try:
         umount2(path, 0)
         return "unmounted"
     except OSError as exc:
         if exc.errno == errno.EBUSY:
             umount2(path, MNT_DETACH)
-            return "busy: detached lazily (it disappears when the last user lets go)"
+            fence(path)
+            return (
+                "busy: detached lazily and fenced (the path fails every access until the "
+                "module starts its copy again)"
+            )
         if exc.errno in (errno.EINVAL, errno.ENOENT):
             return "already unmounted"
         raise
@@ -181,11 +202,18 @@ def run_mount(
                 f"see the kernel log: dmesg | tail)"
             ) from None
         outcome = "unmounted"
+        ended = False
         try:
             log.info("serving %s", path)
             trio.run(_serve, path, options, companion)
+            ended = True
         finally:
             notify_systemd(b"STOPPING=1")
-            outcome = unmount(path) if is_tandem_mount(path) else "unmounted from outside"
+            if ended:
+                outcome = unmount(path) if is_tandem_mount(path) else "unmounted from outside"
+            else:
+                # fail closed: the mount stays, its connection dead once this process is gone,
+                # so the application cannot write past the mirror into the bare copy
+                log.error("the mount of %s failed; it stays (dead) until the module starts", path)
             pyfuse3.close(unmount=False)
     return outcome

@@ -1,4 +1,4 @@
-"""The few Linux calls the standard library does not expose (renameat2, umount2)."""
+"""The few Linux calls the standard library does not expose (renameat2, mount, umount2)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ _libc.renameat2.argtypes = [
 _libc.renameat2.restype = ctypes.c_int
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.umount2.restype = ctypes.c_int
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.mount.restype = ctypes.c_int
+MS_NOSUID = 2
+MS_NODEV = 4
 _libc.syncfs.argtypes = [ctypes.c_int]
 _libc.syncfs.restype = ctypes.c_int
 
@@ -38,6 +48,11 @@ def renameat2(old_dir_fd: int, old: bytes, new_dir_fd: int, new: bytes, flags: i
 def umount2(target: str, flags: int = 0) -> None:
     encoded = os.fsencode(target)
     _check(_libc.umount2(encoded, flags), encoded)
+
+
+def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    encoded = os.fsencode(target)
+    _check(_libc.mount(source.encode(), encoded, fstype.encode(), flags, data.encode()), encoded)
 
 
 def syncfs(fd: int) -> None:

@@ -26,6 +26,7 @@ from tandem.engine.config.stream import module_stream
 from tandem.engine.control.channel import serve_control
 from tandem.engine.reintegration.journal import SecondaryJournal
 from tandem.engine.replication.commands import secondary_commands
+from tandem.engine.replication.holders import stop_holders
 from tandem.engine.replication.receiver import Receiver, secondary_copy
 from tandem.fsdriver.mount import check_target, is_tandem_mount
 
@@ -156,12 +157,16 @@ async def _run_mount(
         )
     finally:
         with trio.CancelScope(shield=True):
-            await _stop_child(process)
+            await _stop_child(process, directory)
 
 
-async def _stop_child(process: trio.Process) -> None:
+async def _stop_child(process: trio.Process, directory: str) -> None:
     if process.returncode is not None:
-        return
+        return  # died: its mount stays, dead, until the module starts its copy again
+    # the scripts have stopped the application; whatever still uses the mount is stopped now,
+    # so that the unmount is not busy (a lazily detached mount would be fenced, its users
+    # failing from then on)
+    await trio.to_thread.run_sync(stop_holders, directory, frozenset({process.pid}))
     process.send_signal(signal.SIGTERM)
     with trio.move_on_after(STOP_GRACE):
         await process.wait()

@@ -6,6 +6,7 @@ where both serve or both hold the VIP."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -265,6 +266,50 @@ def test_operator_commands_and_their_refusals(lab: LabCluster) -> None:
     wait_for(lambda: _settled(lab, "a"), 30, "b back as secondary")
     monitor = Monitor(lab)
     assert not monitor.holds_vip("b") and monitor.holds_vip("a")
+
+
+def _mount_child(lab: LabCluster, node: str) -> int:
+    listed = lab.exec(node, "ps", "-eo", "pid=,args=")
+    pids = [
+        int(line.split()[0])
+        for line in listed.stdout.splitlines()
+        if "tandem.engine.cli mount" in line and "--wait-for-go" not in line
+    ]
+    assert len(pids) == 1, listed.stdout
+    return pids[0]
+
+
+def test_a_killed_mount_child_fails_closed_and_the_peer_takes_over(
+    lab: LabCluster, workspace: Path
+) -> None:
+    """kill -9 of the primary's mount process alone: no write after it may succeed on a (its
+    path answers with an error, the bare copy gets nothing), and b, which has every write a
+    reported done, serves."""
+    done_log = workspace / "done.log"
+    writer = lab.popen(
+        "a",
+        "sh",
+        "-c",
+        f"i=0; while [ $i -lt 100000 ]; do i=$((i+1)); "
+        f"echo $i > {lab.path}/w$i 2>/dev/null && echo $i >> {done_log}; sleep 0.02; done",
+    )
+    try:
+        wait_for(lambda: done_log.exists() and len(done_log.read_text().split()) > 20, 30, "writes")
+        child = _mount_child(lab, "a")
+        killed = lab.exec("a", "kill", "-9", str(child))
+        assert killed.returncode == 0, killed.stderr
+        wait_for(lambda: _is(lab, "b", "ALONE", "PRIM"), 30, "b taking over")
+        time.sleep(1)
+    finally:
+        stop_group(writer)
+    done = done_log.read_text().split()
+    on_b = {name for name in os.listdir(lab.copy("b")) if name.startswith("w")}
+    assert {f"w{i}" for i in done} <= on_b, sorted({f"w{i}" for i in done} - on_b)
+    # nothing reached a's bare copy past the mirror: it holds no write b lacks
+    on_a = {name for name in os.listdir(lab.copy("a")) if name.startswith("w")}
+    assert on_a <= on_b, sorted(on_a - on_b)
+    failed = lab.exec("a", "sh", "-c", f"echo x > {lab.path}/late")
+    assert failed.returncode != 0 and "not connected" in failed.stderr, failed.stderr
 
 
 def test_forged_and_garbage_heartbeats_are_counted_and_change_nothing(lab: LabCluster) -> None:
