@@ -17,6 +17,7 @@ from collections.abc import Callable
 import trio
 
 from tandem.engine.config.modules import ConfigError, ModuleConfig
+from tandem.engine.failover.holdings import survey_copy
 from tandem.engine.failover.module_log import ModuleLog
 from tandem.engine.failover.module_state import (
     AcquireVip,
@@ -42,6 +43,17 @@ from tandem.engine.replication.receiver import Receiver
 from tandem.vip import address as vip_address
 
 log = logging.getLogger(__name__)
+
+ASIDE_MARGIN = 64 << 20  # free space left after a copy is kept aside
+
+
+class AsideError(Exception):
+    """Keeping a copy aside cannot be done (the disk is short); worded for the operator."""
+
+
+def _free_bytes(path: str) -> int:
+    found = os.statvfs(path)
+    return found.f_bavail * found.f_frsize
 
 
 class ActionExecutor:
@@ -201,6 +213,14 @@ class ActionExecutor:
     async def _keep_aside(self, why: str) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = os.path.join(self._directory, "aside", stamp)
+        needed = (await trio.to_thread.run_sync(survey_copy, self.config.directories)).bytes
+        free = await trio.to_thread.run_sync(_free_bytes, self._directory)
+        if needed + ASIDE_MARGIN > free:
+            raise AsideError(
+                f"cannot keep this copy aside: it needs {needed >> 20} MiB and "
+                f"{self._directory} has {free >> 20} MiB free (free some space, or copy "
+                f"{', '.join(self.config.directories)} away by hand, then `tandem start` again)"
+            )
 
         def copy_all() -> list[str]:
             os.makedirs(aside, exist_ok=True)

@@ -18,6 +18,10 @@ The rules users rely on:
 - the primary lost → an up-to-date secondary serves (ALONE), unless it cannot reach the witness
   (it may be the isolated one); a primary that loses its peer *and* the witness stops serving;
 - both starting cold → the newer copy; equal copies → the default primary;
+- copies with no history (neither ever served, e.g. the first start, or state directories
+  lost): the one that holds data serves; if both hold data, both WAIT for the operator to pick
+  one (``Prim(force=True)`` on its node) — a copy with data and no history is never overwritten
+  without being kept aside first (``KeepAside``);
 - when both served (split brain), the configured winner keeps serving and the other yields, its
   divergent files kept aside (``KeepAside``), never silently overwritten;
 - ``swap`` hands the role over only when the secondary is in sync;
@@ -69,6 +73,8 @@ class Module:
     peer_served: bool = False
     peer_sure: bool = False
     failures: tuple[float, ...] = field(default=())  # recent application failures (times)
+    holds: bool = False  # this copy holds data (files), as found at start
+    peer_holds: bool = False  # the peer's copy holds data
 
     @property
     def copy(self) -> tuple[int, bool]:
@@ -77,6 +83,11 @@ class Module:
     @property
     def peer_copy(self) -> tuple[int, bool]:
         return (self.peer_epoch, self.peer_served)
+
+    @property
+    def no_history(self) -> bool:
+        """This copy never served, nor followed a server (nothing says what it holds)."""
+        return self.copy == (0, False)
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -89,6 +100,7 @@ class Start:
     epoch: int
     served: bool
     sure: bool
+    holds: bool = False  # the copy holds data
 
 
 @dataclass(frozen=True)
@@ -104,11 +116,20 @@ class PeerSeen:
     epoch: int
     served: bool
     sure: bool
+    holds: bool = False  # its copy holds data
 
 
 @dataclass(frozen=True)
 class PeerLost:
     witness_reachable: bool | None  # None: no witness configured
+
+
+@dataclass(frozen=True)
+class AsideFailed:
+    """Keeping this copy aside before it follows failed (the disk is short): it must not be
+    overwritten, so it waits."""
+
+    why: str
 
 
 @dataclass(frozen=True)
@@ -161,6 +182,7 @@ ModuleEvent = (
     | Swap
     | HandOver
     | AppFailed
+    | AsideFailed
 )
 
 # -- actions ------------------------------------------------------------------------------------
@@ -236,16 +258,23 @@ _STOP_SERVING: tuple[Action, ...] = (RunScript("stop_prim"), ReleaseVip())
 def step(module: Module, event: ModuleEvent, policy: Policy) -> tuple[Module, list[Action]]:
     state = module.state
     match event:
-        case Start(epoch=epoch, served=served, sure=sure):
+        case Start(epoch=epoch, served=served, sure=sure, holds=holds):
             if state is not State.STOP:
                 return module, [Refuse(f"already started ({state.value}: {module.reason})")]
-            started = replace(module, epoch=epoch, served=served, sure=sure, failures=())
+            started = replace(
+                module, epoch=epoch, served=served, sure=sure, failures=(), holds=holds
+            )
             return _go(started, State.WAIT, "started; looking for the peer")
         case Stop():
             return _stop(module)
-        case PeerSeen(state=peer_state, epoch=epoch, served=served, sure=sure):
+        case PeerSeen(state=peer_state, epoch=epoch, served=served, sure=sure, holds=holds):
             seen = replace(
-                module, peer_state=peer_state, peer_epoch=epoch, peer_served=served, peer_sure=sure
+                module,
+                peer_state=peer_state,
+                peer_epoch=epoch,
+                peer_served=served,
+                peer_sure=sure,
+                peer_holds=holds,
             )
             return _peer_seen(seen, policy)
         case PeerLost(witness_reachable=witness):
@@ -269,6 +298,10 @@ def step(module: Module, event: ModuleEvent, policy: Policy) -> tuple[Module, li
             return _serve(module, State.PRIM, "the peer handed the role over", [])
         case AppFailed(now=now):
             return _app_failed(module, now, policy)
+        case AsideFailed(why=why):
+            if state is not State.SECOND:
+                return module, []
+            return _go(module, State.WAIT, f"{why}; this copy is not overwritten", [ReleaseCopy()])
     raise AssertionError(event)
 
 
@@ -310,6 +343,13 @@ def _peer_seen(module: Module, policy: Policy) -> tuple[Module, list[Action]]:
             return _split_brain(module, policy)
         if state is State.WAIT:
             waiting = replace(module, sure=False)
+            if module.no_history and module.holds:
+                # nothing says this copy's data is older: it is kept before it is replaced
+                why = (
+                    "the peer serves; this copy held data of its own (no served history): "
+                    "kept aside, then resynced from the peer"
+                )
+                return _go(waiting, State.SECOND, why, [KeepAside(why), ReceiveCopy()])
             reason = "the peer serves; resyncing this copy from it"
             return _go(waiting, State.SECOND, reason, [ReceiveCopy()])
         return module, []  # SECOND already receives
@@ -322,6 +362,13 @@ def _peer_seen(module: Module, policy: Policy) -> tuple[Module, list[Action]]:
     if state is State.SECOND and module.sure:
         reason = f"{policy.peer} stopped serving; taking over"
         return _serve(module, State.ALONE, reason, [ReleaseCopy()])
+    if _both_unknown_with_data(module):
+        return _go(
+            module,
+            State.WAIT,
+            "neither copy has served and both hold data: pick the one to keep with "
+            "`tandem prim --force MODULE` on its node (the other is kept aside, then resynced)",
+        )
     if _newer_here(module, policy):
         before: list[Action] = [ReleaseCopy()] if state is State.SECOND else []
         return _serve(module, State.PRIM, "this copy is the newer one: serving", before)
@@ -331,11 +378,24 @@ def _peer_seen(module: Module, policy: Policy) -> tuple[Module, list[Action]]:
     return _go(module, State.WAIT, f"waiting for {policy.peer} (its copy is newer) to serve")
 
 
+def _both_unknown_with_data(module: Module) -> bool:
+    return (
+        module.no_history
+        and module.peer_copy == (0, False)
+        and module.holds
+        and module.peer_holds
+        and not module.sure
+        and not module.peer_sure
+    )
+
+
 def _newer_here(module: Module, policy: Policy) -> bool:
     if module.peer_sure != module.sure:
         return module.sure
     if module.copy != module.peer_copy:
         return module.copy > module.peer_copy
+    if module.no_history and module.holds != module.peer_holds:
+        return module.holds  # of two copies with no history, the one with data
     return policy.preferred() == policy.node
 
 

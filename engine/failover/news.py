@@ -21,6 +21,7 @@ class PeerNews:
     sure: bool
     reason: str
     vip: bool
+    holds: bool = True  # its copy holds data (a peer that does not say: assume it does)
 
 
 def encode_news(module: Module, name: str, vip_held: bool) -> bytes:
@@ -34,6 +35,7 @@ def encode_news(module: Module, name: str, vip_held: bool) -> bytes:
             "sure": module.sure,
             "reason": module.reason[:300],
             "vip": vip_held,
+            "holds": module.holds,
         },
         separators=(",", ":"),
     ).encode()
@@ -59,4 +61,5 @@ def decode_news(payload: bytes, name: str) -> PeerNews:
         raw.get("sure") is True,
         str(raw.get("reason", "")),
         raw.get("vip") is True,
+        raw.get("holds") is not False,
     )

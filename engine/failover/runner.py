@@ -25,19 +25,22 @@ import trio
 from tandem.engine.config.modules import ModuleConfig, check_failover_timing
 from tandem.engine.config.paths import app_log, module_dir, module_log, module_socket
 from tandem.engine.control.channel import serve_control
-from tandem.engine.failover.actions import ActionExecutor
+from tandem.engine.failover.actions import ActionExecutor, AsideError
 from tandem.engine.failover.checkers import watch_checker
 from tandem.engine.failover.commands import module_commands
+from tandem.engine.failover.holdings import Holdings, survey_copy
 from tandem.engine.failover.module_log import ModuleLog
 from tandem.engine.failover.module_state import (
     SERVING,
     AppFailed,
+    AsideFailed,
     Module,
     ModuleEvent,
     Policy,
     ReceiveCopy,
     Refuse,
     ServeCopy,
+    Start,
     Stop,
     step,
 )
@@ -48,6 +51,7 @@ from tandem.engine.failover.watcher import PeerWatch
 from tandem.engine.failover.witness import WitnessWatch
 from tandem.engine.replication.copies import CopyFailed
 from tandem.engine.replication.receiver import Receiver
+from tandem.fsdriver.mount import release_leftovers
 from tandem.heartbeat.probes import Witness
 from tandem.heartbeat.service import HeartbeatService, Link
 from tandem.vip.health import serve_health
@@ -84,6 +88,7 @@ class ModuleRunner:
         )
         self.module = Module()
         self.advertised = Module()
+        self.holdings = Holdings()
         self.directory = module_dir(state_dir, config.name)
         self.store = ModuleStore(self.directory)
         self.log = ModuleLog(module_log(state_dir, config.name))
@@ -200,7 +205,7 @@ class ModuleRunner:
                         self._app_failed,
                     )
                 await self.actions.drop_stale_vip()
-                await self._handle(self.store.start_event())
+                await self._handle(await self._start_event())
                 task_status.started()
                 async for event, reply in self._events_out:
                     answer = await self._handle(event)
@@ -213,6 +218,15 @@ class ModuleRunner:
                     await self.actions.dismiss_ready_mounts()
                     self.store.stopped(self.module)
                     self.log.note(f"--- node {self.node} stopped module {self.config.name}")
+
+    async def _start_event(self) -> Start:
+        """What the store remembers, and what the copy holds: a copy with data and no history
+        must not be taken for an empty one (it would be overwritten)."""
+        for directory in self.config.directories:
+            # what a failed run left over the path hides the copy: the module starts again
+            await trio.to_thread.run_sync(release_leftovers, directory)
+        self.holdings = await trio.to_thread.run_sync(survey_copy, self.config.directories)
+        return replace(self.store.start_event(), holds=self.holdings.holds)
 
     def _serving(self, _: str) -> tuple[bool, str]:
         serving = self.advertised.state in SERVING
@@ -243,12 +257,19 @@ class ModuleRunner:
             self.log.note(f"{before.state.value} -> {after.state.value}: {after.reason}")
             log.info("module %s: %s (%s)", self.config.name, after.state.value, after.reason)
         refusals = []
+        aside_failed = ""
         for action in actions:
             if isinstance(action, Refuse):
                 refusals.append(action.why)
                 continue
             try:
                 await self.actions.act(action, self.module)
+            except AsideError as exc:
+                # the copy could not be kept: it must not be overwritten by what follows
+                self.log.note(f"KeepAside failed: {exc}")
+                log.error("module %s: %s", self.config.name, exc)
+                aside_failed = str(exc)
+                break
             except Exception as exc:
                 if isinstance(action, ServeCopy | ReceiveCopy):
                     # the VIP and start_prim must never follow a copy that is not mounted (the
@@ -258,6 +279,8 @@ class ModuleRunner:
                 # any other failed action must not leave the ones after it undone
                 self.log.note(f"{type(action).__name__} failed: {exc}")
                 log.exception("module %s: %s failed", self.config.name, type(action).__name__)
+        if aside_failed:
+            return refusals + await self._handle(AsideFailed(aside_failed))
         self._advertise(self.module)
         await self.actions.keep_mounts_ready(self.module.state)
         return refusals
@@ -273,6 +296,7 @@ class ModuleRunner:
             "reason": self.module.reason,
             "serving": self.module.state in SERVING,
             "up_to_date": self.module.sure,
+            "holds": self.holdings.as_dict(),
             "epoch": self.module.epoch,
             "vip": self.config.vip,
             "vip_held": self.vip_held,
@@ -282,5 +306,6 @@ class ModuleRunner:
                 "state": news.state.value if news else None,
                 "reason": news.reason if news else None,
                 "vip_held": news.vip if news else None,
+                "holds": news.holds if news else None,
             },
         }

@@ -97,7 +97,8 @@ class PeerWatch:
                     key = (news, module.state)
                     if key != fed:
                         fed = key
-                        await self._send(PeerSeen(news.state, news.epoch, news.served, news.sure))
+                        seen = PeerSeen(news.state, news.epoch, news.served, news.sure, news.holds)
+                        await self._send(seen)
             elif verdict is Verdict.LOST and not lost_told:
                 lost_told, fed = True, None
                 self.peer_news = None

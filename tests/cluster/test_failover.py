@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -310,6 +311,56 @@ def test_a_killed_mount_child_fails_closed_and_the_peer_takes_over(
     assert on_a <= on_b, sorted(on_a - on_b)
     failed = lab.exec("a", "sh", "-c", f"echo x > {lab.path}/late")
     assert failed.returncode != 0 and "not connected" in failed.stderr, failed.stderr
+
+
+def _cold_restart(lab: LabCluster, data: dict[str, dict[str, bytes]]) -> None:
+    """Both nodes down, their state directories gone (a first start), each copy holding
+    exactly ``data[node]``; then b boots first, a (the default primary) after it."""
+    for node in ("a", "b"):
+        lab.kill(node)
+    for node in ("a", "b"):
+        shutil.rmtree(lab.directory / "nodes" / node / "state" / "modules")
+        copy = lab.copy(node)
+        for entry in copy.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        for name, content in data[node].items():
+            (copy / name).write_bytes(content)
+    lab.start("b")
+    time.sleep(1)
+    lab.start("a")
+
+
+def test_a_first_start_never_deletes_the_only_copy_with_data(lab: LabCluster) -> None:
+    """Issue 13, point 4: the database only in b's copy, a (the default primary) empty and
+    started last: b serves, and the database reaches a instead of being deleted."""
+    database = os.urandom(300_000)
+    _cold_restart(lab, {"a": {}, "b": {"important.db": database}})
+    wait_for(lambda: _is(lab, "b", "PRIM") and _is(lab, "a", "SECOND"), 60, "b serving")
+    wait_for(lambda: _state(lab, "a")["up_to_date"], 60, "a in sync")  # type: ignore[index]
+    assert (lab.copy("b") / "important.db").read_bytes() == database
+    assert (lab.copy("a") / "important.db").read_bytes() == database
+    assert not (lab.directory / "nodes" / "a" / "state" / "modules" / "demo" / "aside").exists()
+
+
+def test_a_first_start_with_data_on_both_waits_and_keeps_the_copy_not_chosen(
+    lab: LabCluster,
+) -> None:
+    _cold_restart(lab, {"a": {"a.db": b"kept by a"}, "b": {"b.db": b"kept by b"}})
+    wait_for(lambda: _is(lab, "a", "WAIT") and _is(lab, "b", "WAIT"), 60, "both waiting")
+    time.sleep(2)  # and they keep waiting
+    for node in ("a", "b"):
+        state = _state(lab, node)
+        assert state is not None and state["state"] == "WAIT", state
+        assert "tandem prim --force" in state["reason"] and state["holds"]["files"] == 1
+    assert (lab.copy("a") / "a.db").read_bytes() == b"kept by a"
+    chosen = lab.exec("b", *CLI, "prim", "demo", "--force")
+    assert chosen.returncode == 0, chosen.stderr
+    wait_for(lambda: _is(lab, "a", "SECOND") and _state(lab, "a")["up_to_date"], 60, "a follows")  # type: ignore[index]
+    assert not (lab.copy("a") / "a.db").exists() and (lab.copy("a") / "b.db").exists()
+    aside = lab.directory / "nodes" / "a" / "state" / "modules" / "demo" / "aside"
+    (kept,) = aside.iterdir()
+    assert (kept / "0" / "a.db").read_bytes() == b"kept by a"
+    assert "held data of its own" in (kept / "REPORT.txt").read_text()
 
 
 def test_forged_and_garbage_heartbeats_are_counted_and_change_nothing(lab: LabCluster) -> None:

@@ -14,6 +14,7 @@ from tandem.engine.failover.module_state import (
     SERVING,
     AcquireVip,
     AppFailed,
+    AsideFailed,
     AskPeerToServe,
     Behind,
     HandOver,
@@ -84,6 +85,45 @@ def test_cold_start_picks_the_newer_copy_then_the_default_primary() -> None:
     assert equal.state is State.WAIT  # equal copies: the default primary, a, serves
     fresh, _ = run(Module(), A, Start(0, False, False), PeerSeen(State.WAIT, 0, False, False))
     assert fresh.state is State.PRIM
+
+
+def test_first_start_the_copy_with_data_serves_whatever_the_default_primary() -> None:
+    """Issue 13, point 4: empty state on both nodes, the data only in b's copy, a the default
+    primary: b serves; a (empty) follows without anything kept aside."""
+    b, b_actions = run(Module(), B, Start(0, False, False, holds=True))
+    b, b_actions = run(b, B, PeerSeen(State.WAIT, 0, False, False, holds=False))
+    assert b.state is State.PRIM and AcquireVip() in b_actions
+    a, _ = run(Module(), A, Start(0, False, False, holds=False))
+    a, a_actions = run(a, A, PeerSeen(State.WAIT, 0, False, False, holds=True))
+    assert a.state is State.WAIT and "newer" in a.reason  # the default primary yields
+    a, a_actions = run(a, A, PeerSeen(State.PRIM, b.epoch, True, True, holds=True))
+    assert a.state is State.SECOND and a_actions == [ReceiveCopy()]
+
+
+def test_first_start_with_data_on_both_waits_for_the_operator_and_keeps_the_other_copy() -> None:
+    a, _ = run(Module(), A, Start(0, False, False, holds=True))
+    a, actions = run(a, A, PeerSeen(State.WAIT, 0, False, False, holds=True))
+    assert a.state is State.WAIT and actions == []
+    assert "tandem prim --force" in a.reason
+    b, _ = run(Module(), B, Start(0, False, False, holds=True))
+    b, _ = run(b, B, PeerSeen(State.WAIT, 0, False, False, holds=True))
+    assert b.state is State.WAIT
+    # the operator keeps b's copy: a's is kept aside before it is replaced
+    b, _ = run(b, B, Prim(force=True))
+    assert b.state is State.ALONE
+    a, actions = run(a, A, PeerSeen(State.ALONE, b.epoch, True, True, holds=True))
+    assert a.state is State.SECOND
+    assert [type(x) for x in actions] == [KeepAside, ReceiveCopy]
+    # keeping it aside failed (a full disk): a waits, its copy untouched
+    a, actions = run(a, A, AsideFailed("no room to keep this copy aside"))
+    assert a.state is State.WAIT and "not overwritten" in a.reason
+
+
+def test_a_copy_with_history_follows_without_keeping_aside() -> None:
+    second, actions = run(
+        Module(), B, Start(3, False, False, holds=True), PeerSeen(State.PRIM, 4, True, True)
+    )
+    assert second.state is State.SECOND and actions == [ReceiveCopy()]
 
 
 def test_a_copy_not_known_up_to_date_is_served_only_by_force() -> None:
@@ -180,7 +220,7 @@ class World:
 
     def seen_as(self, node: str) -> PeerSeen:
         m = self.modules[node]
-        return PeerSeen(m.state, m.epoch, m.served, m.sure)
+        return PeerSeen(m.state, m.epoch, m.served, m.sure, m.holds)
 
     def do(self, action: tuple[object, ...]) -> None:
         kind, node = action[0], action[1] if len(action) > 1 else "a"
@@ -189,7 +229,8 @@ class World:
         if kind == "start" and not self.up[node]:
             m = self.modules[node]
             self.up[node] = True
-            self.apply(node, Start(m.epoch, m.served, m.sure and self.clean[node]))
+            holds = bool(self.copies[node])
+            self.apply(node, Start(m.epoch, m.served, m.sure and self.clean[node], holds))
         elif kind == "crash" and self.up[node]:
             self.up[node] = False
             self.clean[node] = False
