@@ -239,5 +239,5 @@ class ActionExecutor:
             return kept
 
         kept = await trio.to_thread.run_sync(copy_all)
-        self._log.note(f"split brain: this copy kept aside in {aside} ({'; '.join(kept)})")
+        self._log.note(f"this copy kept aside in {aside} ({'; '.join(kept)}): {why}")
         log.warning("module %s: %s; this copy kept aside in %s", self.config.name, why, aside)

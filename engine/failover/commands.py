@@ -8,7 +8,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tandem.engine.control.channel import ControlError, Handler
-from tandem.engine.failover.module_state import Module, ModuleEvent, Prim, Second, State, Stop, Swap
+from tandem.engine.failover.module_state import (
+    Module,
+    ModuleEvent,
+    Prim,
+    Second,
+    Start,
+    State,
+    Stop,
+    Swap,
+)
 from tandem.engine.failover.store import ModuleStore
 
 Ask = Callable[[ModuleEvent], Awaitable[list[str]]]
@@ -19,6 +28,7 @@ def module_commands(
     module: Callable[[], Module],
     store: ModuleStore,
     status: Callable[[], dict[str, Any]],
+    start_event: Callable[[], Awaitable[Start]],
 ) -> dict[str, Handler]:
     async def carry_out(event: ModuleEvent) -> dict[str, Any]:
         refusals = await ask(event)
@@ -32,7 +42,7 @@ def module_commands(
     async def start(_: dict[str, Any]) -> dict[str, Any]:
         if module().state is not State.STOP:
             raise ControlError(f"already started ({module().state.value})")
-        return await carry_out(store.start_event())
+        return await carry_out(await start_event())
 
     async def stop(_: dict[str, Any]) -> dict[str, Any]:
         answer = await carry_out(Stop())

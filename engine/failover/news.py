@@ -21,7 +21,7 @@ class PeerNews:
     sure: bool
     reason: str
     vip: bool
-    holds: bool = True  # its copy holds data (a peer that does not say: assume it does)
+    holds: bool = False  # its copy holds data (decoded as True from a peer that does not say)
 
 
 def encode_news(module: Module, name: str, vip_held: bool) -> bytes:

@@ -86,8 +86,10 @@ class ModuleRunner:
             on_too_many_failures=config.on_failure,
             witness=bool(config.witnesses),
         )
-        self.module = Module()
-        self.advertised = Module()
+        # until the copy is surveyed at start, nothing says it is empty: the peer must not take
+        # an early heartbeat for news of an empty copy it may overwrite
+        self.module = Module(holds=True)
+        self.advertised = Module(holds=True)
         self.holdings = Holdings()
         self.directory = module_dir(state_dir, config.name)
         self.store = ModuleStore(self.directory)
@@ -183,7 +185,9 @@ class ModuleRunner:
                 await nursery.start(
                     serve_control,
                     module_socket(self._state_dir, self.config.name),
-                    module_commands(self._ask, lambda: self.module, self.store, self.status),
+                    module_commands(
+                        self._ask, lambda: self.module, self.store, self.status, self._start_event
+                    ),
                 )
                 if self.config.health_port is not None:
                     await nursery.start(

@@ -34,3 +34,10 @@ def test_a_round_trip_keeps_every_field_and_fits_one_datagram() -> None:
 def test_bad_news_is_refused_with_a_reason(payload: bytes, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         decode_news(payload, "web")
+
+
+def test_what_the_copy_holds_travels_and_a_peer_that_does_not_say_is_assumed_to_hold_data() -> None:
+    module = Module(State.WAIT, "started", holds=True)
+    assert decode_news(encode_news(module, "web", vip_held=False), "web").holds is True
+    older = b'{"v": 1, "module": "web", "state": "WAIT", "epoch": 0}'
+    assert decode_news(older, "web").holds is True  # unknown: never taken for an empty copy
