@@ -78,6 +78,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default="both",
         help="which side still reaches the witness (default both)",
     )
+    lab_nemesis = lab_commands.add_parser(
+        "nemesis",
+        help="random faults under a client writing at the VIP; checks that no acknowledged "
+        "write is lost, never two serve, the copies converge (JSON report; exit 1 if not)",
+    )
+    lab_nemesis.add_argument("--seed", type=int, default=1, help="the schedule's seed (1)")
+    lab_nemesis.add_argument("--faults", type=int, default=10, help="how many faults (10)")
+    lab_nemesis.add_argument("--out", metavar="FILE", help="also write the report there")
     lab_commands.add_parser("status", help="what runs where")
     lab_commands.add_parser("down", help="remove every namespace, process and file of the lab")
 
@@ -129,6 +137,10 @@ def run_lab_command(args: argparse.Namespace) -> int:
     elif action == "partition":
         lab.partition(args.witness)
         print(f"a and b partitioned; the witness is reachable from: {args.witness}")
+    elif action == "nemesis":
+        from tandem.engine.lab.nemesis import run_nemesis
+
+        return run_nemesis(args.dir, args.seed, args.faults, args.out)
     elif action == "status":
         print(lab.describe())
     elif action == "down":

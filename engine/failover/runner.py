@@ -139,6 +139,7 @@ class ModuleRunner:
             self.heartbeat,
             self.witness,
             config.heartbeat_timeout,
+            config.heartbeat_interval,
             self.log,
             module=lambda: self.module,
             advertised=lambda: self.advertised,

@@ -21,6 +21,7 @@ from tandem.engine.failover.module_state import (
     State,
 )
 from tandem.engine.failover.news import PeerNews, decode_news
+from tandem.engine.failover.timing import Timing
 from tandem.engine.failover.witness import WitnessWatch
 from tandem.engine.replication.receiver import Receiver
 from tandem.heartbeat.detector import Verdict
@@ -29,9 +30,6 @@ from tandem.heartbeat.service import HeartbeatService
 log = logging.getLogger(__name__)
 
 WATCH_EVERY = 0.05
-# A serving node that hears neither the peer nor the witness steps down at this fraction of the
-# heartbeat timeout: before the peer (which reaches the witness) takes over at the full timeout.
-SELF_FENCE_AT = 0.6
 # A peer heartbeat heard this long after the stream ended proves the primary outlived the
 # stream (it may go on alone): longer than a heartbeat already in flight takes to arrive.
 BEHIND_GRACE = 0.5
@@ -45,6 +43,7 @@ class PeerWatch:
         heartbeat: HeartbeatService,
         witness: WitnessWatch,
         heartbeat_timeout: float,
+        heartbeat_interval: float,
         module_log: ModuleLog,
         *,
         module: Callable[[], Module],
@@ -56,7 +55,7 @@ class PeerWatch:
         self.peer = peer
         self.heartbeat = heartbeat
         self.witness = witness
-        self._timeout = heartbeat_timeout
+        self._timing = Timing(heartbeat_timeout, heartbeat_interval)
         self._log = module_log
         self._module = module
         self._advertised = advertised
@@ -153,13 +152,9 @@ class PeerWatch:
     def _isolated_while_serving(self) -> bool:
         if not self.witness or self._advertised().state not in SERVING:
             return False
-        heard = self.heartbeat.last_heard
-        if heard is None:
-            return False
-        silent = trio.current_time() - heard
-        if silent < SELF_FENCE_AT * self._timeout:
-            return False
-        return self.witness.unreachable_since(heard)
+        return self._timing.must_fence(
+            trio.current_time(), self.heartbeat.last_heard, self.witness.answered
+        )
 
     async def _ask_witness(self) -> bool | None:
         if not self.witness:

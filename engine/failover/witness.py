@@ -21,13 +21,16 @@ class WitnessWatch:
     def __init__(self, witnesses: list[Witness], heartbeat_interval: float) -> None:
         self.witnesses = witnesses
         self._interval = heartbeat_interval
-        # send times of the latest probe that was answered, and of one that was not
-        self._answered: float | None = None
-        self._unanswered: float | None = None
+        self._answered: float | None = None  # send time of the latest answered probe
         self.detail = ""
 
     def __bool__(self) -> bool:
         return bool(self.witnesses)
+
+    @property
+    def answered(self) -> float | None:
+        """The send time of the latest probe whose answer has arrived (None: never)."""
+        return self._answered
 
     async def probe_forever(self) -> None:
         while True:
@@ -35,20 +38,11 @@ class WitnessWatch:
             reachable, detail = await witness_reachable(self.witnesses, WITNESS_PROBE_TIMEOUT)
             if reachable:
                 self._answered = sent
-            else:
-                self._unanswered = sent
             self.detail = detail
             await trio.sleep(WITNESS_PROBE_EVERY)
 
     def _counts_from(self, last_heard: float | None) -> float:
         return (last_heard if last_heard is not None else -1e9) + self._interval
-
-    def unreachable_since(self, last_heard: float | None) -> bool:
-        """A probe sent since the silence began went unanswered, and none was answered."""
-        since = self._counts_from(last_heard)
-        answered = self._answered is not None and self._answered >= since
-        unanswered = self._unanswered is not None and self._unanswered >= since
-        return unanswered and not answered
 
     async def reachable_since(self, last_heard: float | None) -> tuple[bool, str]:
         """Whether the witness answers a probe sent since the silence began; asks once more,

@@ -11,6 +11,7 @@ its mount would acknowledge nothing, or worse, let the application write underne
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -21,9 +22,9 @@ from contextlib import ExitStack
 import trio
 
 from tandem.engine.config.modules import ModuleConfig
-from tandem.engine.config.paths import stream_dir
+from tandem.engine.config.paths import control_socket, stream_dir
 from tandem.engine.config.stream import module_stream
-from tandem.engine.control.channel import serve_control
+from tandem.engine.control.channel import ControlError, ask, serve_control
 from tandem.engine.reintegration.journal import SecondaryJournal
 from tandem.engine.replication.commands import secondary_commands
 from tandem.engine.replication.holders import stop_holders
@@ -33,6 +34,9 @@ from tandem.fsdriver.mount import check_target, is_tandem_mount
 log = logging.getLogger(__name__)
 
 STOP_GRACE = 30.0
+ALIVE_EVERY = 1.0  # how often a mount child is asked whether it still answers
+ALIVE_TIMEOUT = 2.0
+HUNG_AFTER = 6.0  # seconds without an answer: the mount is hung, a failed mount
 
 
 class CopyFailed(Exception):
@@ -150,7 +154,11 @@ async def _run_mount(
             await trio.sleep(0.02)
         log.info("module %s: primary for %s", module.name, directory)
         task_status.started()
-        code = await process.wait()
+        control = control_socket(state_dir, module.name, index)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_alive, process, control, directory, module.name)
+            code = await process.wait()
+            nursery.cancel_scope.cancel()
         raise CopyFailed(
             f"module {module.name}: the mount of {directory} ended unexpectedly "
             f"(exit code {code}); stopping the node"
@@ -158,6 +166,37 @@ async def _run_mount(
     finally:
         with trio.CancelScope(shield=True):
             await _stop_child(process, directory)
+
+
+async def _watch_alive(process: trio.Process, control: str, directory: str, module: str) -> None:
+    """A hung mount is a failed mount: writers wait on it forever while the node would go on
+    telling the peer it serves. Silence on its control socket for `HUNG_AFTER` seconds kills it
+    (its mount stays, dead: nothing reaches the bare copy), and the node fails over."""
+    last_answer = trio.current_time()
+    while True:
+        await trio.sleep(ALIVE_EVERY)
+        try:
+            await trio.to_thread.run_sync(
+                functools.partial(ask, control, "status", timeout=ALIVE_TIMEOUT),
+                abandon_on_cancel=True,
+            )
+            last_answer = trio.current_time()
+            continue
+        except ControlError as exc:
+            silent = trio.current_time() - last_answer
+            if silent < HUNG_AFTER:
+                log.warning(
+                    "module %s: the mount of %s did not answer (%s)", module, directory, exc
+                )
+                continue
+        log.error(
+            "module %s: the mount of %s answered nothing for %.0f s: hung; killing it",
+            module,
+            directory,
+            trio.current_time() - last_answer,
+        )
+        process.kill()
+        return
 
 
 async def _stop_child(process: trio.Process, directory: str) -> None:

@@ -313,6 +313,35 @@ def test_a_killed_mount_child_fails_closed_and_the_peer_takes_over(
     assert failed.returncode != 0 and "not connected" in failed.stderr, failed.stderr
 
 
+def test_a_hung_mount_is_a_failed_mount(lab: LabCluster, workspace: Path) -> None:
+    """SIGSTOP of the primary's mount process: writers hang on it, so the node must not go on
+    telling its peer it serves. It stops answering its control socket; the node kills it (the
+    mount stays, dead) and fails over; every write a saw succeed is on b."""
+    done_log = workspace / "done.log"
+    writer = lab.popen(
+        "a",
+        "sh",
+        "-c",
+        f"i=0; while [ $i -lt 100000 ]; do i=$((i+1)); "
+        f"echo $i > {lab.path}/h$i 2>/dev/null && echo $i >> {done_log}; sleep 0.02; done",
+    )
+    try:
+        wait_for(lambda: done_log.exists() and len(done_log.read_text().split()) > 20, 30, "writes")
+        child = _mount_child(lab, "a")
+        stopped = lab.exec("a", "kill", "-STOP", str(child))
+        assert stopped.returncode == 0, stopped.stderr
+        started = time.monotonic()
+        wait_for(lambda: _is(lab, "b", "ALONE", "PRIM"), 40, "b taking over")
+        took = time.monotonic() - started
+    finally:
+        stop_group(writer)
+    assert took < 25, f"a hung mount was noticed only after {took:.1f} s"
+    assert "hung; killing it" in lab.log("a")
+    done = {f"h{i}" for i in done_log.read_text().split()}
+    on_b = {name for name in os.listdir(lab.copy("b")) if name.startswith("h")}
+    assert done <= on_b, sorted(done - on_b)
+
+
 def _cold_restart(lab: LabCluster, data: dict[str, dict[str, bytes]]) -> None:
     """Both nodes down, their state directories gone (a first start), each copy holding
     exactly ``data[node]``; then b boots first, a (the default primary) after it."""

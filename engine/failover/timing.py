@@ -1,0 +1,43 @@
+"""When a silent peer makes a serving node fence itself, and when it lets a secondary take
+over: pure, clock-fed (like `heartbeat.detector`), so a property test can sweep every phase of
+heartbeats, witness probes and the runner's watch loop.
+
+Only witness answers to probes *sent after* the silence began (the peer's last heartbeat plus
+one interval: it may have been cut off just before sending its next) tell which side of a
+partition a node is on. The serving node fences once the peer has been silent for
+``SELF_FENCE_AT`` of the timeout unless such an answer has *arrived*: a probe still in flight
+counts as no answer, so the fence never waits on a probe cycle. The other node may take over
+only after the full timeout and only with such an answer. The gap between the two is the margin
+the runner's loop and the step down have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A serving node that hears neither the peer nor the witness steps down at this fraction of the
+# heartbeat timeout: before the peer (which reaches the witness) takes over at the full timeout.
+SELF_FENCE_AT = 0.6
+
+
+@dataclass(frozen=True)
+class Timing:
+    timeout: float  # the heartbeat timeout: silence on every network before the peer is lost
+    interval: float  # the heartbeat interval
+
+    def silence_began(self, last_heard: float | None) -> float:
+        """From when on a witness answer says something about this silence."""
+        return (last_heard if last_heard is not None else -1e9) + self.interval
+
+    def must_fence(self, now: float, last_heard: float | None, answered: float | None) -> bool:
+        """A serving node: step down now? ``answered``: the send time of the latest witness
+        probe whose answer has arrived (None: never)."""
+        if last_heard is None or now - last_heard < SELF_FENCE_AT * self.timeout:
+            return False
+        return answered is None or answered < self.silence_began(last_heard)
+
+    def may_take_over(self, now: float, last_heard: float | None, answered: float | None) -> bool:
+        """A secondary: may it serve in place of a silent peer now?"""
+        if last_heard is not None and now - last_heard <= self.timeout:
+            return False
+        return answered is not None and answered >= self.silence_began(last_heard)
