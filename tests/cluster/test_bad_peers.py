@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers.lab import LabCluster, stop_group
 from tests.helpers.mountproc import wait_for
-from tests.helpers.pair import Pair
+from tests.helpers.pair import Pair, fake_secondary
 
 pytestmark = pytest.mark.root
 
@@ -100,17 +100,6 @@ def pair(workspace: Path) -> Iterator[Pair]:
         cluster.stop()
 
 
-def _fake_secondary(pair: Pair, mode: str) -> subprocess.Popen[str]:
-    fake = subprocess.Popen(
-        [sys.executable, FAKE, mode, "127.0.0.1", str(pair.port), str(pair.secret)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert fake.stdout is not None
-    assert fake.stdout.readline().strip() == "listening"
-    return fake
-
-
 @pytest.mark.parametrize(
     ("mode", "reason"),
     [
@@ -121,7 +110,7 @@ def _fake_secondary(pair: Pair, mode: str) -> subprocess.Popen[str]:
     ],
 )
 def test_a_bad_secondary_never_hangs_the_primary(pair: Pair, mode: str, reason: str) -> None:
-    fake = _fake_secondary(pair, mode)
+    fake = fake_secondary(pair, mode)
     try:
         primary = pair.start_primary(expect_peer=False)
         started = time.monotonic()

@@ -5,8 +5,6 @@ reconnects and resyncs once a working secondary listens again. Each way, a few t
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,11 +12,10 @@ import pytest
 
 from tandem.fsdriver.mount import is_tandem_mount
 from tests.helpers.mountproc import wait_for
-from tests.helpers.pair import Pair
+from tests.helpers.pair import Pair, fake_secondary
 
 pytestmark = pytest.mark.root
 
-FAKE = str(Path(__file__).parents[1] / "helpers" / "fakepeer.py")
 TIMEOUT = 2.0
 TRIES = 3
 
@@ -32,24 +29,13 @@ def pair(workspace: Path) -> Iterator[Pair]:
         cluster.stop()
 
 
-def _fake_secondary(pair: Pair, mode: str) -> subprocess.Popen[str]:
-    fake = subprocess.Popen(
-        [sys.executable, FAKE, mode, "127.0.0.1", str(pair.port), str(pair.secret)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert fake.stdout is not None
-    assert fake.stdout.readline().strip() == "listening"
-    return fake
-
-
 @pytest.mark.parametrize(
     "mode", ["listen-close", "listen-reset", "listen-garbage", "listen-enospc", "listen-ack-reset"]
 )
 def test_a_stream_broken_after_the_handshake_never_ends_the_mount(pair: Pair, mode: str) -> None:
     primary = pair.start_primary("--journal", str(pair.base / "journal"), expect_peer=False)
     for attempt in range(TRIES):
-        fake = _fake_secondary(pair, mode)
+        fake = fake_secondary(pair, mode)
         try:
             assert fake.stdout is not None
             wait_for(lambda f=fake: "peer state sent" in (f.stdout.readline() or ""), 30, "a peer")

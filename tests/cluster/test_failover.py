@@ -280,6 +280,19 @@ def _mount_child(lab: LabCluster, node: str) -> int:
     return pids[0]
 
 
+def _file_writer(lab: LabCluster, prefix: str, done_log: Path) -> subprocess.Popen[Any]:
+    """A new file on a every 20 ms; each one whose write succeeded is logged on the host."""
+    writer = lab.popen(
+        "a",
+        "sh",
+        "-c",
+        f"i=0; while [ $i -lt 100000 ]; do i=$((i+1)); echo $i > {lab.path}/{prefix}$i "
+        f"2>/dev/null && echo $i >> {done_log}; sleep 0.02; done",
+    )
+    wait_for(lambda: done_log.exists() and len(done_log.read_text().split()) > 20, 30, "writes")
+    return writer
+
+
 def test_a_killed_mount_child_fails_closed_and_the_peer_takes_over(
     lab: LabCluster, workspace: Path
 ) -> None:
@@ -287,15 +300,8 @@ def test_a_killed_mount_child_fails_closed_and_the_peer_takes_over(
     path answers with an error, the bare copy gets nothing), and b, which has every write a
     reported done, serves."""
     done_log = workspace / "done.log"
-    writer = lab.popen(
-        "a",
-        "sh",
-        "-c",
-        f"i=0; while [ $i -lt 100000 ]; do i=$((i+1)); "
-        f"echo $i > {lab.path}/w$i 2>/dev/null && echo $i >> {done_log}; sleep 0.02; done",
-    )
+    writer = _file_writer(lab, "w", done_log)
     try:
-        wait_for(lambda: done_log.exists() and len(done_log.read_text().split()) > 20, 30, "writes")
         child = _mount_child(lab, "a")
         killed = lab.exec("a", "kill", "-9", str(child))
         assert killed.returncode == 0, killed.stderr
@@ -318,15 +324,8 @@ def test_a_hung_mount_is_a_failed_mount(lab: LabCluster, workspace: Path) -> Non
     telling its peer it serves. It stops answering its control socket; the node kills it (the
     mount stays, dead) and fails over; every write a saw succeed is on b."""
     done_log = workspace / "done.log"
-    writer = lab.popen(
-        "a",
-        "sh",
-        "-c",
-        f"i=0; while [ $i -lt 100000 ]; do i=$((i+1)); "
-        f"echo $i > {lab.path}/h$i 2>/dev/null && echo $i >> {done_log}; sleep 0.02; done",
-    )
+    writer = _file_writer(lab, "h", done_log)
     try:
-        wait_for(lambda: done_log.exists() and len(done_log.read_text().split()) > 20, 30, "writes")
         child = _mount_child(lab, "a")
         stopped = lab.exec("a", "kill", "-STOP", str(child))
         assert stopped.returncode == 0, stopped.stderr

@@ -130,3 +130,18 @@ class Pair:
         for node in (self.primary, self.secondary):
             if node is not None:
                 node.stop()
+
+
+FAKE_PEER = str(Path(__file__).parent / "fakepeer.py")
+
+
+def fake_secondary(pair: Pair, mode: str) -> subprocess.Popen[str]:
+    """A misbehaving secondary (`fakepeer.py` MODE) listening on the pair's port."""
+    fake = subprocess.Popen(
+        [sys.executable, FAKE_PEER, mode, "127.0.0.1", str(pair.port), str(pair.secret)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert fake.stdout is not None
+    assert fake.stdout.readline().strip() == "listening"
+    return fake
