@@ -78,6 +78,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default="both",
         help="which side still reaches the witness (default both)",
     )
+    lab_impair = lab_commands.add_parser(
+        "impair", help="what the nodes send each other goes bad: TCP resets, or 10 % loss"
+    )
+    lab_impair.add_argument("how", choices=["reset", "loss"])
+    lab_commands.add_parser("mend", help="end `impair`")
     lab_nemesis = lab_commands.add_parser(
         "nemesis",
         help="random faults under a client writing at the VIP; checks that no acknowledged "
@@ -137,6 +142,12 @@ def run_lab_command(args: argparse.Namespace) -> int:
     elif action == "partition":
         lab.partition(args.witness)
         print(f"a and b partitioned; the witness is reachable from: {args.witness}")
+    elif action == "impair":
+        lab.impair(args.how)
+        print(f"the link between a and b: {args.how}")
+    elif action == "mend":
+        lab.mend()
+        print("the link between a and b mended")
     elif action == "nemesis":
         from tandem.engine.lab.nemesis import run_nemesis
 

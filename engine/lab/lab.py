@@ -39,6 +39,7 @@ SWITCH_ADDRESS = "198.18.0.254"  # also the witness
 CLIENT = "client"
 CLIENT_ADDRESS = "198.18.0.3"
 PARTITION_TABLE = "tandem_lab_partition"
+IMPAIR_TABLE = "tandem_lab_impair"
 VIP = "198.18.0.100"
 APP_PORT = 7000
 SETTLE_TIMEOUT = 60.0
@@ -436,6 +437,45 @@ class Lab:
         ]
         self.heal_partition()
         _nft(self.netns("sw"), "\n".join(rules))
+
+    def impair(self, how: str) -> None:
+        """Make what the two nodes send each other go bad, the client untouched: ``reset``
+        answers every TCP segment from the peer with a reset, ``loss`` drops 10 % of the
+        peer's packets (this kernel has no netem; nftables in each node's namespace does both).
+        `mend` ends it. (Heavier loss on the only heartbeat network can pass for a dead peer:
+        D20's known limit.)"""
+        rules = {
+            "reset": "meta l4proto tcp reject with tcp reset",
+            "loss": "numgen random mod 10 < 1 drop",
+        }
+        if how not in rules:
+            raise LabError(f"impair: reset or loss, not {how!r}")
+        self._state()
+        self.mend()
+        for node in NODES:
+            peer = next(address for other, address in NODES.items() if other != node)
+            _nft(
+                self.netns(node),
+                "\n".join(
+                    [
+                        f"table inet {IMPAIR_TABLE} {{",
+                        "  chain input { type filter hook input priority 0; policy accept;",
+                        f"    ip saddr {peer} {rules[how]}",
+                        "  }",
+                        "}",
+                    ]
+                ),
+            )
+
+    def mend(self) -> None:
+        for node in NODES:
+            listed = subprocess.run(
+                ["ip", "netns", "exec", self.netns(node), "nft", "list", "tables"],
+                capture_output=True,
+                text=True,
+            )
+            if IMPAIR_TABLE in listed.stdout:
+                _nft(self.netns(node), f"delete table inet {IMPAIR_TABLE}")
 
     def heal_partition(self) -> None:
         switch = self.netns("sw")

@@ -3,8 +3,9 @@ the cluster's promises checked while it runs and at the end.
 
 Faults: kill -9 of either node, of the serving node's mount process alone, SIGSTOP of that
 process, partitions with the witness on one side or none, a cable cut, a heartbeat flood from
-the client. After each, the lab is healed and must settle (one serving, one up-to-date
-secondary) before the next. Invariants:
+the client, TCP resets of everything between the nodes, 10 % packet loss between them. After
+each, the lab is healed and must settle (one serving, one up-to-date secondary) before the
+next. Invariants:
 - never two nodes serving, never two holding the VIP (sampled ten times a second);
 - every write the client got an OK for is in the serving node's copy at the end;
 - the copies converge: `tandem verify` finds them identical, or a copy kept aside says why.
@@ -31,7 +32,7 @@ from typing import Any
 from tandem.engine.lab.lab import APP_PORT, NODES, VIP, Lab, LabError
 
 APP = [sys.executable, "-m", "tandem.engine.lab.demoapp"]
-KINDS = ("kill", "kill_mount", "stop_mount", "partition", "cut", "flood")
+KINDS = ("kill", "kill_mount", "stop_mount", "partition", "cut", "flood", "reset", "loss")
 HOLD = 4.0  # seconds a partition, a cut or a flood lasts
 SETTLE = 90.0
 
@@ -197,6 +198,10 @@ class Nemesis:
             self.lab.cut(fault.node, connected=True)
         elif fault.kind == "flood":
             self._flood()
+        elif fault.kind in ("reset", "loss"):
+            self.lab.impair(fault.kind)
+            time.sleep(HOLD)
+            self.lab.mend()
 
     def _reboot(self, node: str) -> None:
         """A node whose mount failed has stopped its node process: boot it again."""
