@@ -91,6 +91,7 @@ class ModuleRunner:
         self.module = Module(holds=True)
         self.advertised = Module(holds=True)
         self.holdings = Holdings()
+        self._heartbeat_scope = trio.CancelScope()
         self.directory = module_dir(state_dir, config.name)
         self.store = ModuleStore(self.directory)
         self.log = ModuleLog(module_log(state_dir, config.name))
@@ -182,7 +183,7 @@ class ModuleRunner:
         async with trio.open_nursery() as nursery:
             self.actions.bind(nursery)
             try:
-                await nursery.start(self.heartbeat.run)
+                await nursery.start(self._heartbeat_until_stopped)
                 await nursery.start(
                     serve_control,
                     module_socket(self._state_dir, self.config.name),
@@ -219,10 +220,20 @@ class ModuleRunner:
             finally:
                 # inside the nursery: the copy (shielded) stays mounted until stop_prim has run
                 with trio.CancelScope(shield=True):
-                    await self._handle(Stop(), why="the node stops")
-                    await self.actions.dismiss_ready_mounts()
-                    self.store.stopped(self.module)
-                    self.log.note(f"--- node {self.node} stopped module {self.config.name}")
+                    try:
+                        await self._handle(Stop(), why="the node stops")
+                        await self.actions.dismiss_ready_mounts()
+                        self.store.stopped(self.module)
+                        self.log.note(f"--- node {self.node} stopped module {self.config.name}")
+                    finally:
+                        self._heartbeat_scope.cancel()
+
+    async def _heartbeat_until_stopped(self, task_status: trio.TaskStatus[None]) -> None:
+        """The heartbeat outlives the cancellation of everything else: while a stopping node
+        runs stop_prim and releases the VIP, the peer must go on hearing that it serves, or it
+        would take the VIP over before this node has let go of it."""
+        with trio.CancelScope(shield=True) as self._heartbeat_scope:
+            await self.heartbeat.run(task_status=task_status)
 
     async def _start_event(self) -> Start:
         """What the store remembers, and what the copy holds: a copy with data and no history
