@@ -167,10 +167,16 @@ class Nemesis:
             capture_output=True,
             text=True,
         )
-        for line in listed.stdout.splitlines():
-            if "tandem.engine.cli mount" in line and "--wait-for-go" not in line:
-                return int(line.split()[0])
-        raise LabError(f"no mount process on {node}")
+        # a serving node runs one mount process (one it kept ready is started with
+        # --wait-for-go and then told to go: the same process)
+        found = [
+            int(line.split()[0])
+            for line in listed.stdout.splitlines()
+            if "tandem.engine.cli mount" in line
+        ]
+        if len(found) != 1:
+            raise LabError(f"expected one mount process on {node}, found {found}")
+        return found[0]
 
     def _signal_mount(self, signum: int) -> None:
         node = self._serving()
