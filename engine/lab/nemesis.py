@@ -140,7 +140,8 @@ class Nemesis:
         try:
             with _Sampler(self.lab, report):
                 for fault in schedule(seed, count):
-                    report.faults.append({k: v for k, v in asdict(fault).items() if v})
+                    shown = {k: v for k, v in asdict(fault).items() if v}
+                    report.faults.append({**shown, "at": time.strftime("%T")})
                     self._inflict(fault)
                     self._recover()
                 time.sleep(1)
