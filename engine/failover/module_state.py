@@ -412,13 +412,15 @@ def _peer_lost(module: Module, witness: bool | None) -> tuple[Module, list[Actio
     isolated = witness is False
     if state in SERVING:
         if isolated:
-            # the peer may be serving now: this copy is no longer sure to be the newest
+            # the peer may be serving now: this copy is no longer sure to be the newest. The
+            # VIP goes first: the peer takes it over within the rest of the heartbeat timeout,
+            # however long stop_prim takes (a planned step down stops the application first)
             return _go(
                 replace(module, sure=False),
                 State.WAIT,
                 "the peer and the witness are unreachable: this node may be the isolated one; "
                 "stopped serving",
-                [*_STOP_SERVING, ReleaseCopy()],
+                [ReleaseVip(), RunScript("stop_prim"), ReleaseCopy()],
             )
         return _go(module, State.ALONE, "the peer was lost; serving alone")
     if state in (State.SECOND, State.WAIT):

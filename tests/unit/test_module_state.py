@@ -27,6 +27,8 @@ from tandem.engine.failover.module_state import (
     Prim,
     ReceiveCopy,
     Refuse,
+    ReleaseCopy,
+    ReleaseVip,
     RunScript,
     Start,
     State,
@@ -73,6 +75,15 @@ def test_an_isolated_primary_stops_serving() -> None:
     stopped, actions = run(prim, A, PeerLost(witness_reachable=False))
     assert stopped.state is State.WAIT and RunScript("stop_prim") in actions
     assert not stopped.sure
+
+
+def test_an_isolated_primary_lets_the_vip_go_before_stopping_the_application() -> None:
+    """Found by the nemesis: stop_prim took 3.5 s while the peer took the VIP over at the
+    timeout; the fence must not hold the address meanwhile."""
+    prim, _ = run(Module(), A, Start(4, True, True), PeerLost(None))
+    _, actions = run(prim, A, PeerLost(witness_reachable=False))
+    assert actions.index(ReleaseVip()) < actions.index(RunScript("stop_prim"))
+    assert actions[-1] == ReleaseCopy()
 
 
 def test_cold_start_picks_the_newer_copy_then_the_default_primary() -> None:
