@@ -8,6 +8,7 @@ have to take over keeps its mount children started, waiting for "go".
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -17,6 +18,8 @@ from collections.abc import Callable
 import trio
 
 from tandem.engine.config.modules import ConfigError, ModuleConfig
+from tandem.engine.config.paths import control_socket
+from tandem.engine.control.channel import ControlError, ask
 from tandem.engine.failover.holdings import survey_copy
 from tandem.engine.failover.module_log import ModuleLog
 from tandem.engine.failover.module_state import (
@@ -45,6 +48,7 @@ from tandem.vip import address as vip_address
 log = logging.getLogger(__name__)
 
 ASIDE_MARGIN = 64 << 20  # free space left after a copy is kept aside
+FENCE_TIMEOUT = 2.0
 
 
 class AsideError(Exception):
@@ -125,6 +129,22 @@ class ActionExecutor:
                 self._ask_peer_to_serve()  # the peer takes over once it hears we stepped down
             case _:
                 raise AssertionError(action)
+
+    async def fence_copy(self) -> None:
+        """Leaving the serving role: from now on the mounts acknowledge nothing without the
+        peer (a write waiting on an unreachable peer fails instead of being acknowledged
+        alone after its timeout, while stop_prim runs and the copy is released)."""
+        if self._copy is None:
+            return
+        for index in range(len(self.config.directories)):
+            control = control_socket(self._state_dir, self.config.name, index)
+            try:
+                await trio.to_thread.run_sync(
+                    functools.partial(ask, control, "fence", timeout=FENCE_TIMEOUT),
+                    abandon_on_cancel=True,
+                )
+            except ControlError as exc:  # a dead or hung mount acknowledges nothing anyway
+                log.warning("module %s: could not fence %s: %s", self.config.name, control, exc)
 
     async def keep_mounts_ready(self, state: State) -> None:
         """A node that may have to take over keeps its mount children started (a failover

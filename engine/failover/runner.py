@@ -32,8 +32,10 @@ from tandem.engine.failover.holdings import Holdings, survey_copy
 from tandem.engine.failover.module_log import ModuleLog
 from tandem.engine.failover.module_state import (
     SERVING,
+    Action,
     AppFailed,
     AsideFailed,
+    KeepAside,
     Module,
     ModuleEvent,
     Policy,
@@ -41,6 +43,7 @@ from tandem.engine.failover.module_state import (
     Refuse,
     ServeCopy,
     Start,
+    State,
     Stop,
     step,
 )
@@ -274,6 +277,8 @@ class ModuleRunner:
             log.info("module %s: %s (%s)", self.config.name, after.state.value, after.reason)
         refusals = []
         aside_failed = ""
+        if peer_may_serve_without_us(before, after, actions):
+            await self.actions.fence_copy()  # before stop_prim: nothing acknowledged alone now
         for action in actions:
             if isinstance(action, Refuse):
                 refusals.append(action.why)
@@ -325,3 +330,13 @@ class ModuleRunner:
                 "holds": news.holds if news else None,
             },
         }
+
+
+def peer_may_serve_without_us(before: Module, after: Module, actions: list[Action]) -> bool:
+    """Stepping down because the peer may be serving (this node may be the isolated one, or a
+    split brain is healed in its favour): a write acknowledged alone from now on would be lost.
+    (A stop or a swap hands over through the stream; a peer that sees the stream end while
+    this node lives knows it is behind and does not take over.)"""
+    if before.state not in SERVING or after.state in SERVING:
+        return False
+    return after.state is State.WAIT or any(isinstance(a, KeepAside) for a in actions)

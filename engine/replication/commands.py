@@ -26,7 +26,10 @@ def primary_commands(replicator: Replicator, directory: str) -> dict[str, Handle
             raise ControlError("only a full resync can be requested (resyncs start by themselves)")
         return {"message": replicator.request_full_resync()}
 
-    return {"status": status, "verify": verify, "resync": resync}
+    async def fence(_: dict[str, Any]) -> dict[str, Any]:
+        return {"message": replicator.fence()}
+
+    return {"status": status, "verify": verify, "resync": resync, "fence": fence}
 
 
 def secondary_commands(receiver: Receiver, directory: str) -> dict[str, Handler]:
@@ -38,4 +41,4 @@ def secondary_commands(receiver: Receiver, directory: str) -> dict[str, Handler]
             "this node is the secondary of this module: run the command on the primary"
         )
 
-    return {"status": status, "verify": elsewhere, "resync": elsewhere}
+    return {"status": status, "verify": elsewhere, "resync": elsewhere, "fence": elsewhere}

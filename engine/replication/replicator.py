@@ -16,6 +16,7 @@ sequence order is the order changes hit the disk) and hands the frame to the soc
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
@@ -80,6 +81,19 @@ class _AckReceipt:
         await self._replicator.wait_acknowledged(self._connection_number, self._seq)
 
 
+class _RefusedReceipt:
+    """A fenced node acknowledges nothing alone: the application gets EIO (the change may be
+    on this copy; it was never promised)."""
+
+    __slots__ = ()
+
+    async def wait(self) -> None:
+        raise OSError(errno.EIO, "not acknowledged: this node is stepping down")
+
+
+_REFUSED = _RefusedReceipt()
+
+
 class _RoomReceipt:
     """During a resync: wait only while the connection's backlog is full (bounded memory)."""
 
@@ -137,13 +151,14 @@ class Replicator:
         self.connected = False
         self.in_sync = False
         self.alone_reason: str | None = "not connected to the peer yet"
+        self.fenced = False  # stepping down: acknowledge nothing alone (`fence`)
         self.resync_how = ""  # how the last resync compared (for the log, status and tests)
 
     # -- ReplicationSink --------------------------------------------------------------------
 
     def submit(self, mutation: Mutation) -> Receipt:
         if self.alone_reason is not None:
-            return DONE
+            return _REFUSED if self.fenced else DONE
         seq = self._enqueue(mutation)
         if self._verify is not None:
             self._verify.observe(mutation)
@@ -174,6 +189,10 @@ class Replicator:
                 await self._progress.wait()
         if waited.cancelled_caught:
             self.go_alone(f"peer {self.peer} did not acknowledge within {self._timeout:g} s")
+        if self.fenced and not (
+            self._connection_number == connection_number and self._acked >= seq
+        ):
+            raise OSError(errno.EIO, "not acknowledged: this node is stepping down")
 
     async def room(self) -> None:
         connection_number = self._connection_number
@@ -225,6 +244,18 @@ class Replicator:
         if self._connection_scope is not None:
             self._connection_scope.cancel()
 
+    def fence(self) -> str:
+        """The node is stepping down: from now on nothing is acknowledged without the peer.
+        A write the peer acknowledges still completes (a swap drains normally); one it does
+        not, and every write once alone, fails with EIO instead of being acknowledged alone."""
+        if not self.fenced:
+            self.fenced = True
+            log.warning(
+                "fenced: this node steps down; no write is acknowledged without %s", self.peer
+            )
+            self._wake()
+        return "fenced: nothing is acknowledged without the peer any more"
+
     def _wake(self) -> None:
         self._progress.set()
         self._progress = trio.Event()
@@ -265,6 +296,7 @@ class Replicator:
             "full_resync_pending": bool(self._full_requested),
             "verify": verify if verify is not None else self._last_verify,
             "acknowledged": self._acked,
+            "fenced": self.fenced,
         }
 
     def request_full_resync(self, why: str = "requested by the operator") -> str:
