@@ -60,8 +60,12 @@ async def expect(
     what we still owe the peer (our own proof) is sent first."""
     events = pending
     while True:
-        for event in events:
+        for index, event in enumerate(events):
             if isinstance(event, kind):
+                # what came after it in the same read must not be lost: a refusal or garbage
+                # right behind the awaited frame ends the handshake all the same
+                for later in events[index + 1 :]:
+                    _refusal(later)
                 return event
             _refusal(event)
         events = await _read(stream, connection)

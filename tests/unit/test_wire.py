@@ -422,3 +422,37 @@ def test_a_peer_cannot_name_paths_outside_the_copy_in_resync_frames(path: bytes)
     got_a, _ = pump(a, b)
     assert isinstance(got_a[0], ConnectionFailed)
     assert a.state is ConnectionState.CLOSED
+
+
+def test_garbage_right_behind_the_peer_state_ends_the_handshake() -> None:
+    """Found by a flaky run: PEER_STATE and the garbage behind it came in one read, and the
+    garbage's ConnectionFailed was dropped with the rest of the read."""
+    import socket
+
+    import trio
+
+    from tandem.engine.protocol.handshake import HandshakeFailed, authenticate, expect
+
+    async def scenario() -> None:
+        left, right = socket.socketpair()
+        a = Connection(Side.INITIATOR, Identity("a", "data"), SECRET)
+        b = Connection(Side.RESPONDER, Identity("b", "data"), SECRET)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(left))
+        # the peer's whole side at once: its HELLO, then (once it has ours) AUTH, PEER_STATE
+        # and garbage, all in one send
+        b.receive(a.bytes_to_send())
+        hello = b.bytes_to_send()
+        a.receive(hello)
+        b.receive(a.bytes_to_send())
+        b.send_peer_state(PeerState("", False, False, ()))
+        right.sendall(b.bytes_to_send() + b"\xff" * 64)
+        fresh = Connection(Side.INITIATOR, Identity("a", "data"), SECRET, nonce=a.nonce)
+        fresh.receive(hello)
+        fresh.bytes_to_send()
+        with pytest.raises(HandshakeFailed):
+            _, pending = await authenticate(stream, fresh)
+            await expect(stream, fresh, PeerState, pending)
+        right.close()
+        await stream.aclose()
+
+    trio.run(scenario)
