@@ -28,8 +28,8 @@ from tests.helpers.pair import Pair
 TIMEOUT = 3.0
 WRITE = (
     "import os, sys\n"
-    "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
     "try:\n"
+    "    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
     "    os.write(fd, b'x' * 4096); os.fsync(fd); print('acknowledged')\n"
     "except OSError as exc:\n"
     "    print(exc.strerror)\n"
