@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +31,12 @@ def test_process_checker(tmp_path: Path) -> None:
     assert check(Checker("process", name)) == (False, f"no process named {name} runs")
     app = subprocess.Popen(["bash", "-c", f"exec -a {name} sleep 30"])
     try:
+        # bash takes its new name only once it has started (flaky when checked at once)
+        deadline = time.monotonic() + 10
         ok, detail = check(Checker("process", name))
+        while not ok and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ok, detail = check(Checker("process", name))
         assert ok and str(app.pid) in detail
     finally:
         app.kill()
