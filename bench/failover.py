@@ -75,6 +75,8 @@ def _trial(lab: Lab, scratch: Path, number: int) -> dict[str, Any]:
         answered_at = None
         while answered_at is None and time.monotonic() < deadline:
             for line in out.read_text().splitlines():
+                if len(line.split()) != 2:
+                    continue  # the prober is writing this line right now
                 stamp, node = line.split()
                 if node == survivor and float(stamp) > killed_at:
                     answered_at = float(stamp)
