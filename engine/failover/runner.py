@@ -279,6 +279,11 @@ class ModuleRunner:
         aside_failed = ""
         if peer_may_serve_without_us(before, after, actions):
             await self.actions.fence_copy()  # before stop_prim: nothing acknowledged alone now
+            # fenced, it acknowledges nothing any more: the peer may hear at once that it no
+            # longer serves. Told only at the copy's release (after a slow stop_prim), a peer
+            # that took over meanwhile took this node, back in reach, for a second server and
+            # yielded its own newer writes (found by the nemesis: 2,119 writes in 4 s)
+            self._advertise(after)
         for action in actions:
             if isinstance(action, Refuse):
                 refusals.append(action.why)
