@@ -160,7 +160,10 @@ class PeerWatch:
         if not self.witness:
             self._log.note(f"{self.peer} lost; no witness configured")
             return None
-        reachable, detail = await self.witness.reachable_since(self.heartbeat.last_heard)
+        # a probe sent now: the silence may have begun before the last heartbeat heard (one
+        # lost just before a cut), so an answer to an earlier probe proves nothing (found by
+        # the nemesis: a cut-off secondary took over on an answer from before its cut)
+        reachable, detail = await self.witness.reachable_now()
         self._log.note(
             f"{self.peer} lost; witness {'reachable' if reachable else 'unreachable'}: {detail}"
         )

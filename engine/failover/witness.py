@@ -41,12 +41,6 @@ class WitnessWatch:
             self.detail = detail
             await trio.sleep(WITNESS_PROBE_EVERY)
 
-    def _counts_from(self, last_heard: float | None) -> float:
-        return (last_heard if last_heard is not None else -1e9) + self._interval
-
-    async def reachable_since(self, last_heard: float | None) -> tuple[bool, str]:
-        """Whether the witness answers a probe sent since the silence began; asks once more,
-        patiently, if none was answered yet."""
-        if self._answered is not None and self._answered >= self._counts_from(last_heard):
-            return True, self.detail or "answered"
+    async def reachable_now(self) -> tuple[bool, str]:
+        """Whether the witness answers a probe sent now, asked patiently."""
         return await witness_reachable(self.witnesses, WITNESS_TIMEOUT)
