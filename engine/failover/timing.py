@@ -37,7 +37,9 @@ class Timing:
         return answered is None or answered < self.silence_began(last_heard)
 
     def may_take_over(self, now: float, last_heard: float | None, answered: float | None) -> bool:
-        """A secondary: may it serve in place of a silent peer now?"""
+        """The earliest a secondary may serve in place of a silent peer (the bound the fence
+        must beat). The runner is stricter still: it takes over only on an answer to a probe
+        it sends at that moment (a heartbeat lost before a cut makes ``last_heard`` early)."""
         if last_heard is not None and now - last_heard <= self.timeout:
             return False
         return answered is not None and answered >= self.silence_began(last_heard)

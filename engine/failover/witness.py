@@ -1,8 +1,8 @@
-"""The split-brain witness, asked all the time: when the peer falls silent, each side already
-knows whether it still reaches the world, so taking over (or fencing) costs no probe.
-
-Only answers to probes *sent after* the peer's last heartbeat (plus one interval: the peer may
-have been cut off just before sending its next) say which side of a partition this node is on.
+"""The split-brain witness, asked all the time: when the peer falls silent, a serving node
+already knows whether it still reaches the world, so fencing costs no probe (only answers to
+probes sent after the silence began count: `timing`). Taking over asks once more at that
+moment (`reachable_now`): a heartbeat lost just before a cut makes the silence seem to begin
+earlier than it did, and an older answer would then prove nothing.
 """
 
 from __future__ import annotations
