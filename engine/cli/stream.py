@@ -79,6 +79,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"how often to try reconnecting a lost peer (default {DEFAULT_RETRY:g})",
     )
     mount.add_argument(
+        "--alone-when-permitted",
+        action="store_true",
+        default=None,
+        help="acknowledge a write the peer has not only once `permit` arrives on the control "
+        "socket (what a node, or another cluster manager, sends when the peer cannot serve "
+        "without this copy); meanwhile writes wait, then fail with EIO after the timeout",
+    )
+    mount.add_argument(
         "--resync-bandwidth",
         type=positive_float,
         metavar="MIB_PER_S",
@@ -152,7 +160,13 @@ def _settings(args: argparse.Namespace, *, primary: bool) -> StreamSettings | No
         given = [flag for flag in _STREAM_FLAGS if getattr(args, flag) is not None]
         given += [
             flag
-            for flag in ("replicate_to", "retry", "resync_bandwidth", "listen")
+            for flag in (
+                "replicate_to",
+                "retry",
+                "resync_bandwidth",
+                "listen",
+                "alone_when_permitted",
+            )
             if getattr(args, flag, None) is not None
         ]
         if given:
@@ -182,6 +196,7 @@ def _settings(args: argparse.Namespace, *, primary: bool) -> StreamSettings | No
         resync_bandwidth=bandwidth * (1 << 20) if bandwidth else None,
         peer=address if primary else None,
         listen=None if primary else address,
+        alone_needs_permission=bool(getattr(args, "alone_when_permitted", False)),
     )
 
 
@@ -207,6 +222,8 @@ def run_mount_command(args: argparse.Namespace) -> int:
     settings = _settings(args, primary=True)
     control = settings.control if settings is not None else args.control
     _check_socket_place(control)
+    if settings is not None and settings.alone_needs_permission and control is None:
+        raise ConfigError("--alone-when-permitted needs --control (where the permit arrives)")
     sink: ReplicationSink
     recorder = FileRecordingSink(args.record) if args.record else None
     journal_path = settings.journal if settings is not None else args.journal

@@ -11,11 +11,12 @@ the secondary gives a new connection to prove it holds the secret.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from tandem.engine.config.modules import ConfigError, ModuleConfig
-from tandem.engine.config.paths import control_socket, journal_dir
+from tandem.engine.config.paths import control_socket, journal_dir, module_dir
 from tandem.engine.protocol.connection import AckKind, Identity
 
 ACK_KINDS = {"applied": AckKind.APPLIED, "durable": AckKind.DURABLE}
@@ -61,6 +62,18 @@ class StreamSettings:
     resync_bandwidth: float | None = None  # bytes per second a resync may send
     peer: PeerAddress | None = None  # primary: where the secondary listens
     listen: PeerAddress | None = None  # secondary: where to listen
+    # primary: acknowledge without the peer only when the node permits it (a mount the
+    # failover layer runs); a mount run alone goes on alone by itself
+    alone_needs_permission: bool = False
+    # secondary: where its own changes go before a primary's versions replace them (default:
+    # beside the journal)
+    aside: str | None = None
+
+    @property
+    def aside_dir(self) -> str | None:
+        if self.aside is not None:
+            return self.aside
+        return os.path.join(os.path.dirname(self.journal), "aside") if self.journal else None
 
     @property
     def identity(self) -> Identity:
@@ -99,6 +112,8 @@ class StreamSettings:
             value = getattr(settings, key)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"bad stream settings: {key} must be a positive number")
+        if not isinstance(settings.alone_needs_permission, bool):
+            raise ConfigError("bad stream settings: alone_needs_permission must be true or false")
         return settings
 
     def with_changes(self, **changes: Any) -> StreamSettings:
@@ -106,10 +121,17 @@ class StreamSettings:
 
 
 def module_stream(
-    node: str, module: ModuleConfig, index: int, state_dir: str, secret_file: str | None
+    node: str,
+    module: ModuleConfig,
+    index: int,
+    state_dir: str,
+    secret_file: str | None,
+    *,
+    failover: bool = False,
 ) -> StreamSettings:
     """The settings of ``module``'s directory ``index`` on ``node``, for either role: the peer
-    is where the other node listens, ``listen`` where this one does."""
+    is where the other node listens, ``listen`` where this one does. With ``failover`` the
+    failover layer decides when the primary may go on alone."""
     _, peer_address = module.peer_of(node)
     port = module.port_of(index)
     return StreamSettings(
@@ -125,4 +147,6 @@ def module_stream(
         resync_bandwidth=module.resync_bandwidth * (1 << 20) if module.resync_bandwidth else None,
         peer=PeerAddress(peer_address, port),
         listen=PeerAddress(module.nodes[node], port),
+        alone_needs_permission=failover,
+        aside=os.path.join(module_dir(state_dir, module.name), "aside"),
     )

@@ -36,6 +36,7 @@ from tandem.engine.failover.module_state import (
     State,
 )
 from tandem.engine.failover.scripts import ScriptRunner
+from tandem.engine.replication.alone import AloneRequests
 from tandem.engine.replication.copies import (
     dismiss_ready_mounts,
     receive_copy,
@@ -75,6 +76,7 @@ class ActionExecutor:
         verbose: bool,
         ask_peer_to_serve: Callable[[], None],
         copy_released: Callable[[], None],
+        alone_requests: AloneRequests,
     ) -> None:
         self.node = node
         self.config = config
@@ -87,6 +89,7 @@ class ActionExecutor:
         self._verbose = verbose
         self._ask_peer_to_serve = ask_peer_to_serve
         self._copy_released = copy_released
+        self._alone_requests = alone_requests
         self.vip_held = False
         self._vip_interface = config.vip_interface
         self._copy: trio.CancelScope | None = None
@@ -204,6 +207,7 @@ class ActionExecutor:
                             self._state_dir,
                             self._verbose,
                             ready,
+                            self._alone_requests,
                             task_status=task_status,
                         )
                     else:

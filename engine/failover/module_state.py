@@ -139,10 +139,12 @@ class InSync:
 
 @dataclass(frozen=True)
 class Behind:
-    """As secondary: the stream ended while the primary lives on, so it may acknowledge writes
-    this copy lacks (it goes on alone): no longer sure until the next resync completes."""
+    """Not serving: the serving peer may acknowledge writes this copy lacks (its stream ended
+    while it lives on, or it asks to go on alone: ``answering`` names its requests), so this
+    copy is no longer sure until the next resync completes."""
 
     why: str
+    answering: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -285,9 +287,10 @@ def step(module: Module, event: ModuleEvent, policy: Policy) -> tuple[Module, li
             synced = replace(module, epoch=module.peer_epoch, served=False, sure=True)
             return _go(synced, State.SECOND, "in sync with the primary")
         case Behind(why=why):
-            if state is not State.SECOND or not module.sure:
+            if state in SERVING or not module.sure:
                 return module, []
-            return _go(replace(module, sure=False), State.SECOND, why)
+            reason = why if state is State.SECOND else module.reason
+            return _go(replace(module, sure=False), state, reason)
         case Prim(force=force):
             return _prim(module, force)
         case Second() | Swap():

@@ -22,9 +22,21 @@ class PeerNews:
     reason: str
     vip: bool
     holds: bool = False  # its copy holds data (decoded as True from a peer that does not say)
+    asking: tuple[str, ...] = ()  # serving: its mounts' requests to go on alone
+    behind_for: tuple[str, ...] = ()  # the peer's requests this node answered (it is behind)
 
 
-def encode_news(module: Module, name: str, vip_held: bool) -> bytes:
+MAX_TOKENS = 16  # requests named in one heartbeat (a module has a few directories)
+MAX_TOKEN = 64
+
+
+def encode_news(
+    module: Module,
+    name: str,
+    vip_held: bool,
+    asking: tuple[str, ...] = (),
+    behind_for: tuple[str, ...] = (),
+) -> bytes:
     return json.dumps(
         {
             "v": PAYLOAD_VERSION,
@@ -36,6 +48,8 @@ def encode_news(module: Module, name: str, vip_held: bool) -> bytes:
             "reason": module.reason[:300],
             "vip": vip_held,
             "holds": module.holds,
+            "asking": list(asking[-MAX_TOKENS:]),
+            "behind_for": list(behind_for[-MAX_TOKENS:]),
         },
         separators=(",", ":"),
     ).encode()
@@ -62,4 +76,14 @@ def decode_news(payload: bytes, name: str) -> PeerNews:
         str(raw.get("reason", "")),
         raw.get("vip") is True,
         raw.get("holds") is not False,
+        _tokens(raw.get("asking", [])),
+        _tokens(raw.get("behind_for", [])),
     )
+
+
+def _tokens(raw: object) -> tuple[str, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_TOKENS:
+        raise ValueError(f"bad request list in the peer's news: {str(raw)[:60]}")
+    if not all(isinstance(token, str) and 0 < len(token) <= MAX_TOKEN for token in raw):
+        raise ValueError(f"bad request name in the peer's news: {str(raw)[:60]}")
+    return tuple(raw)

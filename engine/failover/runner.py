@@ -35,6 +35,7 @@ from tandem.engine.failover.module_state import (
     Action,
     AppFailed,
     AsideFailed,
+    Behind,
     KeepAside,
     Module,
     ModuleEvent,
@@ -47,11 +48,13 @@ from tandem.engine.failover.module_state import (
     Stop,
     step,
 )
-from tandem.engine.failover.news import PeerNews, encode_news
+from tandem.engine.failover.news import MAX_TOKENS, PeerNews, encode_news
+from tandem.engine.failover.permission import grant_forever
 from tandem.engine.failover.scripts import ScriptRunner
 from tandem.engine.failover.store import ModuleStore
 from tandem.engine.failover.watcher import PeerWatch
 from tandem.engine.failover.witness import WitnessWatch
+from tandem.engine.replication.alone import AloneRequests
 from tandem.engine.replication.copies import CopyFailed
 from tandem.engine.replication.receiver import Receiver
 from tandem.fsdriver.mount import release_leftovers
@@ -94,6 +97,8 @@ class ModuleRunner:
         self.module = Module(holds=True)
         self.advertised = Module(holds=True)
         self.holdings = Holdings()
+        self.alone_requests = AloneRequests(changed=lambda: self.heartbeat.poke())
+        self.behind_for: tuple[str, ...] = ()  # the peer's requests answered: this copy is behind
         self._heartbeat_scope = trio.CancelScope()
         self.directory = module_dir(state_dir, config.name)
         self.store = ModuleStore(self.directory)
@@ -130,6 +135,7 @@ class ModuleRunner:
             verbose=verbose,
             ask_peer_to_serve=self.heartbeat.poke,
             copy_released=self._copy_released,
+            alone_requests=self.alone_requests,
         )
         self.witness = WitnessWatch(
             [Witness(host, port) for host, port in config.witnesses], config.heartbeat_interval
@@ -166,7 +172,13 @@ class ModuleRunner:
     # -- what the peer hears ------------------------------------------------------------------
 
     def _news(self) -> bytes:
-        return encode_news(self.advertised, self.config.name, self.vip_held)
+        return encode_news(
+            self.advertised,
+            self.config.name,
+            self.vip_held,
+            tuple(self.alone_requests.tokens()),
+            self.behind_for,
+        )
 
     def _advertise(self, module: Module) -> None:
         if module != self.advertised:
@@ -203,6 +215,12 @@ class ModuleRunner:
                         self._serving,
                     )
                 nursery.start_soon(self.watch.run)
+                nursery.start_soon(
+                    grant_forever,
+                    self.alone_requests,
+                    lambda: self.module.state,
+                    lambda: self.peer_news,
+                )
                 if self.witness:
                     nursery.start_soon(self.witness.probe_forever)
                 for checker in self.config.checkers:
@@ -267,6 +285,11 @@ class ModuleRunner:
     async def _handle(self, event: ModuleEvent, why: str | None = None) -> list[str]:
         """One step: saved, logged, carried out. Returns the refusals, for the operator."""
         before = self.module
+        if isinstance(event, Behind):
+            # the sessions still open may carry a resync's end: none may make this copy up
+            # to date again once it is declared behind
+            for receiver in self.receivers:
+                receiver.drop(event.why)
         after, actions = step(before, event, self.policy)
         if isinstance(event, Stop) and why:
             after = replace(after, reason=why)
@@ -307,6 +330,10 @@ class ModuleRunner:
                 log.exception("module %s: %s failed", self.config.name, type(action).__name__)
         if aside_failed:
             return refusals + await self._handle(AsideFailed(aside_failed))
+        if isinstance(event, Behind) and event.answering:
+            # saved above: only now may the peer hear that this copy is behind
+            self.behind_for = (self.behind_for + event.answering)[-MAX_TOKENS:]
+            self.heartbeat.poke()
         self._advertise(self.module)
         await self.actions.keep_mounts_ready(self.module.state)
         return refusals

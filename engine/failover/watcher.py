@@ -5,7 +5,9 @@ self-fencing, the copy in sync (`InSync`) or behind (`Behind`)."""
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import trio
 
@@ -20,7 +22,7 @@ from tandem.engine.failover.module_state import (
     PeerSeen,
     State,
 )
-from tandem.engine.failover.news import PeerNews, decode_news
+from tandem.engine.failover.news import MAX_TOKENS, PeerNews, decode_news
 from tandem.engine.failover.timing import Timing
 from tandem.engine.failover.witness import WitnessWatch
 from tandem.engine.replication.receiver import Receiver
@@ -63,6 +65,7 @@ class PeerWatch:
         self._send = send
         self.peer_news: PeerNews | None = None
         self._peer_problem = ""
+        self._answered: deque[str] = deque(maxlen=4 * MAX_TOKENS)  # requests already answered
 
     async def run(self) -> None:
         fed: tuple[PeerNews, State] | None = None
@@ -93,7 +96,8 @@ class PeerWatch:
                 if news is not None and self.heartbeat.last_heard != fenced_at:
                     lost_told = False
                     fenced_at = None
-                    key = (news, module.state)
+                    await self._answer_requests(news, module)
+                    key = (replace(news, asking=(), behind_for=()), module.state)
                     if key != fed:
                         fed = key
                         seen = PeerSeen(news.state, news.epoch, news.served, news.sure, news.holds)
@@ -133,6 +137,21 @@ class PeerWatch:
                 )
                 await self._send(Behind(why))
                 out_of_sync_since = None
+
+    async def _answer_requests(self, news: PeerNews, module: Module) -> None:
+        """The serving peer asks to go on alone: this copy is behind from now on (the runner
+        drops the stream's sessions and saves it before the answer is heard)."""
+        if news.state not in SERVING or module.state in SERVING:
+            return
+        new = tuple(token for token in news.asking if token not in self._answered)
+        if not new:
+            return
+        self._answered.extend(new)
+        why = (
+            f"{self.peer} goes on alone (its stream to this copy broke): this copy lacks its "
+            "writes until the next resync"
+        )
+        await self._send(Behind(why, answering=new))
 
     def _read_news(self) -> PeerNews | None:
         payload = self.heartbeat.peer_payload

@@ -3,6 +3,7 @@ directory, and a client that writes to it through the virtual IP.
 
     python -m tandem.engine.lab.demoapp serve DIR PORT
     python -m tandem.engine.lab.demoapp client HOST PORT --log FILE [--seconds S] [--prefix P]
+                                        [--stamp]
     python -m tandem.engine.lab.demoapp get HOST PORT KEY
     python -m tandem.engine.lab.demoapp probe HOST PORT --out FILE [--seconds S]
 
@@ -71,8 +72,12 @@ def serve(directory: str, port: int) -> None:
         server.serve_forever()
 
 
-def client(host: str, port: int, log_path: str, seconds: float, prefix: str) -> dict[str, float]:
-    """Write keys for ``seconds``; returns what it saw (acknowledged count, longest outage)."""
+def client(
+    host: str, port: int, log_path: str, seconds: float, prefix: str, stamp: bool = False
+) -> dict[str, float]:
+    """Write keys for ``seconds``; returns what it saw (acknowledged count, longest outage).
+    With ``stamp`` each logged key is followed by the wall-clock time of its OK (the nodes'
+    logs use the same clock), so a lost write can be matched with what the cluster did."""
     acked = 0
     longest_gap = 0.0
     last_answer = time.monotonic()
@@ -93,7 +98,7 @@ def client(host: str, port: int, log_path: str, seconds: float, prefix: str) -> 
                         now = time.monotonic()
                         longest_gap = max(longest_gap, now - last_answer)
                         last_answer = now
-                        log.write(key + "\n")
+                        log.write(f"{key} {time.time():.3f}\n" if stamp else key + "\n")
                         acked += 1
                         n += 1
             except OSError:
@@ -139,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     client_parser.add_argument("--log", required=True)
     client_parser.add_argument("--seconds", type=float, default=10.0)
     client_parser.add_argument("--prefix", default="k")
+    client_parser.add_argument("--stamp", action="store_true", help="log each OK's time too")
     probe_parser = commands.add_parser("probe")
     probe_parser.add_argument("host")
     probe_parser.add_argument("port", type=int)
@@ -155,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                 comm.write(args.name)
         serve(args.directory, args.port)
     elif args.command == "client":
-        print(json.dumps(client(args.host, args.port, args.log, args.seconds, args.prefix)))
+        print(
+            json.dumps(
+                client(args.host, args.port, args.log, args.seconds, args.prefix, args.stamp)
+            )
+        )
     elif args.command == "probe":
         probe(args.host, args.port, args.out, args.seconds)
     else:

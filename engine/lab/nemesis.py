@@ -67,6 +67,7 @@ class Report:
     violations: list[str] = field(default_factory=list)
     writes_acknowledged: int = 0
     acknowledged_writes_lost: int = 0
+    lost_runs: list[dict[str, object]] = field(default_factory=list)  # when the lost were OK'd
     failovers: int = 0
     verify: str = ""
     seconds: float = 0.0
@@ -132,7 +133,17 @@ class Nemesis:
         client = subprocess.Popen(
             self.lab.exec_command(
                 "client",
-                [*APP, "client", VIP, str(APP_PORT), "--log", str(acked), "--seconds", "100000"],
+                [
+                    *APP,
+                    "client",
+                    VIP,
+                    str(APP_PORT),
+                    "--log",
+                    str(acked),
+                    "--seconds",
+                    "100000",
+                    "--stamp",
+                ],
             ),
             stdout=subprocess.DEVNULL,
             start_new_session=True,
@@ -149,7 +160,7 @@ class Nemesis:
             os.killpg(client.pid, signal.SIGKILL)
             client.wait()
         self.lab.settle()
-        report.writes_acknowledged, report.acknowledged_writes_lost = self._check_writes(acked)
+        self._check_writes(acked, report)
         report.verify = self._verify()
         report.seconds = round(time.monotonic() - started, 1)
         return report
@@ -241,12 +252,16 @@ class Nemesis:
 
     # -- the end ------------------------------------------------------------------------------
 
-    def _check_writes(self, acked: Path) -> tuple[int, int]:
-        written = acked.read_text().split() if acked.exists() else []
+    def _check_writes(self, acked: Path, report: Report) -> None:
+        logged = acked.read_text().splitlines() if acked.exists() else []
+        written = [line.split() for line in logged if line]
         serving = self._serving()
         store = (self.lab.node_dir(serving) / "data" / "store.log").read_text().splitlines()
         kept = {line.split(" ", 1)[0] for line in store if line}
-        return len(written), len(set(written) - kept)
+        report.writes_acknowledged = len(written)
+        lost = [(key, float(at)) for key, at in written if key not in kept]
+        report.acknowledged_writes_lost = len(lost)
+        report.lost_runs = lost_runs(lost, [key for key, _ in written])
 
     def _verify(self) -> str:
         serving = self._serving()
@@ -260,6 +275,32 @@ class Nemesis:
         if any(path.exists() and any(path.iterdir()) for path in aside):
             return "kept aside"
         return ""
+
+
+def lost_runs(lost: list[tuple[str, float]], order: list[str]) -> list[dict[str, object]]:
+    """The lost writes as runs of consecutive acknowledgements, each with the time of its
+    first and last OK (to be read beside the nodes' logs)."""
+    position = {key: index for index, key in enumerate(order)}
+    runs: list[list[tuple[str, float]]] = []
+    for key, at in sorted(lost, key=lambda item: position[item[0]]):
+        if runs and position[runs[-1][-1][0]] == position[key] - 1:
+            runs[-1].append((key, at))
+        else:
+            runs.append([(key, at)])
+    return [
+        {
+            "first": run[0][0],
+            "last": run[-1][0],
+            "count": len(run),
+            "from": _clock(run[0][1]),
+            "to": _clock(run[-1][1]),
+        }
+        for run in runs
+    ]
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%T", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
 
 
 def _other(node: str) -> str:

@@ -29,7 +29,33 @@ def primary_commands(replicator: Replicator, directory: str) -> dict[str, Handle
     async def fence(_: dict[str, Any]) -> dict[str, Any]:
         return {"message": replicator.fence()}
 
-    return {"status": status, "verify": verify, "resync": resync, "fence": fence}
+    async def asking(request: dict[str, Any]) -> dict[str, Any]:
+        """Answers once the mount's need for the node's decision differs from what the node
+        knows (``episode``, ``asking``), or after ``within`` seconds (at most 5)."""
+        episode, known, within = (
+            request.get("episode"),
+            request.get("asking"),
+            request.get("within"),
+        )
+        if not isinstance(episode, int) or not isinstance(known, bool):
+            return replicator.asking_now()
+        wait = min(float(within), 5.0) if isinstance(within, int | float) else 5.0
+        return await replicator.asking_changes(episode, known, max(wait, 0.0))
+
+    async def permit(request: dict[str, Any]) -> dict[str, Any]:
+        episode, why = request.get("episode"), request.get("why")
+        if not isinstance(episode, int) or not isinstance(why, str):
+            raise ControlError('permit needs "episode" (a number) and "why" (a text)')
+        return {"message": replicator.permit(episode, why)}
+
+    return {
+        "status": status,
+        "verify": verify,
+        "resync": resync,
+        "fence": fence,
+        "asking": asking,
+        "permit": permit,
+    }
 
 
 def secondary_commands(receiver: Receiver, directory: str) -> dict[str, Handler]:
@@ -41,4 +67,6 @@ def secondary_commands(receiver: Receiver, directory: str) -> dict[str, Handler]
             "this node is the secondary of this module: run the command on the primary"
         )
 
-    return {"status": status, "verify": elsewhere, "resync": elsewhere, "fence": elsewhere}
+    return {name: elsewhere for name in ("verify", "resync", "fence", "asking", "permit")} | {
+        "status": status
+    }

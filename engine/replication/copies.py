@@ -26,6 +26,7 @@ from tandem.engine.config.paths import control_socket, stream_dir
 from tandem.engine.config.stream import module_stream
 from tandem.engine.control.channel import ControlError, ask, serve_control
 from tandem.engine.reintegration.journal import SecondaryJournal
+from tandem.engine.replication.alone import AloneRequests, follow_asking
 from tandem.engine.replication.commands import secondary_commands
 from tandem.engine.replication.holders import stop_holders
 from tandem.engine.replication.receiver import Receiver, secondary_copy
@@ -58,8 +59,9 @@ def mount_command(
     secret_file: str,
     state_dir: str,
     verbose: bool,
+    failover: bool = False,
 ) -> list[str]:
-    settings = module_stream(node, module, index, state_dir, secret_file)
+    settings = module_stream(node, module, index, state_dir, secret_file, failover=failover)
     command = [sys.executable, "-m", "tandem.engine.cli"]
     if verbose:
         command.append("--verbose")
@@ -76,10 +78,10 @@ async def spawn_ready_mounts(
     node: str, module: ModuleConfig, secret_file: str, state_dir: str, verbose: bool
 ) -> list[trio.Process]:
     """One mount child per directory, started now but mounting only when told "go"
-    (`serve_copy`); closing their stdin makes them exit."""
+    (`serve_copy` with requests: the failover layer's); closing their stdin makes them exit."""
     ready = []
     for index in range(len(module.directories)):
-        command = mount_command(node, module, index, secret_file, state_dir, verbose)
+        command = mount_command(node, module, index, secret_file, state_dir, verbose, True)
         ready.append(
             await trio.lowlevel.open_process(
                 [*command, "--wait-for-go"], env=_child_environment(), stdin=subprocess.PIPE
@@ -107,15 +109,17 @@ async def serve_copy(
     state_dir: str,
     verbose: bool,
     ready: list[trio.Process] | None = None,
+    requests: AloneRequests | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Mount every directory (with the children of `spawn_ready_mounts` if given); started
-    once all are mounted; unmounts them when cancelled."""
+    once all are mounted; unmounts them when cancelled. With ``requests`` (the failover
+    layer's) the mounts go on alone only when the node permits it."""
     async with trio.open_nursery() as nursery:
         for index in range(len(module.directories)):
             process = ready[index] if ready else None
             await nursery.start(
-                _run_mount, node, module, index, secret_file, state_dir, verbose, process
+                _run_mount, node, module, index, secret_file, state_dir, verbose, process, requests
             )
         task_status.started()
 
@@ -128,9 +132,11 @@ async def _run_mount(
     state_dir: str,
     verbose: bool,
     ready: trio.Process | None = None,
+    requests: AloneRequests | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     directory = module.directories[index]
+    failover = requests is not None
     check_target(directory)
     make_stream_dir(state_dir, module, index)
     process = ready
@@ -142,7 +148,7 @@ async def _run_mount(
     else:
         process = None
     if process is None:
-        command = mount_command(node, module, index, secret_file, state_dir, verbose)
+        command = mount_command(node, module, index, secret_file, state_dir, verbose, failover)
         process = await trio.lowlevel.open_process(command, env=_child_environment())
     try:
         while not is_tandem_mount(directory):
@@ -157,6 +163,8 @@ async def _run_mount(
         control = control_socket(state_dir, module.name, index)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_alive, process, control, directory, module.name)
+            if requests is not None:
+                nursery.start_soon(follow_asking, control, requests)
             code = await process.wait()
             nursery.cancel_scope.cancel()
         raise CopyFailed(

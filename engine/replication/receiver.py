@@ -48,6 +48,7 @@ from tandem.engine.protocol.repairs import REPAIR_TYPES
 from tandem.engine.protocol.results import encode_entries, encode_hashes
 from tandem.engine.reintegration.journal import SecondaryJournal
 from tandem.engine.reintegration.plan import plan_from_history
+from tandem.engine.replica.aside import AsideShort, keep_aside
 from tandem.engine.replica.durability import make_durable
 from tandem.engine.replica.repair import apply_repair, apply_tolerantly
 from tandem.engine.replica.replay import apply
@@ -130,6 +131,8 @@ class Receiver:
         self._primary = ""  # the connected primary's node name
         self._progress: dict[str, object] | None = None  # the primary's last progress note
         self._progress_at = 0.0
+        self._aside = settings.aside_dir
+        self._kept_aside: tuple[str, tuple[bytes, ...]] | None = None
 
     def status(self) -> dict[str, object]:
         if self._current is None:
@@ -187,11 +190,18 @@ class Receiver:
                 with trio.CancelScope() as scope, RawSocket(stream) as raw:
                     self._current = (scope, done)
                     try:
-                        connection.send_peer_state(await self._where_the_copy_stands())
+                        try:
+                            standing = await self._where_the_copy_stands()
+                        except AsideShort as exc:
+                            log.error("%s", exc)
+                            connection.send_error(str(exc))
+                            await raw.send_all(connection.bytes_to_send())
+                            return
+                        connection.send_peer_state(standing)
                         await raw.send_all(connection.bytes_to_send())
                         if self._journal is not None:
                             self._journal.begin_receiving()
-                        await self._session(raw, connection, first_events)
+                        await self._session(raw, connection, first_events, scope)
                     finally:
                         self.in_sync = False
                         with trio.CancelScope(shield=True):
@@ -243,7 +253,29 @@ class Receiver:
                 len(paths),
                 " (it served alone meanwhile)" if history.served_alone else "",
             )
+            await self._keep_own_changes(history.generation, paths, history.served_alone)
         return PeerState(history.generation, True, history.served_alone, tuple(paths))
+
+    async def _keep_own_changes(self, generation: str, paths: list[bytes], alone: bool) -> None:
+        """Writes this copy holds and the primary may lack are kept aside before they are
+        replaced (once per set of changes: a connection that breaks mid-resync does not keep
+        them twice). Raises AsideShort: then nothing is replaced."""
+        if self._aside is None:
+            log.warning("no place to keep them aside (no journal directory): they are replaced")
+            return
+        key = (generation, tuple(paths))
+        if key == self._kept_aside:
+            return
+        why = (
+            f"{self.identity.stream}: this copy changed {len(paths)} path(s) since it last agreed "
+            f"with the primary{' (it served alone meanwhile)' if alone else ''}"
+        )
+        label = self.identity.stream.replace("/", "-")
+        target = await trio.to_thread.run_sync(
+            keep_aside, self._root_fd, paths, self._aside, why, label
+        )
+        self._kept_aside = key
+        log.warning("this copy's own changes kept aside in %s before they are replaced", target)
 
     async def _end_receiving(self) -> None:
         """Mark the copy cleanly left (trusted after a reboot) once what it holds is on disk."""
@@ -254,6 +286,15 @@ class Receiver:
             self._journal.end_receiving()
         except OSError as exc:
             log.warning("could not mark the copy cleanly left: %s", exc.strerror)
+
+    def drop(self, why: str) -> None:
+        """End the current session now: this copy was declared behind, and nothing that session
+        still carries (a resync's end on its way) may make it up to date again. The primary's
+        next connection starts with a resync."""
+        self.in_sync = False
+        if self._current is not None and not self._current[0].cancel_called:
+            log.warning("connection from the primary dropped: %s", why)
+            self._current[0].cancel()
 
     async def _take_over(self) -> None:
         """A primary that proved itself replaces one that went silent (a dead host leaves a
@@ -266,7 +307,11 @@ class Receiver:
         await done.wait()
 
     async def _session(
-        self, raw: RawSocket, connection: Connection, events: list[ConnectionEvent]
+        self,
+        raw: RawSocket,
+        connection: Connection,
+        events: list[ConnectionEvent],
+        scope: trio.CancelScope,
     ) -> None:
         expected = 1
         tolerant = True  # until the resync is confirmed
@@ -295,7 +340,7 @@ class Receiver:
                     if isinstance(item, Finish):
                         finished = tolerant and item.unsettled == unsettled_sent
                         if finished:
-                            await self._confirm(item.generation.decode(errors="replace"))
+                            await self._confirm(item.generation.decode(errors="replace"), scope)
                             tolerant = False
                         connection.send_result(
                             event.seq, b"\x01" if finished else b"\x00", final=True
@@ -383,11 +428,16 @@ class Receiver:
         if self._durable:
             connection.send_ack(AckKind.DURABLE, seq)
 
-    async def _confirm(self, generation: str) -> None:
-        """The resync is over: the copy equals the primary's. Durable first, then said so."""
+    async def _confirm(self, generation: str, session: trio.CancelScope) -> None:
+        """The resync is over: the copy equals the primary's. Durable first, then said so.
+        A session dropped meanwhile (`drop`) confirms nothing: this copy was declared behind."""
         await trio.to_thread.run_sync(syncfs, self._root_fd)
+        if session.cancel_called:
+            return
         if self._journal is not None:
             await trio.to_thread.run_sync(self._journal.adopt_generation, generation)
+        if session.cancel_called:
+            return
         self.in_sync = True
         log.info("this copy is up to date (generation %s)", generation)
 

@@ -46,7 +46,7 @@ from tandem.engine.protocol.handshake import (
     expect,
 )
 from tandem.engine.protocol.items import StreamItem
-from tandem.engine.protocol.queries import ProgressNote, Query
+from tandem.engine.protocol.queries import Finish, ProgressNote, Query
 from tandem.engine.reintegration.journal import ChangeJournal
 from tandem.engine.reintegration.policy import choose_plan
 from tandem.engine.reintegration.resync import PeerRefused, Resync
@@ -70,15 +70,37 @@ class Refused(Exception):
 
 
 class _AckReceipt:
-    __slots__ = ("_connection_number", "_replicator", "_seq")
+    __slots__ = ("_connection_number", "_replicator", "_seq", "_syncs")
 
-    def __init__(self, replicator: Replicator, connection_number: int, seq: int) -> None:
+    def __init__(
+        self, replicator: Replicator, connection_number: int, seq: int, syncs: int
+    ) -> None:
         self._replicator = replicator
         self._connection_number = connection_number
         self._seq = seq
+        self._syncs = syncs
 
     async def wait(self) -> None:
-        await self._replicator.wait_acknowledged(self._connection_number, self._seq)
+        await self._replicator.wait_acknowledged(self._connection_number, self._seq, self._syncs)
+
+
+class _PermitReceipt:
+    """Out of sync and not permitted to go on alone: wait for the node's decision (or for a
+    resync that brings the write to the peer), then, during a resync, for room."""
+
+    __slots__ = ("_replicator", "_room", "_syncs")
+
+    def __init__(self, replicator: Replicator, syncs: int, room: bool) -> None:
+        self._replicator = replicator
+        self._syncs = syncs
+        self._room = room
+
+    async def wait(self) -> None:
+        if await self._replicator.wait_permitted(self._syncs) and self._room:
+            try:
+                await self._replicator.room()
+            except _Lost:
+                pass
 
 
 class _RefusedReceipt:
@@ -152,20 +174,32 @@ class Replicator:
         self.in_sync = False
         self.alone_reason: str | None = "not connected to the peer yet"
         self.fenced = False  # stepping down: acknowledge nothing alone (`fence`)
+        self._needs_permission = settings.alone_needs_permission
+        self._permitted = not self._needs_permission  # may acknowledge without the peer
+        self._episode = 1  # the current time out of sync (permission is given for one)
+        self._syncs = 0  # resyncs completed: a write submitted before one is on the peer
+        self._asking_changed = trio.Event()
+        self._undecided_told = 0  # the episode whose undecided writes were last logged
+        self._finishing = False  # a resync's Finish is out: the peer may be up to date now
+        self._instance = uuid.uuid4().hex[:8]  # names this mount's requests to the peer
         self.resync_how = ""  # how the last resync compared (for the log, status and tests)
 
     # -- ReplicationSink --------------------------------------------------------------------
 
     def submit(self, mutation: Mutation) -> Receipt:
         if self.alone_reason is not None:
-            return _REFUSED if self.fenced else DONE
+            if self.fenced:
+                return _REFUSED
+            return DONE if self._permitted else _PermitReceipt(self, self._syncs, room=False)
         seq = self._enqueue(mutation)
         if self._verify is not None:
             self._verify.observe(mutation)
         if self._resync is not None:
             self._resync.observe(mutation)
-            return _RoomReceipt(self)
-        return _AckReceipt(self, self._connection_number, seq)
+            if self._permitted:
+                return _RoomReceipt(self)
+            return _PermitReceipt(self, self._syncs, room=True)
+        return _AckReceipt(self, self._connection_number, seq, self._syncs)
 
     def _enqueue(self, item: StreamItem) -> int:
         seq = self._next_seq
@@ -179,7 +213,7 @@ class Replicator:
             self._backlog += weight
         return seq
 
-    async def wait_acknowledged(self, connection_number: int, seq: int) -> None:
+    async def wait_acknowledged(self, connection_number: int, seq: int, syncs: int) -> None:
         with trio.move_on_after(self._timeout) as waited:
             while (
                 self._connection_number == connection_number
@@ -189,10 +223,36 @@ class Replicator:
                 await self._progress.wait()
         if waited.cancelled_caught:
             self.go_alone(f"peer {self.peer} did not acknowledge within {self._timeout:g} s")
-        if self.fenced and not (
-            self._connection_number == connection_number and self._acked >= seq
-        ):
+        if self._connection_number == connection_number and self._acked >= seq:
+            return
+        if self.fenced and self._syncs == syncs:
             raise OSError(errno.EIO, "not acknowledged: this node is stepping down")
+        await self.wait_permitted(syncs)
+
+    async def wait_permitted(self, syncs: int) -> bool:
+        """Until this write may be acknowledged: the node permits going on alone, or a resync
+        completed since (the write is on the peer). EIO when fenced, or when no decision came
+        within the peer timeout. True if permitted rather than resynced."""
+        episode = self._episode
+        with trio.move_on_after(self._timeout) as waited:
+            while not (self._permitted or self._syncs > syncs or self.fenced):
+                await self._progress.wait()
+        if self._syncs > syncs:
+            return False
+        if self.fenced:
+            raise OSError(errno.EIO, "not acknowledged: this node is stepping down")
+        if waited.cancelled_caught:
+            if self._undecided_told != episode:
+                self._undecided_told = episode
+                log.error(
+                    "writes fail with EIO: %s may hold a copy up to date without them, and no "
+                    "decision to go on alone came within %g s (%s)",
+                    self.peer,
+                    self._timeout,
+                    self.alone_reason or "resyncing",
+                )
+            raise OSError(errno.EIO, "not acknowledged: the peer may serve without this write")
+        return True
 
     async def room(self) -> None:
         connection_number = self._connection_number
@@ -235,12 +295,16 @@ class Replicator:
         self._in_flight.clear()
         self._backlog = 0
         self._resync = None
+        if self._finishing:  # the peer may count itself up to date: decide afresh
+            self._finishing = False
+            self._end_episode()
         for _, answered in self._answers.values():
             answered.set()
         self._answers.clear()
         if self._journal is not None:
             self._journal.go_alone(reason)
         self._wake()
+        self._asking_may_change()
         if self._connection_scope is not None:
             self._connection_scope.cancel()
 
@@ -259,6 +323,71 @@ class Replicator:
     def _wake(self) -> None:
         self._progress.set()
         self._progress = trio.Event()
+
+    # -- going on alone, as the node decides ---------------------------------------------------
+
+    @property
+    def asking(self) -> bool:
+        """Writes would wait for the node's permission to acknowledge without the peer."""
+        return not self._permitted and not self.in_sync and not self._finishing
+
+    def asking_now(self) -> dict[str, object]:
+        return {
+            "asking": self.asking,
+            "episode": self._episode,
+            "request": f"{self._instance}.{self._episode}",
+            "reason": self.alone_reason or "resyncing",
+        }
+
+    async def asking_changes(self, episode: int, asking: bool, within: float) -> dict[str, object]:
+        """What `asking_now` says, once it differs from what the caller knows (or ``within``
+        seconds have passed): the node follows its mount this way, without polling."""
+        with trio.move_on_after(within):
+            while (self._episode, self.asking) == (episode, asking):
+                await self._asking_changed.wait()
+        return self.asking_now()
+
+    def _asking_may_change(self) -> None:
+        self._asking_changed.set()
+        self._asking_changed = trio.Event()
+
+    async def finish(self, query: Finish) -> bytes:
+        """Ask the peer to end the resync. From the moment it handles the question it may count
+        itself up to date, so nothing is acknowledged alone until it answers: "not finished"
+        gives the permission back, "finished" puts the copies in sync, a lost connection ends
+        the episode (the node must decide afresh)."""
+        permitted = self._permitted
+        self._permitted = not self._needs_permission
+        self._finishing = True
+        answer = await self.ask(query)  # lost: `go_alone` ended the episode
+        if answer == b"\x00":
+            self._finishing = False
+            self._permitted = permitted
+        elif answer != b"\x01":
+            self._finishing = False
+            self._end_episode()
+        # finished: still finishing until the resync task puts the copies in sync
+        self._wake()
+        self._asking_may_change()
+        return answer
+
+    def _end_episode(self) -> None:
+        """In sync again: the next time out of sync asks afresh."""
+        self._episode += 1
+        self._permitted = not self._needs_permission
+
+    def permit(self, episode: int, why: str) -> str:
+        """The node's decision: the peer cannot serve without this copy's changes, so writes
+        may be acknowledged alone until the copies are in sync again."""
+        if self._permitted:
+            return "already permitted"
+        if episode != self._episode or self.in_sync or self._finishing:
+            return f"episode {episode} is over (now {self._episode}): nothing to permit"
+        self._permitted = True
+        log.warning("going on alone without %s: %s", self.peer, why)
+        self._wake()
+        self._asking_may_change()
+        return "permitted: writes are acknowledged without the peer until it is in sync"
 
     @property
     def acknowledged(self) -> int:
@@ -297,6 +426,7 @@ class Replicator:
             "verify": verify if verify is not None else self._last_verify,
             "acknowledged": self._acked,
             "fenced": self.fenced,
+            "asking": self.asking,
         }
 
     def request_full_resync(self, why: str = "requested by the operator") -> str:
@@ -470,6 +600,11 @@ class Replicator:
             self._journal.resynced(token, label, resync.generation)
         self._resync = None
         self.in_sync = True
+        self._syncs += 1
+        self._finishing = False
+        self._end_episode()
+        self._wake()
+        self._asking_may_change()
         self._full_requested = ""
         summary = progress.as_dict()
         self._last_resync = {"how": self.resync_how, "finished_at": time.time(), **summary}
@@ -552,6 +687,8 @@ class _Channel:
         return self._replicator._enqueue(item)
 
     async def ask(self, query: Query) -> bytes:
+        if isinstance(query, Finish):
+            return await self._replicator.finish(query)
         return await self._replicator.ask(query)
 
     async def room(self) -> None:

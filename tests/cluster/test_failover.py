@@ -319,6 +319,40 @@ def test_a_killed_mount_child_fails_closed_and_the_peer_takes_over(
     assert failed.returncode != 0 and "not connected" in failed.stderr, failed.stderr
 
 
+def test_a_stream_reset_half_open_leaves_no_secondary_taking_over_without_the_writes(
+    lab: LabCluster, workspace: Path
+) -> None:
+    """Every TCP segment between the nodes answered with a reset: a's end of the stream resets,
+    b's stays open and silent (it never sees the stream end). a may go on alone only once b has
+    said it is behind; so when a's mount then dies, b does not take over with a copy missing
+    what a acknowledged (the nemesis, before: 9,423 acknowledged writes lost), and a, booted
+    again, serves them."""
+    done_log = workspace / "done.log"
+    writer = _file_writer(lab, "r", done_log)
+    try:
+        lab.cli("impair", "reset")
+        before = len(done_log.read_text().split())
+        wait_for(
+            lambda: len(done_log.read_text().split()) > before + 25, 30, "writes acknowledged alone"
+        )
+        found = _state(lab, "b")
+        assert found is not None and found["up_to_date"] is False, found
+        killed = lab.exec("a", "kill", "-9", str(_mount_child(lab, "a")))
+        assert killed.returncode == 0, killed.stderr
+        wait_for(lambda: not _is(lab, "a", "PRIM", "ALONE"), 30, "a to stop serving")
+        time.sleep(3)  # longer than the heartbeat timeout: b has judged a lost by now
+        assert not _is(lab, "b", "PRIM", "ALONE"), _state(lab, "b")
+    finally:
+        stop_group(writer)
+        lab.cli("mend")
+    lab.kill("a")
+    lab.start("a")
+    wait_for(lambda: _settled(lab, "a"), 90, "a serving its newer copy, b following")
+    done = {f"r{i}" for i in done_log.read_text().split()}
+    on_a = {name for name in os.listdir(lab.copy("a")) if name.startswith("r")}
+    assert done <= on_a, sorted(done - on_a)
+
+
 def test_a_hung_mount_is_a_failed_mount(lab: LabCluster, workspace: Path) -> None:
     """SIGSTOP of the primary's mount process: writers hang on it, so the node must not go on
     telling its peer it serves. It stops answering its control socket; the node kills it (the

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tandem.fsdriver.mount import is_tandem_mount
 from tests.helpers.mountproc import wait_for
-from tests.helpers.pair import Pair
+from tests.helpers.pair import Node, Pair
 from tests.helpers.treediff import diff, snapshot
 
 pytestmark = pytest.mark.root
@@ -177,4 +178,48 @@ def test_a_node_killed_during_the_resync_resyncs_correctly_next_time(
     )
     start(pair, primary=False)
     wait_in_sync(pair, before + 1, timeout=90)
+    assert_same(pair)
+
+
+def test_a_secondary_keeps_its_own_changes_aside_before_the_primary_replaces_them(
+    pair: Pair,
+) -> None:
+    """b served alone (a was down) and wrote; a comes back as the primary: b's own changes,
+    and only those paths, are kept aside with a report before a's versions replace them."""
+    start(pair)
+    wait_in_sync(pair, 1)
+    (pair.a / "shared").write_text("both copies agree\n")
+    (pair.a / "untouched").write_text("never changed on b\n")
+    wait_for(lambda: (pair.b / "untouched").exists(), 10, "mirrored")
+    pair.stop()
+    # b serves alone: the same directories, the roles the other way round (a away)
+    alone = Node(
+        pair.b,
+        [
+            *["mount", str(pair.b), "--replicate-to", f"127.0.0.1:{pair.port}", "--node", "b"],
+            *["--secret-file", str(pair.secret), "--journal", str(pair.base / "journal-b")],
+            *["--timeout", "1"],
+        ],
+        pair.base / "b-alone.log",
+    ).start()
+    try:
+        wait_for(lambda: is_tandem_mount(str(pair.b)), 20, "b's mount")
+        (pair.b / "shared").write_text("written by b alone: a lacks it\n")
+        (pair.b / "new-on-b").write_text("created by b alone\n")
+        os.unlink(pair.b / "untouched")  # gone on b: the report says so
+    finally:
+        alone.stop()
+    start(pair)  # a primary again, b its secondary
+    wait_in_sync(pair, 2)
+    assert pair.secondary is not None
+    assert "own changes kept aside in" in pair.secondary.log()
+    kept = [path for path in (pair.base / "aside").iterdir() if path.is_dir()]
+    assert len(kept) == 1, kept
+    assert (kept[0] / "shared").read_text() == "written by b alone: a lacks it\n"
+    assert (kept[0] / "new-on-b").read_text() == "created by b alone\n"
+    names = sorted(p.name for p in kept[0].iterdir())
+    assert names == ["REPORT.txt", "new-on-b", "shared"], names  # only what b changed
+    report = (kept[0] / "REPORT.txt").read_text()
+    assert "untouched: not in this copy" in report and "changed 3 path(s)" in report
+    assert (pair.b / "shared").read_text() == "both copies agree\n"  # a's version now
     assert_same(pair)

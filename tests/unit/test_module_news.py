@@ -41,3 +41,26 @@ def test_what_the_copy_holds_travels_and_a_peer_that_does_not_say_is_assumed_to_
     assert decode_news(encode_news(module, "web", vip_held=False), "web").holds is True
     older = b'{"v": 1, "module": "web", "state": "WAIT", "epoch": 0}'
     assert decode_news(older, "web").holds is True  # unknown: never taken for an empty copy
+
+
+def test_requests_to_go_on_alone_and_their_answers_travel_bounded() -> None:
+    module = Module(State.PRIM, "serving", 3, True, True)
+    asking = tuple(f"{i:08x}.{i}" for i in range(20))
+    payload = encode_news(module, "web", False, asking=asking, behind_for=("ab12cd34.7",))
+    assert len(payload) <= MAX_PAYLOAD
+    news = decode_news(payload, "web")
+    assert news.asking == asking[-16:]  # the newest: a module has a few directories
+    assert news.behind_for == ("ab12cd34.7",)
+    older = b'{"v": 1, "module": "web", "state": "PRIM", "epoch": 1}'
+    assert decode_news(older, "web").asking == ()  # a peer that does not ask
+
+
+@pytest.mark.parametrize(
+    "field", ['"asking": "x"', '"asking": [1]', '"behind_for": [""]', f'"asking": {["t"] * 17}']
+)
+def test_bad_request_lists_are_refused(field: str) -> None:
+    payload = ('{"v": 1, "module": "web", "state": "PRIM", "epoch": 1, ' + field + "}").replace(
+        "'", '"'
+    )
+    with pytest.raises(ValueError, match="request"):
+        decode_news(payload.encode(), "web")

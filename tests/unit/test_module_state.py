@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -181,6 +182,18 @@ def test_a_secondary_whose_stream_ended_while_the_primary_lives_is_no_longer_sur
     assert again.sure
 
 
+@pytest.mark.parametrize("state", [State.WAIT, State.STOP])
+def test_a_copy_not_serving_answers_a_request_to_go_on_alone_by_being_behind(state: State) -> None:
+    sure = Module(state, "waiting", 4, False, True)
+    behind, actions = step(sure, Behind("b goes on alone", answering=("x.1",)), B)
+    assert (behind.state, behind.reason, behind.sure, actions) == (state, "waiting", False, [])
+
+
+def test_a_serving_copy_is_never_made_behind() -> None:
+    prim = Module(State.PRIM, "serving", 4, True, True)
+    assert step(prim, Behind("?"), B) == (prim, [])
+
+
 def test_an_application_failing_too_often_fails_over_or_stops() -> None:
     prim, _ = run(Module(), A, Start(3, True, True), PeerSeen(State.WAIT, 0, False, False))
     prim, _ = run(prim, A, PeerSeen(State.SECOND, 4, False, True))
@@ -294,13 +307,11 @@ class World:
                     and self.modules[o].state is State.SECOND
                     and not self.stream_broken
                 )
-                if (
-                    not self.stream_broken
-                    and m.state is State.PRIM
-                    and not mirrored
-                    and self.modules[o].state is not State.STOP
-                ):
-                    continue  # waits for a peer not declared lost yet: not acknowledged
+                answered = self.connected and self.up[o] and not self.modules[o].sure
+                if not mirrored and m.state is State.PRIM and not answered:
+                    # going on alone is a decision (`permission`): serving ALONE, or the peer
+                    # said it is behind; else the write waits, not acknowledged
+                    continue
                 self.writes += 1
                 self.copies[n].add(self.writes)
                 if mirrored:
