@@ -99,6 +99,7 @@ class HeartbeatService:
         self.send_errors: dict[str, str] = {}
         self._told: tuple[Verdict, int] = (Verdict.UNKNOWN, 0)
         self._connected: set[str] = set()  # networks whose socket is connected to the peer
+        self._sockets: list[socket.socket] = []  # one per link, in the order of `links`
         self._refusals_logged = 0  # rejects counted when the last summary was logged
         self._refusals_logged_at = -REFUSALS_LOGGED_EVERY
 
@@ -107,26 +108,48 @@ class HeartbeatService:
         self._detector = FailureDetector(
             [link.name for link in self.links], self._timeout, trio.current_time()
         )
-        sockets = []
+        self._sockets.clear()
         try:
             for link in self.links:
-                family = socket.AF_INET6 if ":" in link.local else socket.AF_INET
-                # plain non-blocking sockets: a burst is drained without a scheduler turn per
-                # packet, and a datagram send never waits
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                sockets.append(sock)
-                sock.setblocking(False)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-                sock.bind((link.local, self._port))
-                self._connect(link, sock)
+                self._sockets.append(self._open(link))
             async with trio.open_nursery() as nursery:
-                for link, sock in zip(self.links, sockets, strict=True):
-                    nursery.start_soon(self._listen, link, sock)
-                nursery.start_soon(self._beat, sockets)
+                for index in range(len(self.links)):
+                    nursery.start_soon(self._listen, index)
+                nursery.start_soon(self._beat, self._sockets)
                 task_status.started()
         finally:
-            for sock in sockets:
+            for sock in self._sockets:
                 sock.close()
+
+    def _open(self, link: Link) -> socket.socket:
+        family = socket.AF_INET6 if ":" in link.local else socket.AF_INET
+        # plain non-blocking sockets: a burst is drained without a scheduler turn per packet,
+        # and a datagram send never waits
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+            sock.bind((link.local, self._port))
+        except BaseException:
+            sock.close()
+            raise
+        self._connected.discard(link.name)
+        self._connect(link, sock)
+        return sock
+
+    async def _reopen(self, index: int, why: OSError) -> None:
+        """A socket the kernel broke (destroyed by `ss -K`, an interface gone): a new one in
+        its place, retried until it binds. The node must outlive its sockets."""
+        link = self.links[index]
+        log.warning("heartbeat on %s: %s; opening the socket again", link.name, why.strerror or why)
+        self._sockets[index].close()
+        while True:
+            try:
+                self._sockets[index] = self._open(link)
+                return
+            except OSError as exc:
+                self.send_errors[link.name] = exc.strerror or str(exc)
+                await trio.sleep(self._interval)
 
     async def _beat(self, sockets: list[socket.socket]) -> None:
         while True:
@@ -170,8 +193,10 @@ class HeartbeatService:
         """Send the next heartbeat now (this node's news should not wait for the tick)."""
         self._wake.set()
 
-    async def _listen(self, link: Link, sock: socket.socket) -> None:
+    async def _listen(self, index: int) -> None:
+        link = self.links[index]
         while True:
+            sock = self._sockets[index]
             await trio.lowlevel.wait_readable(sock)
             for _ in range(DRAIN_AT_MOST):
                 try:
@@ -180,6 +205,9 @@ class HeartbeatService:
                     break
                 except ConnectionRefusedError:
                     continue  # an ICMP "port unreachable" for a beat the peer was not up for
+                except OSError as exc:
+                    await self._reopen(index, exc)
+                    break
                 self._take(link, data)
             self._evaluate()
             self._log_refusals()

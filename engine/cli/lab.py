@@ -9,7 +9,7 @@ import sys
 from tandem.engine.cli.common import EXIT_OK, positive_float
 from tandem.engine.cli.node import ROLES
 from tandem.engine.config.modules import ConfigError
-from tandem.engine.lab.lab import NODES, Lab
+from tandem.engine.lab.lab import DELAY, NODES, Lab
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,9 +79,17 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="which side still reaches the witness (default both)",
     )
     lab_impair = lab_commands.add_parser(
-        "impair", help="what the nodes send each other goes bad: TCP resets, or 10 % loss"
+        "impair",
+        help="what the nodes send each other goes bad: TCP resets, 10 % loss, or delay",
     )
-    lab_impair.add_argument("how", choices=["reset", "loss"])
+    lab_impair.add_argument("how", choices=["reset", "loss", "delay"])
+    lab_impair.add_argument(
+        "--delay",
+        type=positive_float,
+        default=DELAY,
+        metavar="SECONDS",
+        help=f"with delay: added to every TCP byte between the nodes, each way (default {DELAY})",
+    )
     lab_commands.add_parser("mend", help="end `impair`")
     lab_nemesis = lab_commands.add_parser(
         "nemesis",
@@ -143,7 +151,7 @@ def run_lab_command(args: argparse.Namespace) -> int:
         lab.partition(args.witness)
         print(f"a and b partitioned; the witness is reachable from: {args.witness}")
     elif action == "impair":
-        lab.impair(args.how)
+        lab.impair(args.how, args.delay)
         print(f"the link between a and b: {args.how}")
     elif action == "mend":
         lab.mend()

@@ -40,6 +40,10 @@ CLIENT = "client"
 CLIENT_ADDRESS = "198.18.0.3"
 PARTITION_TABLE = "tandem_lab_partition"
 IMPAIR_TABLE = "tandem_lab_impair"
+DELAY_TABLE = "tandem_lab_delay"
+RELAY_PORT = 17400  # where a node's delaying relay listens (`impair delay`)
+RELAY_MARK = 0x7461  # the relay's own packets: not redirected to itself
+DELAY = 0.03  # seconds each way
 VIP = "198.18.0.100"
 APP_PORT = 7000
 SETTLE_TIMEOUT = 60.0
@@ -280,6 +284,7 @@ class Lab:
         ):
             raise LabError(f"no lab in {self.directory}")
         if self._state_file.exists():
+            self.mend()
             for node in NODES:
                 self.kill(node)
         for name in (*NODES, CLIENT, "sw"):
@@ -438,33 +443,84 @@ class Lab:
         self.heal_partition()
         _nft(self.netns("sw"), "\n".join(rules))
 
-    def impair(self, how: str) -> None:
+    def impair(self, how: str, delay: float = DELAY) -> None:
         """Make what the two nodes send each other go bad, the client untouched: ``reset``
         answers every TCP segment from the peer with a reset, ``loss`` drops 10 % of the
-        peer's packets (this kernel has no netem; nftables in each node's namespace does both).
-        `mend` ends it. (Heavier loss on the only heartbeat network can pass for a dead peer:
-        D20's known limit.)"""
+        peer's packets, ``delay`` holds every TCP byte between them ``delay`` seconds each way
+        (new connections go through `relay`; the current ones are ended so that the next go
+        there too). This kernel has no netem: nftables in each node's namespace, and a relay
+        process there for the delay. `mend` ends it. (Heavier loss on the only heartbeat
+        network can pass for a dead peer: D20's known limit.)"""
         rules = {
             "reset": "meta l4proto tcp reject with tcp reset",
             "loss": "numgen random mod 10 < 1 drop",
         }
-        if how not in rules:
-            raise LabError(f"impair: reset or loss, not {how!r}")
+        if how not in (*rules, "delay"):
+            raise LabError(f"impair: reset, loss or delay, not {how!r}")
         self._state()
         self.mend()
+        if how == "delay":
+            self._delay(delay)
+            return
         for node in NODES:
-            peer = next(address for other, address in NODES.items() if other != node)
             _nft(
                 self.netns(node),
                 "\n".join(
                     [
                         f"table inet {IMPAIR_TABLE} {{",
                         "  chain input { type filter hook input priority 0; policy accept;",
-                        f"    ip saddr {peer} {rules[how]}",
+                        f"    ip saddr {self._peer_address(node)} {rules[how]}",
                         "  }",
                         "}",
                     ]
                 ),
+            )
+
+    def _peer_address(self, node: str) -> str:
+        return next(address for other, address in NODES.items() if other != node)
+
+    def _delay(self, delay: float) -> None:
+        state = self._state()
+        relays: dict[str, int] = {}
+        state["relays"] = relays
+        for node in NODES:
+            netns = self.netns(node)
+            relay = [sys.executable, "-m", "tandem.engine.lab.relay", "--port", str(RELAY_PORT)]
+            command = " ".join([*relay, "--delay", str(delay), "--mark", hex(RELAY_MARK)])
+            # started in the background (its own session): `mend` stops it by its PID
+            started = _run(
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                "sh",
+                "-c",
+                f"{command} < /dev/null > /dev/null 2>&1 & echo $!",
+            )
+            relays[node] = pid = int(started.strip())
+            self._save(state)
+            deadline = time.monotonic() + BOOT_TIMEOUT
+            while f":{RELAY_PORT} " not in _run("ip", "netns", "exec", netns, "ss", "-Hltn"):
+                if not _alive(pid) or time.monotonic() > deadline:
+                    raise LabError(f"the delaying relay on {node} did not start")
+                time.sleep(0.02)
+            peer = self._peer_address(node)
+            _nft(
+                netns,
+                "\n".join(
+                    [
+                        f"table ip {DELAY_TABLE} {{",
+                        "  chain output { type nat hook output priority -100; policy accept;",
+                        f"    meta mark != {RELAY_MARK:#x} ip daddr {peer} meta l4proto tcp "
+                        f"redirect to :{RELAY_PORT}",
+                        "  }",
+                        "}",
+                    ]
+                ),
+            )
+            # the connections already open would keep their direct path
+            subprocess.run(
+                ["ip", "netns", "exec", netns, "ss", "-K", "dst", peer], capture_output=True
             )
 
     def mend(self) -> None:
@@ -476,6 +532,19 @@ class Lab:
             )
             if IMPAIR_TABLE in listed.stdout:
                 _nft(self.netns(node), f"delete table inet {IMPAIR_TABLE}")
+            if DELAY_TABLE in listed.stdout:
+                _nft(self.netns(node), f"delete table ip {DELAY_TABLE}")
+        if not self._state_file.exists():
+            return
+        state = self._state()
+        relays = state.pop("relays", None)
+        if isinstance(relays, dict):
+            for pid in relays.values():
+                if isinstance(pid, int) and _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+                    while _alive(pid):
+                        time.sleep(0.01)
+            self._save(state)
 
     def heal_partition(self) -> None:
         switch = self.netns("sw")

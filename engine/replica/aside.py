@@ -88,7 +88,10 @@ def _open_parent(root_fd: int, parts: list[bytes]) -> int:
 
 
 def _look(root_fd: int, path: bytes) -> Found:
-    parts = _components(path)
+    try:
+        parts = _components(path)
+    except ValueError:
+        return Found(path, "gone", 0)
     if not parts:
         return Found(path, "directory", 0)
     try:

@@ -129,6 +129,28 @@ def test_one_link_down_is_degraded_both_down_is_lost(pair: tuple[Node, Node, str
     b.wait_for("alive")
 
 
+def test_a_socket_the_kernel_destroys_is_opened_again(pair: tuple[Node, Node, str, str]) -> None:
+    """`ss -K` (the lab's delay fault did it) destroys a node's heartbeat sockets: the service
+    opens them again and keeps its peer; before, the receive error ended the whole node."""
+    a, b, ns_a, _ = pair
+    a.wait_for("alive")
+    b.wait_for("alive")
+    destroyed = subprocess.run(
+        ["ip", "netns", "exec", ns_a, "ss", "-K", "-u", "sport", "=", f":{PORT}"],
+        capture_output=True,
+        text=True,
+    )
+    assert destroyed.returncode == 0 and f":{PORT}" in destroyed.stdout, destroyed
+    time.sleep(1.5)  # longer than the timeout: a service that lost its sockets loses its peer
+    assert a.process.poll() is None, "the service ended with its sockets"
+    a.drain()
+    b.drain()
+    assert a.seen[-1]["verdict"] == "alive" and b.seen[-1]["verdict"] == "alive", (a.seen, b.seen)
+    a.process.kill()
+    _, errors = a.process.communicate()
+    assert "opening the socket again" in errors, errors
+
+
 def test_forged_replayed_and_garbage_datagrams_are_counted(
     pair: tuple[Node, Node, str, str],
 ) -> None:
