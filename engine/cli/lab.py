@@ -34,6 +34,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="heartbeat interval and timeout in seconds (default 0.2 1.0)",
     )
     lab_up.add_argument(
+        "--disk",
+        type=int,
+        metavar="MIB",
+        help="each node's copy on a filesystem of its own of this size (a tmpfs), so that "
+        "`fill` can make one full",
+    )
+    lab_up.add_argument(
         "--static",
         action="store_true",
         help="fixed roles (a primary, b secondary): replication without failover",
@@ -91,6 +98,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"with delay: added to every TCP byte between the nodes, each way (default {DELAY})",
     )
     lab_commands.add_parser("mend", help="end `impair`")
+    for name, what in (("fill", "make NODE's disk full"), ("unfill", "free what `fill` took")):
+        filling = lab_commands.add_parser(name, help=what + " (a lab made with --disk)")
+        filling.add_argument("node", choices=sorted(NODES))
     lab_nemesis = lab_commands.add_parser(
         "nemesis",
         help="random faults under a client writing at the VIP; checks that no acknowledged "
@@ -121,7 +131,15 @@ def run_lab_command(args: argparse.Namespace) -> int:
     action = args.lab_command
     if action == "up":
         heartbeat = tuple(args.heartbeat) if args.heartbeat else None
-        print(lab.up(ack=args.ack, timeout=args.timeout, static=args.static, heartbeat=heartbeat))
+        print(
+            lab.up(
+                ack=args.ack,
+                timeout=args.timeout,
+                static=args.static,
+                heartbeat=heartbeat,
+                disk_mib=args.disk,
+            )
+        )
     elif action == "exec":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if not argv:
@@ -153,6 +171,9 @@ def run_lab_command(args: argparse.Namespace) -> int:
     elif action == "impair":
         lab.impair(args.how, args.delay)
         print(f"the link between a and b: {args.how}")
+    elif action in ("fill", "unfill"):
+        getattr(lab, action)(args.node)
+        print(f"node {args.node}'s disk: {'full' if action == 'fill' else 'freed'}")
     elif action == "mend":
         lab.mend()
         print("the link between a and b mended")

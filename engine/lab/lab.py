@@ -44,6 +44,8 @@ DELAY_TABLE = "tandem_lab_delay"
 RELAY_PORT = 17400  # where a node's delaying relay listens (`impair delay`)
 RELAY_MARK = 0x7461  # the relay's own packets: not redirected to itself
 DELAY = 0.03  # seconds each way
+MIN_DISK_MIB = 16
+FILLER = "filler"  # beside a node's copy, on its own disk: what `fill` writes
 VIP = "198.18.0.100"
 APP_PORT = 7000
 SETTLE_TIMEOUT = 60.0
@@ -169,10 +171,14 @@ class Lab:
         timeout: float = 5.0,
         static: bool = False,
         heartbeat: tuple[float, float] | None = None,
+        disk_mib: int | None = None,
     ) -> str:
-        """``heartbeat``: (interval, timeout) instead of the defaults."""
+        """``heartbeat``: (interval, timeout) instead of the defaults; ``disk_mib``: each node's
+        copy on a filesystem of its own of that size, which `fill` can make full."""
         if self._state_file.exists():
             raise LabError(f"a lab is already up in {self.directory} (tandem lab down first)")
+        if disk_mib is not None and disk_mib < MIN_DISK_MIB:
+            raise LabError(f"--disk: at least {MIN_DISK_MIB} MiB, not {disk_mib}")
         if self.directory.exists() and any(self.directory.iterdir()):
             raise LabError(f"{self.directory} exists and is not empty; choose another --dir")
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -184,6 +190,7 @@ class Lab:
                 "pids": {},
                 "roles": dict(FIRST_ROLES),
                 "managed": not static,
+                "disk_mib": disk_mib,
             }
         )
         try:
@@ -192,6 +199,7 @@ class Lab:
             secret = secrets.token_hex(32).encode()
             for node in NODES:
                 self._provision(node, secret, ack, timeout, not static, heartbeat)
+                self._make_copy(node, disk_mib)
             for node in ("b", "a"):  # the secondary first, so the primary finds it listening
                 self.start(node)
             if not static:
@@ -274,9 +282,45 @@ class Lab:
             f'directories = ["{self.shared_path}"]\n'
             f'ack = "{ack}"\ntimeout = {timeout!r}\n{failover}\n[nodes]\n{nodes}\n'
         )
+
+    def _make_copy(self, node: str, disk_mib: int | None) -> None:
         data = self.node_dir(node) / "data"
-        data.mkdir()
-        data.chmod(0o755)
+        if disk_mib is None:
+            data.mkdir()
+            data.chmod(0o755)
+            return
+        disk = self._disk(node)
+        disk.mkdir()
+        size = f"size={disk_mib}m,mode=0755"
+        _run("mount", "-t", "tmpfs", "-o", size, f"tandem-{self.tag}-{node}", str(disk))
+        (disk / "data").mkdir(mode=0o755)
+        data.symlink_to("disk/data")  # the node binds it over the shared path
+
+    def _disk(self, node: str) -> Path:
+        return self.node_dir(node) / "disk"
+
+    @property
+    def has_disks(self) -> bool:
+        return bool(self._state().get("disk_mib"))
+
+    def fill(self, node: str) -> None:
+        """Make the filesystem of the node's copy full (a file beside the copy takes every
+        free byte); `unfill` frees it. Needs a lab made with a disk of its own per node."""
+        self._check_node(node)
+        if not self.has_disks:
+            raise LabError("this lab's copies share the host's disk: `tandem lab up --disk MIB`")
+        filler = self._disk(node) / FILLER
+        with open(filler, "ab") as out:
+            for chunk in (4 << 20, 64 << 10, 4 << 10):
+                while True:
+                    try:
+                        os.posix_fallocate(out.fileno(), os.fstat(out.fileno()).st_size, chunk)
+                    except OSError:
+                        break
+
+    def unfill(self, node: str) -> None:
+        self._check_node(node)
+        (self._disk(node) / FILLER).unlink(missing_ok=True)
 
     def down(self) -> None:
         if not self._state_file.exists() and not any(
@@ -293,6 +337,9 @@ class Lab:
         # nodes mount only inside their own namespaces; this catches anything left by hand
         while mounts_at(str(self.shared_path)):
             subprocess.run(["umount", "-l", str(self.shared_path)], check=False)
+        for node in NODES:
+            while mounts_at(str(self._disk(node))):
+                subprocess.run(["umount", "-l", str(self._disk(node))], check=False)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- nodes ------------------------------------------------------------------------------

@@ -3,7 +3,9 @@ the cluster's promises checked while it runs and at the end.
 
 Faults: kill -9 of either node, of the serving node's mount process alone, SIGSTOP of that
 process, partitions with the witness on one side or none, a cable cut, a heartbeat flood from
-the client, TCP resets of everything between the nodes, 10 % packet loss between them. After
+the client, TCP resets of everything between the nodes, 10 % packet loss between them, 30 ms
+of delay each way (a user-space relay), a full disk under either node's copy (a lab made with
+`--disk`). After
 each, the lab is healed and must settle (one serving, one up-to-date secondary) before the
 next. Invariants:
 - never two nodes serving, never two holding the VIP (sampled ten times a second);
@@ -32,7 +34,18 @@ from typing import Any
 from tandem.engine.lab.lab import APP_PORT, NODES, VIP, Lab, LabError
 
 APP = [sys.executable, "-m", "tandem.engine.lab.demoapp"]
-KINDS = ("kill", "kill_mount", "stop_mount", "partition", "cut", "flood", "reset", "loss")
+KINDS = (
+    "kill",
+    "kill_mount",
+    "stop_mount",
+    "partition",
+    "cut",
+    "flood",
+    "reset",
+    "loss",
+    "delay",
+    "full",
+)
 HOLD = 4.0  # seconds a partition, a cut or a flood lasts
 SETTLE = 90.0
 
@@ -40,7 +53,7 @@ SETTLE = 90.0
 @dataclass(frozen=True)
 class Fault:
     kind: str
-    node: str = ""  # kill, cut: which node ("" for the ones aimed at the serving node)
+    node: str = ""  # kill, cut, full: which node ("" for the ones aimed at the serving node)
     witness: str = ""  # partition: which side keeps the witness (a, b or none)
 
 
@@ -50,7 +63,7 @@ def schedule(seed: int, count: int) -> list[Fault]:
     faults = []
     for _ in range(count):
         kind = draw.choice(KINDS)
-        if kind in ("kill", "cut"):
+        if kind in ("kill", "cut", "full"):
             faults.append(Fault(kind, node=draw.choice(sorted(NODES))))
         elif kind == "partition":
             faults.append(Fault(kind, witness=draw.choice(("a", "b", "none"))))
@@ -127,6 +140,12 @@ class Nemesis:
     def run(self, seed: int, count: int) -> Report:
         report = Report(seed)
         started = time.monotonic()
+        planned = schedule(seed, count)
+        if any(f.kind == "full" for f in planned) and not self.lab.has_disks:
+            raise LabError(
+                "this schedule fills disks: start the lab with its own disk per node "
+                "(tandem lab up --disk 256)"
+            )
         acked = self.workdir / f"nemesis-{seed}.acked"
         acked.unlink(missing_ok=True)
         self.lab.settle()
@@ -150,7 +169,7 @@ class Nemesis:
         )
         try:
             with _Sampler(self.lab, report):
-                for fault in schedule(seed, count):
+                for fault in planned:
                     shown = {k: v for k, v in asdict(fault).items() if v}
                     report.faults.append({**shown, "at": time.strftime("%T")})
                     self._inflict(fault)
@@ -220,6 +239,14 @@ class Nemesis:
             self.lab.impair(fault.kind)
             time.sleep(HOLD)
             self.lab.mend()
+        elif fault.kind == "delay":
+            self.lab.impair("delay")
+            time.sleep(2 * HOLD)  # the connections start again through the relay first
+            self.lab.mend()
+        elif fault.kind == "full":
+            self.lab.fill(fault.node)
+            time.sleep(HOLD)
+            self.lab.unfill(fault.node)
 
     def _reboot(self, node: str) -> None:
         """A node whose mount failed has stopped its node process: boot it again."""

@@ -45,6 +45,7 @@ class AloneRequests:
             request = AloneRequest(control, episode, token, str(answer.get("reason", "")))
             if self._pending.get(control) != request:
                 self._pending[control] = request
+                self._sent &= {r.token for r in self._pending.values()}  # bounded
                 self._changed()
         else:
             self.withdraw(control)
@@ -52,6 +53,7 @@ class AloneRequests:
     def withdraw(self, control: str) -> None:
         if self._pending.pop(control, None) is not None:
             self._changed()
+        self._sent &= {request.token for request in self._pending.values()}
 
     def waiting(self) -> list[AloneRequest]:
         """The requests no permit has been sent for."""

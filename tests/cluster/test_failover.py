@@ -347,7 +347,11 @@ def test_a_stream_reset_half_open_leaves_no_secondary_taking_over_without_the_wr
         lab.cli("mend")
     lab.kill("a")
     lab.start("a")
-    wait_for(lambda: _settled(lab, "a"), 90, "a serving its newer copy, b following")
+    try:
+        wait_for(lambda: _settled(lab, "a"), 90, "a serving its newer copy, b following")
+    except AssertionError:
+        print(lab.log("a"), lab.log("b"))  # shown with the failure
+        raise AssertionError(f"not settled: a {_state(lab, 'a')}, b {_state(lab, 'b')}") from None
     done = {f"r{i}" for i in done_log.read_text().split()}
     on_a = {name for name in os.listdir(lab.copy("a")) if name.startswith("r")}
     assert done <= on_a, sorted(done - on_a)

@@ -14,10 +14,16 @@ CLI = [sys.executable, "-m", "tandem.engine.cli"]
 
 class LabCluster:
     def __init__(
-        self, directory: Path, ack: str = "applied", timeout: float = 5.0, static: bool = True
+        self,
+        directory: Path,
+        ack: str = "applied",
+        timeout: float = 5.0,
+        static: bool = True,
+        disk_mib: int | None = None,
     ) -> None:
         self.directory = directory
         self.static = static
+        self.disk_mib = disk_mib
         self.ack = ack
         self.timeout = timeout
         self.path = directory / "app"  # the replicated directory, same path on both nodes
@@ -35,7 +41,8 @@ class LabCluster:
 
     def up(self) -> LabCluster:
         static = ["--static"] if self.static else []
-        self.cli("up", "--ack", self.ack, "--timeout", str(self.timeout), *static)
+        disk = ["--disk", str(self.disk_mib)] if self.disk_mib else []
+        self.cli("up", "--ack", self.ack, "--timeout", str(self.timeout), *static, *disk)
         return self
 
     def down(self) -> None:

@@ -9,6 +9,7 @@ import pytest
 from tandem.engine.failover.module_state import State
 from tandem.engine.failover.news import PeerNews
 from tandem.engine.failover.permission import may_go_alone
+from tandem.engine.replication.alone import AloneRequests
 
 
 def _peer(sure: bool, behind_for: tuple[str, ...] = ()) -> PeerNews:
@@ -31,3 +32,20 @@ def test_a_primary_waits_for_the_answer_to_this_request() -> None:
 @pytest.mark.parametrize("state", [State.WAIT, State.SECOND, State.STOP])
 def test_a_node_that_does_not_serve_permits_nothing(state: State) -> None:
     assert may_go_alone(state, "m.1", _peer(sure=False, behind_for=("m.1",))) is None
+
+
+def test_requests_are_kept_per_mount_and_judged_once_until_they_change() -> None:
+    changes: list[int] = []
+    requests = AloneRequests(changed=lambda: changes.append(1))
+    requests.update("a.sock", {"asking": True, "episode": 3, "request": "m.3", "reason": "x"})
+    requests.update("a.sock", {"asking": True, "episode": 3, "request": "m.3", "reason": "x"})
+    assert requests.tokens() == ["m.3"] and len(changes) == 1  # told once
+    (waiting,) = requests.waiting()
+    requests.claim(waiting)
+    assert requests.waiting() == [] and requests.tokens() == ["m.3"]  # still asked of the peer
+    requests.update("a.sock", {"asking": True, "episode": 4, "request": "m.4", "reason": "x"})
+    assert [r.token for r in requests.waiting()] == ["m.4"]  # a new episode asks afresh
+    requests.update("a.sock", {"asking": False, "episode": 4, "request": "m.4"})
+    assert requests.tokens() == [] and requests.waiting() == []
+    requests.update("b.sock", {"asking": True, "episode": "?", "request": "m.1"})  # malformed
+    assert requests.tokens() == []
