@@ -149,21 +149,9 @@ class Nemesis:
         acked = self.workdir / f"nemesis-{seed}.acked"
         acked.unlink(missing_ok=True)
         self.lab.settle()
+        writing = [*APP, "client", VIP, str(APP_PORT), "--log", str(acked), "--stamp"]
         client = subprocess.Popen(
-            self.lab.exec_command(
-                "client",
-                [
-                    *APP,
-                    "client",
-                    VIP,
-                    str(APP_PORT),
-                    "--log",
-                    str(acked),
-                    "--seconds",
-                    "100000",
-                    "--stamp",
-                ],
-            ),
+            self.lab.exec_command("client", [*writing, "--seconds", "100000"]),
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )

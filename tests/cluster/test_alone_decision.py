@@ -8,52 +8,28 @@ learnt it was behind) and the primary's mount then died."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from tandem.engine.control.channel import ask
 from tests.helpers.mountproc import wait_for
-from tests.helpers.pair import Pair
+from tests.helpers.pair import Pair, write_and_sync
 
 TIMEOUT = 3.0
-WRITE = (
-    "import os, sys\n"
-    "try:\n"
-    "    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
-    "    os.write(fd, b'x' * 4096); os.fsync(fd); print('acknowledged')\n"
-    "except OSError as exc:\n"
-    "    print(exc.strerror)\n"
-)
 
 
 @pytest.fixture
-def pair(workspace: Path) -> Iterator[Pair]:
-    cluster = Pair(workspace, extra=["--timeout", str(TIMEOUT), "--module", "demo/0"])
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        for node in (cluster.primary, cluster.secondary):
-            if node is not None:  # shown when the test fails
-                print(f"--- {node.log_path.name}\n{node.log()}")
-
-
-def _write(path: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", WRITE, str(path)], stdout=subprocess.PIPE, text=True
-    )
+def pair(make_pair: Callable[[float], Pair]) -> Pair:
+    return make_pair(TIMEOUT)
 
 
 def _start(pair: Pair) -> str:
     control = str(pair.base / "a.sock")
     pair.start_secondary()
     pair.start_primary("--control", control, "--alone-when-permitted")
-    first = _write(pair.a / "before")
+    first = write_and_sync(pair.a / "before")
     assert first.communicate(timeout=30)[0].strip() == "acknowledged"
     return control
 
@@ -70,7 +46,7 @@ def test_a_write_the_peer_lacks_waits_for_the_permit(pair: Pair) -> None:
     pair.secondary.signal(signal.SIGKILL)  # the stream ends; nobody says the peer is behind
     wait_for(lambda: _asking(control)["asking"] is True, 10, "the mount to ask")
     asked = _asking(control)
-    pending = _write(pair.a / "pending")
+    pending = write_and_sync(pair.a / "pending")
     time.sleep(1.0)
     assert pending.poll() is None, "acknowledged alone without a decision"
     stale = ask(control, "permit", episode=int(str(asked["episode"])) - 1, why="an old answer")
@@ -79,7 +55,7 @@ def test_a_write_the_peer_lacks_waits_for_the_permit(pair: Pair) -> None:
     assert pending.poll() is None, "a permit for an earlier episode was taken"
     ask(control, "permit", episode=asked["episode"], why="the test says the peer is behind")
     assert pending.communicate(timeout=10)[0].strip() == "acknowledged"
-    later = _write(pair.a / "later")  # permitted until the copies are in sync again
+    later = write_and_sync(pair.a / "later")  # permitted until the copies are in sync again
     assert later.communicate(timeout=10)[0].strip() == "acknowledged"
     assert _asking(control)["asking"] is False
 
@@ -91,7 +67,7 @@ def test_without_a_decision_the_write_fails_after_the_timeout(pair: Pair) -> Non
     pair.secondary.signal(signal.SIGKILL)
     wait_for(lambda: _asking(control)["asking"] is True, 10, "the mount to ask")
     started = time.monotonic()
-    pending = _write(pair.a / "undecided")
+    pending = write_and_sync(pair.a / "undecided")
     assert pending.communicate(timeout=TIMEOUT * 4)[0].strip() == "Input/output error"
     assert time.monotonic() - started >= TIMEOUT * 0.9
     assert pair.primary is not None and pair.primary.alive()  # the mount lives on
@@ -103,7 +79,7 @@ def test_a_silent_peer_leaves_the_write_undecided_after_the_ack_timeout(pair: Pa
     assert pair.secondary is not None
     pair.secondary.signal(signal.SIGSTOP)  # half-open: no end of stream, no acknowledgement
     try:
-        pending = _write(pair.a / "unacknowledged")
+        pending = write_and_sync(pair.a / "unacknowledged")
         wait_for(lambda: _asking(control)["asking"] is True, TIMEOUT * 3, "the mount to ask")
         assert pending.poll() is None, "acknowledged alone after the ack timeout"
         ask(control, "permit", episode=_asking(control)["episode"], why="the test decides")
@@ -120,7 +96,7 @@ def test_a_permit_lasts_until_the_copies_are_in_sync_again(pair: Pair) -> None:
     wait_for(lambda: _asking(control)["asking"] is True, 10, "the mount to ask")
     first = _asking(control)
     ask(control, "permit", episode=first["episode"], why="the test says the peer is behind")
-    alone = _write(pair.a / "alone")
+    alone = write_and_sync(pair.a / "alone")
     assert alone.communicate(timeout=10)[0].strip() == "acknowledged"
     pair.secondary.stop()  # clears what the killed one left (its read-only bind)
     pair.start_secondary()  # back: the resync brings it up to date
@@ -130,7 +106,7 @@ def test_a_permit_lasts_until_the_copies_are_in_sync_again(pair: Pair) -> None:
     wait_for(lambda: _asking(control)["asking"] is True, 10, "the mount to ask again")
     second = _asking(control)
     assert int(str(second["episode"])) > int(str(first["episode"]))
-    pending = _write(pair.a / "next")
+    pending = write_and_sync(pair.a / "next")
     time.sleep(1.0)
     assert pending.poll() is None, "the old permit outlived the resync"
     ask(control, "permit", episode=second["episode"], why="decided again")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -92,12 +92,8 @@ def test_an_authenticated_peer_stalling_mid_frame_never_gets_half_a_mutation_app
 
 
 @pytest.fixture
-def pair(workspace: Path) -> Iterator[Pair]:
-    cluster = Pair(workspace, extra=["--timeout", str(TIMEOUT), "--module", "demo/0"])
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+def pair(make_pair: Callable[[float], Pair]) -> Pair:
+    return make_pair(TIMEOUT)
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,7 @@ reconnects and resyncs once a working secondary listens again. Each way, a few t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -22,12 +21,8 @@ CLOSED_BY_THE_PRIMARY = ("listen-garbage", "listen-enospc")  # the fake waits fo
 
 
 @pytest.fixture
-def pair(workspace: Path) -> Iterator[Pair]:
-    cluster = Pair(workspace, extra=["--timeout", str(TIMEOUT), "--module", "demo/0"])
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+def pair(make_pair: Callable[[float], Pair]) -> Pair:
+    return make_pair(TIMEOUT)
 
 
 @pytest.mark.parametrize(

@@ -526,7 +526,8 @@ def test_no_false_failover_under_heavy_write_load(lab: LabCluster, workspace: Pa
 def test_a_split_brain_keeps_the_yielding_sides_changes_aside(lab: LabCluster) -> None:
     """Both nodes still reach the witness but not each other: both serve (nothing can tell this
     from a death). When they meet again the default primary (a) keeps serving; b keeps its whole
-    copy aside with a report before following, and says so."""
+    copy aside with a report before following, and says so; then, as it starts receiving, the
+    paths it changed alone, each named in a report of their own."""
     lab.cli("partition", "--witness", "both")
     wait_for(lambda: _is(lab, "b", "ALONE"), 15, "b serving on its side")
     assert _is(lab, "a", *SERVING)
@@ -539,8 +540,14 @@ def test_a_split_brain_keeps_the_yielding_sides_changes_aside(lab: LabCluster) -
     wait_for(lambda: _settled(lab, "a"), 60, "a serving and b in sync after the heal")
     log_b = (lab.directory / "nodes/b/state/modules/demo/module.log").read_text()
     assert "split brain: both nodes served; a keeps serving, this node yields" in log_b
-    (aside,) = (lab.directory / "nodes/b/state/modules/demo/aside").iterdir()
-    assert (aside / "0" / "only-on-b").read_text() == "from-b\n"
-    assert "split brain" in (aside / "REPORT.txt").read_text()
+    kept = sorted((lab.directory / "nodes/b/state/modules/demo/aside").iterdir())
+    whole = [path for path in kept if not path.name.endswith("-demo-0")]
+    changed = [path for path in kept if path.name.endswith("-demo-0")]
+    assert len(whole) == 1 and len(changed) == 1, kept
+    assert (whole[0] / "0" / "only-on-b").read_text() == "from-b\n"
+    assert "split brain" in (whole[0] / "REPORT.txt").read_text()
+    # and the paths b changed, alone, with their list (S11)
+    assert (changed[0] / "only-on-b").read_text() == "from-b\n"
+    assert "only-on-b: file, 7 bytes" in (changed[0] / "REPORT.txt").read_text()
     assert (lab.copy("b") / "only-on-a").read_text() == "from-a\n"
     assert not (lab.copy("b") / "only-on-b").exists()  # the copies agree again: a's

@@ -6,10 +6,7 @@ complete (a swap drains normally)."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -23,32 +20,14 @@ from tandem.engine.failover.module_state import (
 )
 from tandem.engine.failover.runner import peer_may_serve_without_us
 from tests.helpers.mountproc import wait_for
-from tests.helpers.pair import Pair
+from tests.helpers.pair import Pair, write_and_sync
 
 TIMEOUT = 3.0
-WRITE = (
-    "import os, sys\n"
-    "try:\n"
-    "    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
-    "    os.write(fd, b'x' * 4096); os.fsync(fd); print('acknowledged')\n"
-    "except OSError as exc:\n"
-    "    print(exc.strerror)\n"
-)
 
 
 @pytest.fixture
-def pair(workspace: Path) -> Iterator[Pair]:
-    cluster = Pair(workspace, extra=["--timeout", str(TIMEOUT), "--module", "demo/0"])
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-def _write(path: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", WRITE, str(path)], stdout=subprocess.PIPE, text=True
-    )
+def pair(make_pair: Callable[[float], Pair]) -> Pair:
+    return make_pair(TIMEOUT)
 
 
 @pytest.mark.root
@@ -56,16 +35,16 @@ def test_a_fenced_mount_fails_the_writes_it_cannot_have_acknowledged(pair: Pair)
     control = str(pair.base / "a.sock")
     secondary = pair.start_secondary()
     pair.start_primary("--control", control)
-    first = _write(pair.a / "before")
+    first = write_and_sync(pair.a / "before")
     assert first.communicate(timeout=30)[0].strip() == "acknowledged"
     secondary.signal(signal.SIGSTOP)  # silent: acknowledges nothing more
     try:
-        pending = _write(pair.a / "pending")
+        pending = write_and_sync(pair.a / "pending")
         wait_for(lambda: (pair.a / "pending").exists(), 10, "the write to start")
         assert "fenced" in ask(control, "fence")["message"]
         out, _ = pending.communicate(timeout=TIMEOUT * 3)
         assert out.strip() == "Input/output error"  # not acknowledged alone after the timeout
-        later = _write(pair.a / "later")
+        later = write_and_sync(pair.a / "later")
         assert later.communicate(timeout=30)[0].strip() == "Input/output error"
         assert ask(control, "status")["fenced"] is True
     finally:

@@ -132,6 +132,24 @@ class Pair:
                 node.stop()
 
 
+WRITE_AND_SYNC = (
+    "import os, sys\n"
+    "try:\n"
+    "    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
+    "    os.write(fd, b'x' * 4096); os.fsync(fd); print('acknowledged')\n"
+    "except OSError as exc:\n"
+    "    print(exc.strerror)\n"
+)
+
+
+def write_and_sync(path: Path) -> subprocess.Popen[str]:
+    """4 KiB written to ``path`` and fsync'd, in a process of its own: it prints
+    "acknowledged", or the error's text ("Input/output error")."""
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITE_AND_SYNC, str(path)], stdout=subprocess.PIPE, text=True
+    )
+
+
 FAKE_PEER = str(Path(__file__).parent / "fakepeer.py")
 
 

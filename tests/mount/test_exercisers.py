@@ -104,8 +104,11 @@ def test_dbench_file_server_load(workspace: Path, mounted: Mounted) -> None:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr
     assert "Throughput" in done.stdout
+    # dbench's own start barrier between its client processes (a SysV semaphore) is not the
+    # filesystem's business: when it cannot have one it says so and starts them anyway
+    output = (done.stdout + done.stderr).replace("failed to create barrier semaphore", "")
     for marker in ("ERROR", "failed", "Failed"):
-        assert marker not in done.stdout + done.stderr, done.stdout[-2000:]
+        assert marker not in output, done.stdout[-2000:]
     live = snapshot(str(mounted.path), times=True)
     mounted.stop()
     assert diff(live, snapshot(str(_replayed(mounted, workspace / "replica")), times=True)) == []
