@@ -63,6 +63,53 @@ def mounts_at(path: str) -> list[str]:
     return found
 
 
+@dataclass(frozen=True)
+class MountEntry:
+    mount_id: int
+    parent_id: int
+    device: str  # major:minor
+    root: str  # the directory of its filesystem that the mount shows
+    point: str
+    options: frozenset[str]
+    fs_type: str
+
+
+def mount_table() -> list[MountEntry]:
+    """This process's mounts, in /proc/self/mountinfo order (a later one is on top)."""
+    entries = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            entries.append(
+                MountEntry(
+                    int(fields[0]),
+                    int(fields[1]),
+                    fields[2],
+                    unescape_mountinfo(fields[3]),
+                    unescape_mountinfo(fields[4]),
+                    frozenset(fields[5].split(",")),
+                    right.split()[0],
+                )
+            )
+    return entries
+
+
+def is_read_only_self_bind(path: str) -> bool:
+    """The top mount at ``path`` is a read-only bind of ``path`` over itself: what a
+    secondary puts there (`read_only_in_place`), and leaves behind when it is killed."""
+    table = mount_table()
+    on_path = [entry for entry in table if entry.point == path]
+    if not on_path or "ro" not in on_path[-1].options:
+        return False
+    top = on_path[-1]
+    below = next((entry for entry in table if entry.mount_id == top.parent_id), None)
+    if below is None or below.device != top.device or below.fs_type != top.fs_type:
+        return False
+    covered = os.path.join(below.root, os.path.relpath(path, below.point))
+    return os.path.normpath(covered) == os.path.normpath(top.root)
+
+
 def is_tandem_mount(path: str) -> bool:
     types = mounts_at(path)
     return bool(types) and types[-1] == FS_TYPE
@@ -70,14 +117,25 @@ def is_tandem_mount(path: str) -> bool:
 
 def release_leftovers(path: str) -> list[str]:
     """Take away what a failed run left over ``path``: a fence, or a Tandem mount whose process
-    died (both answer ENOTCONN). A live mount is never touched. Says what it removed."""
-    removed = []
-    while mounts_at(path) and mounts_at(path)[-1] in (FS_TYPE, FENCE_TYPE) and is_dead(path):
-        kind = "fence" if mounts_at(path)[-1] == FENCE_TYPE else "dead mount"
-        remove_fence(path)
+    died (both answer ENOTCONN), or the read-only bind of a secondary that was killed (the copy
+    would stay read-only: a restarted secondary could apply nothing, EROFS, and a primary
+    mounted over it would refuse every write). A live Tandem mount is never touched. Says
+    what it removed."""
+    removed: list[str] = []
+    while True:
+        if mounts_at(path) and mounts_at(path)[-1] in (FS_TYPE, FENCE_TYPE) and is_dead(path):
+            kind = "fence" if mounts_at(path)[-1] == FENCE_TYPE else "dead mount"
+            remove_fence(path)
+        elif is_read_only_self_bind(path):
+            kind = "read-only bind"
+            try:
+                umount2(path, 0)
+            except OSError:
+                umount2(path, MNT_DETACH)  # read through: it writes nothing
+        else:
+            return removed
         removed.append(kind)
         log.info("%s: removed the %s a failed run left", path, kind)
-    return removed
 
 
 def check_target(directory: str) -> str:

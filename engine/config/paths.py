@@ -44,6 +44,13 @@ def stream_dir(state_dir: str, module: str, index: int) -> str:
     return os.path.join(module_dir(state_dir, module), str(index))
 
 
+ASIDE_MARKER = "keep-aside.json"  # in a stream's directory: keep what the next resync changes
+
+
+def aside_marker(state_dir: str, module: str, index: int) -> str:
+    return os.path.join(stream_dir(state_dir, module, index), ASIDE_MARKER)
+
+
 def journal_dir(state_dir: str, module: str, index: int) -> str:
     return os.path.join(stream_dir(state_dir, module, index), "journal")
 

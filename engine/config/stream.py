@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from tandem.engine.config.modules import ConfigError, ModuleConfig
-from tandem.engine.config.paths import control_socket, journal_dir, module_dir
+from tandem.engine.config.paths import ASIDE_MARKER, control_socket, journal_dir, module_dir
 from tandem.engine.protocol.connection import AckKind, Identity
 
 ACK_KINDS = {"applied": AckKind.APPLIED, "durable": AckKind.DURABLE}
@@ -68,6 +68,11 @@ class StreamSettings:
     # secondary: where its own changes go before a primary's versions replace them (default:
     # beside the journal)
     aside: str | None = None
+
+    @property
+    def aside_marker(self) -> str | None:
+        """Where the node asks this copy's receiver to keep what the next resync changes."""
+        return os.path.join(os.path.dirname(self.journal), ASIDE_MARKER) if self.journal else None
 
     @property
     def aside_dir(self) -> str | None:

@@ -11,16 +11,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shutil
-import time
 from collections.abc import Callable
 
 import trio
 
 from tandem.engine.config.modules import ConfigError, ModuleConfig
-from tandem.engine.config.paths import control_socket
+from tandem.engine.config.paths import aside_marker, control_socket
 from tandem.engine.control.channel import ControlError, ask
-from tandem.engine.failover.holdings import survey_copy
 from tandem.engine.failover.module_log import ModuleLog
 from tandem.engine.failover.module_state import (
     AcquireVip,
@@ -36,9 +33,12 @@ from tandem.engine.failover.module_state import (
     State,
 )
 from tandem.engine.failover.scripts import ScriptRunner
+from tandem.engine.replica.aside import request_keeping
 from tandem.engine.replication.alone import AloneRequests
 from tandem.engine.replication.copies import (
+    CopyFailed,
     dismiss_ready_mounts,
+    make_stream_dir,
     receive_copy,
     serve_copy,
     spawn_ready_mounts,
@@ -235,33 +235,32 @@ class ActionExecutor:
         self._copy_released()
 
     async def _keep_aside(self, why: str) -> None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = os.path.join(self._directory, "aside", stamp)
-        needed = (await trio.to_thread.run_sync(survey_copy, self.config.directories)).bytes
+        """This copy holds data the peer has not served and is about to follow it: every path
+        the coming resync changes is kept aside first (`tandem.engine.replica.aside`): exactly
+        the paths that differ, each one only if the disk has room for it."""
+        aside = os.path.join(self._directory, "aside")
         free = await trio.to_thread.run_sync(_free_bytes, self._directory)
-        if needed + ASIDE_MARGIN > free:
+        if free < ASIDE_MARGIN:
             raise AsideError(
-                f"cannot keep this copy aside: it needs {needed >> 20} MiB and "
-                f"{self._directory} has {free >> 20} MiB free (free some space, or copy "
+                f"cannot keep this copy's changes aside: {self._directory} has "
+                f"{free >> 20} MiB free (free some space, or copy "
                 f"{', '.join(self.config.directories)} away by hand, then `tandem start` again)"
             )
-
-        def copy_all() -> list[str]:
-            os.makedirs(aside, exist_ok=True)
-            kept = []
-            for index, directory in enumerate(self.config.directories):
-                target = os.path.join(aside, str(index))
-                shutil.copytree(directory, target, symlinks=True)
-                kept.append(f"{directory} -> {target}")
-            with open(os.path.join(aside, "REPORT.txt"), "w") as report:
-                report.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {why}\n")
-                report.write(
-                    "This node's copy as it was when it yielded, before the peer's copy replaced "
-                    "it. Compare and merge what you need by hand.\n"
-                )
-                report.writelines(line + "\n" for line in kept)
-            return kept
-
-        kept = await trio.to_thread.run_sync(copy_all)
-        self._log.note(f"this copy kept aside in {aside} ({'; '.join(kept)}): {why}")
-        log.warning("module %s: %s; this copy kept aside in %s", self.config.name, why, aside)
+        try:
+            for index in range(len(self.config.directories)):
+                make_stream_dir(self._state_dir, self.config, index)
+                marker = aside_marker(self._state_dir, self.config.name, index)
+                await trio.to_thread.run_sync(request_keeping, marker, why)
+        except (OSError, CopyFailed) as exc:  # not kept: then not overwritten either
+            raise AsideError(
+                f"cannot ask for this copy's changes to be kept aside: {exc}"
+            ) from None
+        self._log.note(
+            f"the paths the resync changes in this copy are kept aside first, in {aside}: {why}"
+        )
+        log.warning(
+            "module %s: %s; the paths the resync changes are kept aside first in %s",
+            self.config.name,
+            why,
+            aside,
+        )

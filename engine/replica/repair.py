@@ -247,7 +247,7 @@ def apply_repair(root_fd: int, repair: Repair) -> tuple[bytes, ...]:
         # the copy moved under the repair (an earlier item of the stream changed it): compare
         if exc.errno not in _DIVERGED:
             raise
-        return _named(repair)
+        return named_paths(repair)
     _stamps_if_present(root_fd, repair.stamps)
     return unsettled
 
@@ -260,7 +260,7 @@ def _stamps_if_present(root_fd: int, stamps: tuple[Stamp, ...]) -> None:
             pass
 
 
-def _named(item: Mutation | Repair) -> tuple[bytes, ...]:
+def named_paths(item: Mutation | Repair) -> tuple[bytes, ...]:
     """Every path an item names (what to compare when it could not be applied)."""
     match item:
         case Rename(old=old, new=new) | Move(old=old, new=new):
@@ -297,8 +297,8 @@ def apply_tolerantly(root_fd: int, mutation: Mutation) -> tuple[bytes, ...]:
                 except OSError as again:
                     if again.errno not in _DIVERGED:
                         raise
-                    return _named(mutation)
+                    return named_paths(mutation)
             case _:
-                return _named(mutation)
+                return named_paths(mutation)
     _stamps_if_present(root_fd, mutation.stamps)
     return ()

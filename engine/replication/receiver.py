@@ -48,7 +48,7 @@ from tandem.engine.protocol.repairs import REPAIR_TYPES
 from tandem.engine.protocol.results import encode_entries, encode_hashes
 from tandem.engine.reintegration.journal import SecondaryJournal
 from tandem.engine.reintegration.plan import plan_from_history
-from tandem.engine.replica.aside import AsideShort, keep_aside
+from tandem.engine.replica.aside import AsideKeeper, AsideShort, keep_aside
 from tandem.engine.replica.durability import make_durable
 from tandem.engine.replica.repair import apply_repair, apply_tolerantly
 from tandem.engine.replica.replay import apply
@@ -73,14 +73,24 @@ MAX_HASHES_PER_QUERY = 1 << 20
 
 
 def _apply_batch(
-    root_fd: int, batch: list[tuple[int, StreamItem]], durable: bool, tolerant: bool
+    root_fd: int,
+    batch: list[tuple[int, StreamItem]],
+    durable: bool,
+    tolerant: bool,
+    keeper: AsideKeeper | None = None,
 ) -> list[bytes]:
-    """Apply in order; returns the paths a tolerant application could not settle."""
+    """Apply in order; returns the paths a tolerant application could not settle. With a
+    ``keeper``, what each item changes is kept aside first."""
     unsettled: list[bytes] = []
     for seq, item in batch:
         try:
             if isinstance(item, ProgressNote):
                 continue  # read when it arrived
+            if keeper is not None:
+                try:
+                    keeper.before(item)
+                except AsideShort as exc:
+                    raise ApplyError(f"mutation {seq} not applied: {exc}") from None
             if isinstance(item, REPAIR_TYPES):
                 unsettled.extend(apply_repair(root_fd, item))
             elif tolerant:
@@ -132,7 +142,9 @@ class Receiver:
         self._progress: dict[str, object] | None = None  # the primary's last progress note
         self._progress_at = 0.0
         self._aside = settings.aside_dir
+        self._aside_marker = settings.aside_marker
         self._kept_aside: tuple[str, tuple[bytes, ...]] | None = None
+        self._keeper: AsideKeeper | None = None  # keeps what this resync changes (asked)
 
     def status(self) -> dict[str, object]:
         if self._current is None:
@@ -191,6 +203,7 @@ class Receiver:
                     self._current = (scope, done)
                     try:
                         try:
+                            self._keeper = await trio.to_thread.run_sync(self._asked_keeper)
                             standing = await self._where_the_copy_stands()
                         except AsideShort as exc:
                             log.error("%s", exc)
@@ -256,10 +269,21 @@ class Receiver:
             await self._keep_own_changes(history.generation, paths, history.served_alone)
         return PeerState(history.generation, True, history.served_alone, tuple(paths))
 
+    def _asked_keeper(self) -> AsideKeeper | None:
+        if self._aside_marker is None or self._aside is None:
+            return None
+        label = self.identity.stream.replace("/", "-")
+        keeper = AsideKeeper.resume(self._aside_marker, self._root_fd, self._aside, label)
+        if keeper is not None:
+            log.warning("what this resync changes is kept aside first, in %s", keeper.target)
+        return keeper
+
     async def _keep_own_changes(self, generation: str, paths: list[bytes], alone: bool) -> None:
         """Writes this copy holds and the primary may lack are kept aside before they are
         replaced (once per set of changes: a connection that breaks mid-resync does not keep
         them twice). Raises AsideShort: then nothing is replaced."""
+        if self._keeper is not None:
+            return  # each path the resync changes is kept as it comes
         if self._aside is None:
             log.warning("no place to keep them aside (no journal directory): they are replaced")
             return
@@ -405,8 +429,9 @@ class Receiver:
             if self._durable or tolerant:
                 # syncfs and resync repairs can take long: keep the loop free (a new primary
                 # may come)
+                keeper = self._keeper if tolerant else None
                 unsettled = await trio.to_thread.run_sync(
-                    _apply_batch, self._root_fd, batch, self._durable, tolerant
+                    _apply_batch, self._root_fd, batch, self._durable, tolerant, keeper
                 )
             else:
                 # applying is a few syscalls per mutation: a thread hop would cost more than it
@@ -438,6 +463,10 @@ class Receiver:
             await trio.to_thread.run_sync(self._journal.adopt_generation, generation)
         if session.cancel_called:
             return
+        if self._keeper is not None:
+            target = await trio.to_thread.run_sync(self._keeper.finish)
+            self._keeper = None
+            log.warning("what the resync changed in this copy is kept aside in %s", target)
         self.in_sync = True
         log.info("this copy is up to date (generation %s)", generation)
 

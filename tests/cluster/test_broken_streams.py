@@ -5,6 +5,7 @@ reconnects and resyncs once a working secondary listens again. Each way, a few t
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 
 import pytest
@@ -61,3 +62,23 @@ def test_a_stream_broken_after_the_handshake_never_ends_the_mount(pair: Pair, mo
     wait_for(lambda: (pair.b / f"{mode}-{TRIES - 1}-19").exists(), 30, "the resync")
     assert (pair.b / f"{mode}-0-0").read_bytes() == b"x" * 70_000
     assert "Traceback" not in primary.log(), primary.log()
+
+
+def test_a_secondary_killed_and_started_again_applies_again(pair: Pair) -> None:
+    """kill -9 of `tandem receive` leaves its read-only bind over the directory; the one started
+    after it takes that away instead of opening its copy through it (it applied nothing then:
+    "cannot apply mutation … EROFS", and never came in sync)."""
+    secondary = pair.start_secondary()
+    pair.start_primary("--control", str(pair.base / "a.sock"))
+    (pair.a / "first").write_text("before the kill\n")
+    wait_for(lambda: (pair.b / "first").exists(), 10, "mirrored")
+    secondary.signal(signal.SIGKILL)
+    assert secondary.process is not None
+    secondary.process.wait(10)
+    (pair.a / "while-away").write_text("written alone\n")
+    pair.start_secondary()  # the killed one's read-only bind is still over b
+    wait_for(lambda: (pair.b / "while-away").exists(), 30, "the resync after the restart")
+    (pair.a / "after").write_text("mirrored again\n")
+    wait_for(lambda: (pair.b / "after").exists(), 10, "mirrored after the restart")
+    assert pair.secondary is not None and "EROFS" not in pair.secondary.log()
+    assert "removed the read-only bind a failed run left" in pair.secondary.log()

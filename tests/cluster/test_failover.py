@@ -424,8 +424,9 @@ def test_a_first_start_with_data_on_both_waits_and_keeps_the_copy_not_chosen(
     wait_for(lambda: _is(lab, "a", "SECOND") and _state(lab, "a")["up_to_date"], 60, "a follows")  # type: ignore[index]
     assert not (lab.copy("a") / "a.db").exists() and (lab.copy("a") / "b.db").exists()
     aside = lab.directory / "nodes" / "a" / "state" / "modules" / "demo" / "aside"
-    (kept,) = aside.iterdir()
-    assert (kept / "0" / "a.db").read_bytes() == b"kept by a"
+    (kept,) = aside.iterdir()  # what differed, kept before the resync replaced it
+    assert (kept / "a.db").read_bytes() == b"kept by a"
+    assert sorted(path.name for path in kept.iterdir()) == ["REPORT.txt", "a.db"]
     assert "held data of its own" in (kept / "REPORT.txt").read_text()
 
 
@@ -525,9 +526,9 @@ def test_no_false_failover_under_heavy_write_load(lab: LabCluster, workspace: Pa
 
 def test_a_split_brain_keeps_the_yielding_sides_changes_aside(lab: LabCluster) -> None:
     """Both nodes still reach the witness but not each other: both serve (nothing can tell this
-    from a death). When they meet again the default primary (a) keeps serving; b keeps its whole
-    copy aside with a report before following, and says so; then, as it starts receiving, the
-    paths it changed alone, each named in a report of their own."""
+    from a death). When they meet again the default primary (a) keeps serving; b follows, keeping
+    aside (with a report naming them) the paths the resync changes in its copy — exactly those
+    that differ — and says so."""
     lab.cli("partition", "--witness", "both")
     wait_for(lambda: _is(lab, "b", "ALONE"), 15, "b serving on its side")
     assert _is(lab, "a", *SERVING)
@@ -540,14 +541,11 @@ def test_a_split_brain_keeps_the_yielding_sides_changes_aside(lab: LabCluster) -
     wait_for(lambda: _settled(lab, "a"), 60, "a serving and b in sync after the heal")
     log_b = (lab.directory / "nodes/b/state/modules/demo/module.log").read_text()
     assert "split brain: both nodes served; a keeps serving, this node yields" in log_b
-    kept = sorted((lab.directory / "nodes/b/state/modules/demo/aside").iterdir())
-    whole = [path for path in kept if not path.name.endswith("-demo-0")]
-    changed = [path for path in kept if path.name.endswith("-demo-0")]
-    assert len(whole) == 1 and len(changed) == 1, kept
-    assert (whole[0] / "0" / "only-on-b").read_text() == "from-b\n"
-    assert "split brain" in (whole[0] / "REPORT.txt").read_text()
-    # and the paths b changed, alone, with their list (S11)
-    assert (changed[0] / "only-on-b").read_text() == "from-b\n"
-    assert "only-on-b: file, 7 bytes" in (changed[0] / "REPORT.txt").read_text()
+    # what differed from a's copy, kept before the resync replaced it: b's file, not the rest
+    (kept,) = (lab.directory / "nodes/b/state/modules/demo/aside").iterdir()
+    assert (kept / "only-on-b").read_text() == "from-b\n"
+    assert not (kept / "only-on-a").exists()  # not in b's copy: nothing of b's to keep
+    report = (kept / "REPORT.txt").read_text()
+    assert "split brain" in report and "only-on-b: file, 7 bytes" in report
     assert (lab.copy("b") / "only-on-a").read_text() == "from-a\n"
     assert not (lab.copy("b") / "only-on-b").exists()  # the copies agree again: a's

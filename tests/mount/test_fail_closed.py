@@ -85,3 +85,34 @@ def test_a_busy_unmount_is_fenced_not_left_open(directory: Path) -> None:
         os.close(bare)
     assert release_leftovers(str(directory)) == ["fence"]
     assert sorted(os.listdir(directory)) == ["before"]
+
+
+def _bind(source: Path, target: Path, read_only: bool = True) -> None:
+    subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+    if read_only:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
+
+
+def test_a_killed_secondary_s_read_only_bind_is_taken_away(directory: Path) -> None:
+    """A secondary killed -9 leaves its read-only bind of the directory over itself: a
+    restarted secondary would apply nothing (EROFS), a primary mounted over it refuse every
+    write. The next start of the copy takes it away, and only it."""
+    _bind(directory, directory)
+    assert _write_fails(directory) == errno.EROFS
+    assert release_leftovers(str(directory)) == ["read-only bind"]
+    assert mounts_at(str(directory)) == []
+    (directory / "after").write_text("writable again\n")
+
+
+def test_a_read_only_mount_that_is_not_a_secondary_s_bind_stays(
+    directory: Path, workspace: Path
+) -> None:
+    other = workspace / "other"
+    other.mkdir()
+    _bind(other, directory)  # another directory shown here: not what a secondary leaves
+    assert release_leftovers(str(directory)) == []
+    assert len(mounts_at(str(directory))) == 1
+    subprocess.run(["umount", str(directory)], check=True)
+    _bind(directory, directory, read_only=False)  # a writable self-bind: harmless, kept
+    assert release_leftovers(str(directory)) == []
+    assert len(mounts_at(str(directory))) == 1
