@@ -24,6 +24,7 @@ class PeerNews:
     holds: bool = False  # its copy holds data (decoded as True from a peer that does not say)
     asking: tuple[str, ...] = ()  # serving: its mounts' requests to go on alone
     behind_for: tuple[str, ...] = ()  # the peer's requests this node answered (it is behind)
+    decides: bool = False  # its mounts go on alone only when permitted (D25)
 
 
 MAX_TOKENS = 16  # requests named in one heartbeat (a module has a few directories)
@@ -50,6 +51,7 @@ def encode_news(
             "holds": module.holds,
             "asking": list(asking[-MAX_TOKENS:]),
             "behind_for": list(behind_for[-MAX_TOKENS:]),
+            "decides": True,
         },
         separators=(",", ":"),
     ).encode()
@@ -78,6 +80,7 @@ def decode_news(payload: bytes, name: str) -> PeerNews:
         raw.get("holds") is not False,
         _tokens(raw.get("asking", [])),
         _tokens(raw.get("behind_for", [])),
+        raw.get("decides") is True,
     )
 
 

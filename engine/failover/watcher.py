@@ -130,6 +130,9 @@ class PeerWatch:
                 and heard > out_of_sync_since + BEHIND_GRACE
                 and news is not None
                 and news.state in SERVING
+                # a peer that decides (D25) asks before it goes on alone: its requests (or its
+                # serving ALONE) say it; only an older one may have gone on alone unasked
+                and not news.decides
             ):
                 why = (
                     f"the stream from {self.peer} ended while it lives on: it may acknowledge "
@@ -140,9 +143,16 @@ class PeerWatch:
 
     async def _answer_requests(self, news: PeerNews, module: Module) -> None:
         """The serving peer asks to go on alone: this copy is behind from now on (the runner
-        drops the stream's sessions and saves it before the answer is heard)."""
+        drops the stream's sessions and saves it before the answer is heard). A peer serving
+        ALONE acknowledges without this copy by definition: behind too."""
         if news.state not in SERVING or module.state in SERVING:
             return
+        if news.state is State.ALONE and module.sure:
+            await self._send(
+                Behind(
+                    f"{self.peer} serves alone: this copy lacks its writes until the next resync"
+                )
+            )
         new = tuple(token for token in news.asking if token not in self._answered)
         if not new:
             return

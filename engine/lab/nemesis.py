@@ -201,8 +201,12 @@ class Nemesis:
         node = self._serving()
         pid = self._mount_child(node)
         subprocess.run(self.lab.exec_command(node, ["kill", f"-{signum}", str(pid)]), check=True)
-        self._wait(lambda: self.lab.serving_nodes() == [_other(node)], "the peer taking over")
-        self._reboot(node)
+        # the node stops serving (a hung mount is killed first); the peer takes over unless it
+        # answered a request to go on alone since its last resync (then nobody may serve
+        # until this node is back: its copy holds writes the peer lacks)
+        self._wait(lambda: node not in self.lab.serving_nodes(), "the node to stop serving")
+        self._wait(lambda: not self._node_runs(node), "the node process to end")
+        self._reboot(node)  # as systemd restarts a node whose mount failed
 
     def _inflict(self, fault: Fault) -> None:
         if fault.kind == "kill":
@@ -235,6 +239,10 @@ class Nemesis:
             self.lab.fill(fault.node)
             time.sleep(HOLD)
             self.lab.unfill(fault.node)
+
+    def _node_runs(self, node: str) -> bool:
+        """The node process still runs (it ends when its mount failed)."""
+        return self.lab.module_state(node) is not None
 
     def _reboot(self, node: str) -> None:
         """A node whose mount failed has stopped its node process: boot it again."""

@@ -30,17 +30,14 @@ def primary_commands(replicator: Replicator, directory: str) -> dict[str, Handle
         return {"message": replicator.fence()}
 
     async def asking(request: dict[str, Any]) -> dict[str, Any]:
-        """Answers once the mount's need for the node's decision differs from what the node
-        knows (``episode``, ``asking``), or after ``within`` seconds (at most 5)."""
-        episode, known, within = (
-            request.get("episode"),
-            request.get("asking"),
-            request.get("within"),
-        )
-        if not isinstance(episode, int) or not isinstance(known, bool):
+        """Answers once what the mount needs from the node changed since ``seen`` (the
+        ``changes`` it last answered), or after ``within`` seconds (at most 5); at once
+        without ``seen``."""
+        seen, within = request.get("seen"), request.get("within")
+        if not isinstance(seen, int) or isinstance(seen, bool):
             return replicator.asking_now()
         wait = min(float(within), 5.0) if isinstance(within, int | float) else 5.0
-        return await replicator.asking_changes(episode, known, max(wait, 0.0))
+        return await replicator.asking_changes(seen, max(wait, 0.0))
 
     async def permit(request: dict[str, Any]) -> dict[str, Any]:
         episode, why = request.get("episode"), request.get("why")

@@ -179,6 +179,7 @@ class Replicator:
         self._episode = 1  # the current time out of sync (permission is given for one)
         self._syncs = 0  # resyncs completed: a write submitted before one is on the peer
         self._asking_changed = trio.Event()
+        self._asking_changes = 0  # counts what `asking_now` may say differently
         self._undecided_told = 0  # the episode whose undecided writes were last logged
         self._finishing = False  # a resync's Finish is out: the peer may be up to date now
         self._instance = uuid.uuid4().hex[:8]  # names this mount's requests to the peer
@@ -331,23 +332,33 @@ class Replicator:
         """Writes would wait for the node's permission to acknowledge without the peer."""
         return not self._permitted and not self.in_sync and not self._finishing
 
+    @property
+    def acknowledging_alone(self) -> bool:
+        """Permitted, and out of sync: writes are acknowledged without the peer right now (the
+        node says so in its heartbeats: the peer then knows it is behind)."""
+        return self._needs_permission and self._permitted and not self.in_sync
+
     def asking_now(self) -> dict[str, object]:
         return {
             "asking": self.asking,
+            "alone": self.acknowledging_alone,
             "episode": self._episode,
             "request": f"{self._instance}.{self._episode}",
             "reason": self.alone_reason or "resyncing",
+            "changes": self._asking_changes,
         }
 
-    async def asking_changes(self, episode: int, asking: bool, within: float) -> dict[str, object]:
-        """What `asking_now` says, once it differs from what the caller knows (or ``within``
-        seconds have passed): the node follows its mount this way, without polling."""
+    async def asking_changes(self, seen: int, within: float) -> dict[str, object]:
+        """What `asking_now` says, once it changed since the caller's ``seen`` (its
+        ``changes``), or after ``within`` seconds: the node follows its mount this way,
+        without polling."""
         with trio.move_on_after(within):
-            while (self._episode, self.asking) == (episode, asking):
+            while self._asking_changes == seen:
                 await self._asking_changed.wait()
         return self.asking_now()
 
     def _asking_may_change(self) -> None:
+        self._asking_changes += 1
         self._asking_changed.set()
         self._asking_changed = trio.Event()
 
@@ -595,6 +606,8 @@ class Replicator:
         if failure is not None:
             self._resync_failed(failure)
             return
+        if self.alone_reason is not None:
+            return  # the connection ended as the answer came: the next one resyncs again
         label = self._next_seq - 1
         if self._journal is not None and token is not None:
             self._journal.resynced(token, label, resync.generation)

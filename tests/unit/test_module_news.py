@@ -16,7 +16,7 @@ def test_a_round_trip_keeps_every_field_and_fits_one_datagram() -> None:
     payload = encode_news(module, "web", vip_held=True)
     assert len(payload) <= MAX_PAYLOAD
     news = decode_news(payload, "web")
-    assert news == PeerNews(State.PRIM, 7, True, True, module.reason[:300], True)
+    assert news == PeerNews(State.PRIM, 7, True, True, module.reason[:300], True, decides=True)
 
 
 @pytest.mark.parametrize(
