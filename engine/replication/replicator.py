@@ -180,6 +180,7 @@ class Replicator:
         self._syncs = 0  # resyncs completed: a write submitted before one is on the peer
         self._asking_changed = trio.Event()
         self._asking_changes = 0  # counts what `asking_now` may say differently
+        self._waiting = 0  # writes waiting for the node's permission
         self._undecided_told = 0  # the episode whose undecided writes were last logged
         self._finishing = False  # a resync's Finish is out: the peer may be up to date now
         self._instance = uuid.uuid4().hex[:8]  # names this mount's requests to the peer
@@ -236,8 +237,19 @@ class Replicator:
         within the peer timeout. True if permitted rather than resynced."""
         episode = self._episode
         with trio.move_on_after(self._timeout) as waited:
-            while not (self._permitted or self._syncs > syncs or self.fenced):
-                await self._progress.wait()
+            if not self._decided(syncs):
+                # a write waits: only now is the node asked (a stream that breaks while nothing
+                # waits leaves the peer up to date, and it may still take over)
+                self._waiting += 1
+                if self._waiting == 1:
+                    self._asking_may_change()
+                try:
+                    while not self._decided(syncs):
+                        await self._progress.wait()
+                finally:
+                    self._waiting -= 1
+                    if self._waiting == 0:
+                        self._asking_may_change()
         if self._syncs > syncs:
             return False
         if self.fenced:
@@ -254,6 +266,9 @@ class Replicator:
                 )
             raise OSError(errno.EIO, "not acknowledged: the peer may serve without this write")
         return True
+
+    def _decided(self, syncs: int) -> bool:
+        return self._permitted or self._syncs > syncs or self.fenced
 
     async def room(self) -> None:
         connection_number = self._connection_number
@@ -287,11 +302,19 @@ class Replicator:
         self.alone_reason = reason
         self.connected = False
         self.in_sync = False
-        log.warning(
-            "replication to %s stopped: %s; going on alone (changes are no longer mirrored)",
-            self.peer,
-            reason,
-        )
+        if self._needs_permission and not self._permitted:
+            log.warning(
+                "replication to %s stopped: %s; changes are journalled, and a write the peer "
+                "lacks waits for the node's decision to go on alone",
+                self.peer,
+                reason,
+            )
+        else:
+            log.warning(
+                "replication to %s stopped: %s; going on alone (changes are no longer mirrored)",
+                self.peer,
+                reason,
+            )
         self._link = None
         self._in_flight.clear()
         self._backlog = 0
@@ -329,8 +352,10 @@ class Replicator:
 
     @property
     def asking(self) -> bool:
-        """Writes would wait for the node's permission to acknowledge without the peer."""
-        return not self._permitted and not self.in_sync and not self._finishing
+        """Writes wait for the node's permission to acknowledge them without the peer."""
+        return (
+            self._waiting > 0 and not self._permitted and not self.in_sync and not self._finishing
+        )
 
     @property
     def acknowledging_alone(self) -> bool:

@@ -38,15 +38,22 @@ def _asking(control: str) -> dict[str, object]:
     return ask(control, "asking")
 
 
+def _out_of_sync(control: str) -> None:
+    wait_for(lambda: ask(control, "status")["replication"] != "in sync", 10, "the stream's end")
+
+
 @pytest.mark.root
 def test_a_write_the_peer_lacks_waits_for_the_permit(pair: Pair) -> None:
     control = _start(pair)
     assert _asking(control)["asking"] is False  # in sync: acknowledgements come from the peer
     assert pair.secondary is not None
     pair.secondary.signal(signal.SIGKILL)  # the stream ends; nobody says the peer is behind
+    _out_of_sync(control)
+    time.sleep(0.3)
+    assert _asking(control)["asking"] is False  # nothing waits: the peer is not asked yet
+    pending = write_and_sync(pair.a / "pending")
     wait_for(lambda: _asking(control)["asking"] is True, 10, "the mount to ask")
     asked = _asking(control)
-    pending = write_and_sync(pair.a / "pending")
     time.sleep(1.0)
     assert pending.poll() is None, "acknowledged alone without a decision"
     stale = ask(control, "permit", episode=int(str(asked["episode"])) - 1, why="an old answer")
@@ -65,7 +72,7 @@ def test_without_a_decision_the_write_fails_after_the_timeout(pair: Pair) -> Non
     control = _start(pair)
     assert pair.secondary is not None
     pair.secondary.signal(signal.SIGKILL)
-    wait_for(lambda: _asking(control)["asking"] is True, 10, "the mount to ask")
+    _out_of_sync(control)
     started = time.monotonic()
     pending = write_and_sync(pair.a / "undecided")
     assert pending.communicate(timeout=TIMEOUT * 4)[0].strip() == "Input/output error"
@@ -93,20 +100,20 @@ def test_a_permit_lasts_until_the_copies_are_in_sync_again(pair: Pair) -> None:
     control = _start(pair)
     assert pair.secondary is not None
     pair.secondary.signal(signal.SIGKILL)
+    alone = write_and_sync(pair.a / "alone")
     wait_for(lambda: _asking(control)["asking"] is True, 10, "the mount to ask")
     first = _asking(control)
     ask(control, "permit", episode=first["episode"], why="the test says the peer is behind")
-    alone = write_and_sync(pair.a / "alone")
     assert alone.communicate(timeout=10)[0].strip() == "acknowledged"
     pair.secondary.stop()  # clears what the killed one left (its read-only bind)
     pair.start_secondary()  # back: the resync brings it up to date
     wait_for(lambda: ask(control, "status")["replication"] == "in sync", 30, "in sync")
     assert (pair.b / "alone").exists()
     pair.secondary.signal(signal.SIGKILL)
+    pending = write_and_sync(pair.a / "next")
     wait_for(lambda: _asking(control)["asking"] is True, 10, "the mount to ask again")
     second = _asking(control)
     assert int(str(second["episode"])) > int(str(first["episode"]))
-    pending = write_and_sync(pair.a / "next")
     time.sleep(1.0)
     assert pending.poll() is None, "the old permit outlived the resync"
     ask(control, "permit", episode=second["episode"], why="decided again")

@@ -357,6 +357,24 @@ def test_a_stream_reset_half_open_leaves_no_secondary_taking_over_without_the_wr
     assert done <= on_a, sorted(done - on_a)
 
 
+def test_a_stream_broken_while_nothing_waits_leaves_the_secondary_able_to_take_over(
+    lab: LabCluster,
+) -> None:
+    """Resets between the nodes while the application writes nothing: a's mount has nothing to
+    acknowledge without b, so it asks nothing, and b stays up to date; a then dies and b takes
+    over (before, any broken stream made b count itself behind, and nobody could serve)."""
+    lab.cli("impair", "reset")
+    try:
+        wait_for(lambda: "waits for the node's decision" in lab.log("a"), 20, "a's stream to break")
+        time.sleep(1.0)
+        found = _state(lab, "b")
+        assert found is not None and found["up_to_date"] is True, found
+        lab.kill("a")
+        wait_for(lambda: _is(lab, "b", "ALONE"), 15, "b taking over")
+    finally:
+        lab.cli("mend")
+
+
 def test_a_hung_mount_is_a_failed_mount(lab: LabCluster, workspace: Path) -> None:
     """SIGSTOP of the primary's mount process: writers hang on it, so the node must not go on
     telling its peer it serves. It stops answering its control socket; the node kills it (the
