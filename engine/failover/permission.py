@@ -16,11 +16,11 @@ writes waiting; the mount fails them with EIO after its timeout, or at once when
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import trio
 
-from tandem.engine.failover.module_state import State
+from tandem.engine.failover.module_state import SERVING, Module, State
 from tandem.engine.failover.news import PeerNews
 from tandem.engine.replication.alone import AloneRequests
 
@@ -33,6 +33,27 @@ def may_go_alone(state: State, token: str, peer: PeerNews | None) -> str | None:
         return "this node serves alone: the peer cannot serve without this copy's changes"
     if state is State.PRIM and peer is not None and token in peer.behind_for:
         return f"the peer ({peer.state.value}) says its copy is behind"
+    return None
+
+
+def behind_because(
+    module: Module, news: PeerNews, peer: str, answered: Collection[str]
+) -> tuple[str, tuple[str, ...]] | None:
+    """The other side: what the serving peer's news makes of this copy. ``(why, requests)``
+    when it is behind from now on — the peer asks to go on alone (``requests`` it has not
+    answered yet: the runner drops the stream's sessions and saves the step before they are
+    named in this node's news), or it serves ALONE, which acknowledges without this copy."""
+    if news.state not in SERVING or module.state in SERVING:
+        return None
+    asked = tuple(token for token in news.asking if token not in answered)
+    if asked:
+        why = (
+            f"{peer} goes on alone (its stream to this copy broke): this copy lacks its writes "
+            "until the next resync"
+        )
+        return why, asked
+    if news.state is State.ALONE and module.sure:
+        return f"{peer} serves alone: this copy lacks its writes until the next resync", ()
     return None
 
 

@@ -23,6 +23,7 @@ from tandem.engine.failover.module_state import (
     State,
 )
 from tandem.engine.failover.news import MAX_TOKENS, PeerNews, decode_news
+from tandem.engine.failover.permission import behind_because
 from tandem.engine.failover.timing import Timing
 from tandem.engine.failover.witness import WitnessWatch
 from tandem.engine.replication.receiver import Receiver
@@ -142,26 +143,11 @@ class PeerWatch:
                 out_of_sync_since = None
 
     async def _answer_requests(self, news: PeerNews, module: Module) -> None:
-        """The serving peer asks to go on alone: this copy is behind from now on (the runner
-        drops the stream's sessions and saves it before the answer is heard). A peer serving
-        ALONE acknowledges without this copy by definition: behind too."""
-        if news.state not in SERVING or module.state in SERVING:
-            return
-        if news.state is State.ALONE and module.sure:
-            await self._send(
-                Behind(
-                    f"{self.peer} serves alone: this copy lacks its writes until the next resync"
-                )
-            )
-        new = tuple(token for token in news.asking if token not in self._answered)
-        if not new:
-            return
-        self._answered.extend(new)
-        why = (
-            f"{self.peer} goes on alone (its stream to this copy broke): this copy lacks its "
-            "writes until the next resync"
-        )
-        await self._send(Behind(why, answering=new))
+        found = behind_because(module, news, self.peer, self._answered)
+        if found is not None:
+            why, asked = found
+            self._answered.extend(asked)
+            await self._send(Behind(why, answering=asked))
 
     def _read_news(self) -> PeerNews | None:
         payload = self.heartbeat.peer_payload

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from tandem.engine.failover.module_state import State
+from tandem.engine.failover.module_state import Module, State
 from tandem.engine.failover.news import PeerNews
-from tandem.engine.failover.permission import may_go_alone
+from tandem.engine.failover.permission import behind_because, may_go_alone
 from tandem.engine.replication.alone import AloneRequests
 
 
@@ -49,3 +49,25 @@ def test_requests_are_kept_per_mount_and_judged_once_until_they_change() -> None
     assert requests.tokens() == [] and requests.waiting() == []
     requests.update("b.sock", {"asking": True, "episode": "?", "request": "m.1"})  # malformed
     assert requests.tokens() == []
+
+
+def _news(state: State, asking: tuple[str, ...] = ()) -> PeerNews:
+    return PeerNews(state, 4, True, True, "", True, True, asking, (), True)
+
+
+def test_a_copy_is_behind_once_it_answers_a_request_and_only_new_ones_count() -> None:
+    second = Module(State.SECOND, "in sync", 4, False, True)
+    found = behind_because(second, _news(State.PRIM, ("m.1", "m.2")), "a", answered=["m.1"])
+    assert found is not None and found[1] == ("m.2",) and "goes on alone" in found[0]
+    assert behind_because(second, _news(State.PRIM, ("m.1",)), "a", answered=["m.1"]) is None
+
+
+def test_a_peer_serving_alone_makes_a_sure_copy_behind_and_nothing_else_does() -> None:
+    sure = Module(State.SECOND, "in sync", 4, False, True)
+    found = behind_because(sure, _news(State.ALONE), "a", answered=[])
+    assert found is not None and found[1] == () and "serves alone" in found[0]
+    assert behind_because(sure, _news(State.PRIM), "a", answered=[]) is None  # a broken stream
+    not_sure = Module(State.SECOND, "resyncing", 4, False, False)
+    assert behind_because(not_sure, _news(State.ALONE), "a", answered=[]) is None
+    serving = Module(State.PRIM, "serving", 5, True, True)  # a split brain: not this rule's
+    assert behind_because(serving, _news(State.ALONE, ("m.1",)), "a", answered=[]) is None
