@@ -16,6 +16,7 @@ an ``OK`` for, reconnects after a failure, and reports the longest time without 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import socket
@@ -27,31 +28,56 @@ import time
 STORE = "store.log"
 
 
+def _whole_records(fd: int) -> int:
+    """The size of the store's whole records: a last line without its newline (a crash in the
+    middle of a write) was never acknowledged, and is cut off."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+    whole = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+    os.ftruncate(fd, whole)
+    return whole
+
+
 def serve(directory: str, port: int) -> None:
     path = os.path.join(directory, STORE)
+    # one write(2) per record, and a record that did not make it whole (a full disk) is cut
+    # off again: a write that was not acknowledged must not leave half a line before the next
+    store = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    kept = _whole_records(store)
     data: dict[str, str] = {}
-    try:
-        with open(path, encoding="utf-8") as existing:
-            for line in existing:
-                key, _, value = line.rstrip("\n").partition(" ")
-                if key:
-                    data[key] = value
-    except FileNotFoundError:
-        pass
-    store = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open for the server's life)
+    with open(path, encoding="utf-8", errors="replace") as existing:
+        for line in existing:
+            key, _, value = line.rstrip("\n").partition(" ")
+            if key:
+                data[key] = value
     lock = threading.Lock()
+
+    def append(key: str, value: str) -> str:
+        nonlocal kept
+        record = f"{key} {value}\n".encode()
+        with lock:
+            try:
+                if os.write(store, record) != len(record):
+                    raise OSError(errno.ENOSPC, "short write")
+                os.fsync(store)
+            except OSError as exc:
+                try:
+                    os.ftruncate(store, kept)
+                except OSError:
+                    pass
+                return f"ERROR {exc.strerror}"
+            kept += len(record)
+            data[key] = value
+        return "OK"
 
     class Handler(socketserver.StreamRequestHandler):
         def handle(self) -> None:
             for raw in self.rfile:
                 words = raw.decode(errors="replace").strip().split(" ", 2)
                 if words[0] == "PUT" and len(words) == 3:
-                    with lock:
-                        store.write(f"{words[1]} {words[2]}\n")
-                        store.flush()
-                        os.fsync(store.fileno())
-                        data[words[1]] = words[2]
-                    answer = "OK"
+                    answer = append(words[1], words[2])
                 elif words[0] == "GET" and len(words) == 2:
                     value = data.get(words[1])
                     answer = "NONE" if value is None else f"VALUE {value}"
