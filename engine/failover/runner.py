@@ -51,7 +51,7 @@ from tandem.engine.failover.module_state import (
 from tandem.engine.failover.news import MAX_TOKENS, PeerNews, encode_news
 from tandem.engine.failover.permission import grant_forever
 from tandem.engine.failover.scripts import ScriptRunner
-from tandem.engine.failover.store import ModuleStore
+from tandem.engine.failover.store import ModuleStore, StoreError
 from tandem.engine.failover.watcher import PeerWatch
 from tandem.engine.failover.witness import WitnessWatch
 from tandem.engine.replication.alone import AloneRequests
@@ -92,16 +92,23 @@ class ModuleRunner:
             on_too_many_failures=config.on_failure,
             witness=bool(config.witnesses),
         )
-        # until the copy is surveyed at start, nothing says it is empty: the peer must not take
-        # an early heartbeat for news of an empty copy it may overwrite
-        self.module = Module(holds=True)
-        self.advertised = Module(holds=True)
         self.holdings = Holdings()
         self.alone_requests = AloneRequests(changed=lambda: self.heartbeat.poke())
         self.behind_for: tuple[str, ...] = ()  # the peer's requests answered: this copy is behind
         self._heartbeat_scope = trio.CancelScope()
         self.directory = module_dir(state_dir, config.name)
         self.store = ModuleStore(self.directory)
+        # until the start is handled, the peer hears the copy as it was left, holding data (it
+        # is not surveyed yet): a placeholder's epoch 0 made a waiting peer take its own older
+        # copy for the newer one and serve it (a lab test: the returning node's acknowledged
+        # writes were then only in what it kept aside); nor may an early heartbeat pass for
+        # news of an empty copy the peer may overwrite
+        try:
+            remembered = self.store.load()
+            self.module = Module(epoch=remembered.epoch, served=remembered.served, holds=True)
+        except StoreError:
+            self.module = Module(holds=True)  # the start says what is wrong with the store
+        self.advertised = self.module
         self.log = ModuleLog(module_log(state_dir, config.name))
         links = [Link("main", config.nodes[node], peer_address)]
         for index, network in enumerate(config.heartbeat_networks):

@@ -363,8 +363,10 @@ def test_a_stream_broken_while_nothing_waits_leaves_the_secondary_able_to_take_o
     """Resets between the nodes while the application writes nothing: a's mount has nothing to
     acknowledge without b, so it asks nothing, and b stays up to date; a then dies and b takes
     over (before, any broken stream made b count itself behind, and nobody could serve)."""
-    lab.cli("impair", "reset")
+    lab.cli("impair", "reset")  # reconnections fail; the idle stream itself carries nothing
     try:
+        ended = lab.exec("a", "ss", "-K", "-t", "dst", "198.18.0.2", "dport", "=", ":7400")
+        assert ended.returncode == 0, ended.stderr
         wait_for(lambda: "waits for the node's decision" in lab.log("a"), 20, "a's stream to break")
         time.sleep(1.0)
         found = _state(lab, "b")
