@@ -359,8 +359,8 @@ class Replicator:
 
     @property
     def acknowledging_alone(self) -> bool:
-        """Permitted, and out of sync: writes are acknowledged without the peer right now (the
-        node says so in its heartbeats: the peer then knows it is behind)."""
+        """Permitted, and out of sync: writes are acknowledged without the peer right now (for
+        the operator: `asking` on the control socket, `tandem state`)."""
         return self._needs_permission and self._permitted and not self.in_sync
 
     def asking_now(self) -> dict[str, object]:
