@@ -463,6 +463,7 @@ class Replicator:
             "acknowledged": self._acked,
             "fenced": self.fenced,
             "asking": self.asking,
+            "acknowledging_alone": self.acknowledging_alone,
         }
 
     def request_full_resync(self, why: str = "requested by the operator") -> str:
