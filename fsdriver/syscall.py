@@ -1,4 +1,4 @@
-"""The few Linux calls the standard library does not expose (renameat2, mount, umount2)."""
+"""The few Linux calls the standard library does not expose (renameat2, openat2, mount, umount2)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,25 @@ _libc.syncfs.argtypes = [ctypes.c_int]
 _libc.syncfs.restype = ctypes.c_int
 
 
+# openat2(2): one number on every architecture (it came after the tables were unified)
+_SYS_OPENAT2 = 437
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+_libc.syscall.restype = ctypes.c_long
+
+
 def _check(result: int, *names: bytes) -> None:
     if result != 0:
         err = ctypes.get_errno()
@@ -58,3 +77,19 @@ def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
 def syncfs(fd: int) -> None:
     """Flush the whole filesystem holding ``fd`` (data and metadata)."""
     _check(_libc.syncfs(fd))
+
+
+def openat2(dir_fd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    """A descriptor for ``path`` resolved from ``dir_fd`` under the ``RESOLVE_*`` rules."""
+    how = _OpenHow(flags, mode, resolve)
+    fd = _libc.syscall(
+        _SYS_OPENAT2,
+        ctypes.c_int(dir_fd),
+        ctypes.c_char_p(path),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path.decode(errors="replace"))
+    return int(fd)

@@ -79,6 +79,9 @@ class Reader:
     def blob(self) -> bytes:
         return bytes(self._take(self.u32()))
 
+    def raw(self, size: int) -> bytes:
+        return bytes(self._take(size))
+
     def text(self) -> str:
         try:
             return self.blob().decode("utf-8")
@@ -90,6 +93,9 @@ class Reader:
         if present > 1:
             raise ProtocolError("bad presence byte")
         return self.u64() if present else None
+
+    def at_end(self) -> bool:
+        return self._at == len(self._data)
 
     def end(self) -> None:
         if self._at != len(self._data):

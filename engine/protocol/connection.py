@@ -6,10 +6,17 @@ frame is acted on only once it has fully arrived and decoded, so a malformed or 
 can never be half-applied. Integers are big-endian.
 
 Handshake (both sides at once): each sends HELLO (magic, version range, feature bits, node and
-stream names, a fresh nonce); each then proves it holds the cluster secret with
+stream names, a fresh nonce, the key ids of the secrets it holds: `tandem.engine.protocol.keys`);
+both pick the same secret, and each proves it holds it with
 ``AUTH = HMAC-SHA256(secret, label | initiator HELLO | responder HELLO)``, where the label names
 the sender's role, so a proof cannot be reflected back. Nothing but HELLO and AUTH is accepted
 before the peer's proof checks out.
+
+Every frame after the proofs is sealed (decision D26): ``u32 length | AES-256-GCM(kind | flags |
+body)``, the length as associated data, under a key of this connection and direction, with the
+frame's number in that direction as the nonce. A frame injected, altered, dropped, replayed or
+reordered by anyone without the secret fails to open: the connection ends, nothing of it acted
+on. The content crosses the network only as ciphertext.
 
 After that the responder (the secondary) first says where its copy stands (PEER_STATE: the
 generation it shares with a primary, and the paths it changed itself since). Then: MUTATION
@@ -32,21 +39,32 @@ from dataclasses import dataclass, field
 
 import lz4.block
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from tandem.engine.protocol.codec import ProtocolError, Reader, Writer, decode_paths
 from tandem.engine.protocol.items import StreamItem, decode_mutation, encode_parts
+from tandem.engine.protocol.keys import KEY_ID_SIZE, MAX_KEY_IDS, Keyring, choose, derive
 
 MAGIC = b"TNDM"
 # 2: resync (PEER_STATE, RESULT, UNSETTLED, repairs and queries); 3: listings carry small
 # files' content digests, progress notes; 4: RESULT bodies big-endian like everything else
 # (`tandem.engine.protocol.results`)
-PROTOCOL_VERSION = 4
-OLDEST_VERSION = 3  # still spoken: a node can be upgraded while its peer runs the last release
+# 5: key ids in HELLO, every frame after the proofs sealed (D26)
+PROTOCOL_VERSION = 5
+# A release speaks its own version and the one before, so a node can be upgraded while its peer
+# runs the last release. Not across 5: the plaintext stream of 4 and earlier is not offered
+# to anyone any more (an attacker on the path could otherwise choose it).
+OLDEST_VERSION = 5
 MAX_FRAME = 8 << 20  # a 1 MiB FUSE write plus path and stamps fits many times over
 # Handshake frames are small: judging their header alone refuses a stranger at once instead of
 # waiting for the megabytes a random length field may announce.
 MAX_HANDSHAKE_FRAME = 64 << 10
 NONCE_SIZE = 32
 _HEADER = struct.Struct(">IBB")
+_LENGTH = struct.Struct(">I")
+_KIND_FLAGS = struct.Struct(">BB")
+_TAG = 16
 _COMPRESS_MIN = 512
 
 
@@ -208,10 +226,15 @@ class _Hello:
     node: str
     stream: str
     nonce: bytes
+    key_ids: tuple[bytes, ...]
 
 
 def _encode_hello(
-    identity: Identity, versions: tuple[int, int], features: Feature, nonce: bytes
+    identity: Identity,
+    versions: tuple[int, int],
+    features: Feature,
+    nonce: bytes,
+    key_ids: tuple[bytes, ...],
 ) -> bytes:
     out = Writer()
     out.parts.append(MAGIC)
@@ -221,6 +244,9 @@ def _encode_hello(
     out.text(identity.node)
     out.text(identity.stream)
     out.blob(nonce)
+    out.u8(len(key_ids))
+    for identifier in key_ids:
+        out.parts.append(identifier)
     return out.bytes()
 
 
@@ -231,10 +257,17 @@ def _decode_hello(body: bytes) -> _Hello:
     version_min, version_max = source.u16(), source.u16()
     features = Feature(source.u32() & int(SUPPORTED_FEATURES))
     node, stream, nonce = source.text(), source.text(), source.blob()
-    source.end()
     if len(nonce) != NONCE_SIZE:
         raise ProtocolError("bad nonce")
-    return _Hello(body, version_min, version_max, features, node, stream, nonce)
+    if source.at_end():
+        # an older release ends its HELLO here: refused by the version check, with its words
+        return _Hello(body, version_min, version_max, features, node, stream, nonce, ())
+    count = source.u8()
+    if not 0 < count <= MAX_KEY_IDS:
+        raise ProtocolError(f"{count} key ids in a HELLO")
+    key_ids = tuple(source.raw(KEY_ID_SIZE) for _ in range(count))
+    source.end()
+    return _Hello(body, version_min, version_max, features, node, stream, nonce, key_ids)
 
 
 @dataclass
@@ -243,7 +276,7 @@ class Connection:
 
     side: Side
     identity: Identity
-    secret: bytes
+    secret: bytes | Keyring
     versions: tuple[int, int] = (OLDEST_VERSION, PROTOCOL_VERSION)
     features: Feature = SUPPORTED_FEATURES
     nonce: bytes = field(default_factory=lambda: os.urandom(NONCE_SIZE))
@@ -255,11 +288,22 @@ class Connection:
     _my_hello: bytes = b""
     _compression: _CompressionOutlook = field(default_factory=_CompressionOutlook)
     _peer_hello: _Hello | None = None
+    _keyring: Keyring = field(init=False)
+    _chosen: bytes = b""  # the secret both ends hold and use
+    _sealer: AESGCM | None = None
+    _opener: AESGCM | None = None
+    _sealed = 0  # frames sealed so far: the next one's nonce
+    _opened = 0
 
     def __post_init__(self) -> None:
         if not self.secret:
             raise ValueError("a cluster secret is required")
-        self._my_hello = _encode_hello(self.identity, self.versions, self.features, self.nonce)
+        self._keyring = (
+            self.secret if isinstance(self.secret, Keyring) else Keyring(bytes(self.secret))
+        )
+        self._my_hello = _encode_hello(
+            self.identity, self.versions, self.features, self.nonce, self._keyring.ids()
+        )
         self._queue(FrameKind.HELLO, self._my_hello)
 
     @property
@@ -279,9 +323,16 @@ class Connection:
         self._queue_parts(kind, [body], flags)
 
     def _queue_parts(self, kind: int, parts: list[bytes], flags: int = 0) -> None:
-        self._outbox += _HEADER.pack(sum(map(len, parts)) + 2, kind, flags)
-        for part in parts:
-            self._outbox += part
+        if self._sealer is None:  # the handshake's own frames
+            self._outbox += _HEADER.pack(sum(map(len, parts)) + 2, kind, flags)
+            for part in parts:
+                self._outbox += part
+            return
+        plain = b"".join([_KIND_FLAGS.pack(kind, flags), *parts])
+        header = _LENGTH.pack(len(plain) + _TAG)
+        self._outbox += header
+        self._outbox += self._sealer.encrypt(_nonce(self._sealed), plain, header)
+        self._sealed += 1
 
     def _require_ready(self) -> None:
         if self.state is not ConnectionState.READY:
@@ -357,6 +408,8 @@ class Connection:
         return events
 
     def _next_frame(self) -> tuple[int, int, bytes] | None:
+        if self._opener is not None:
+            return self._next_sealed_frame(self._opener)
         if len(self._inbox) < _HEADER.size:
             return None
         length, kind, flags = _HEADER.unpack_from(self._inbox)
@@ -374,6 +427,29 @@ class Connection:
             body = bytes(inbox[_HEADER.size : end])
         del self._inbox[:end]
         return kind, flags, body
+
+    def _next_sealed_frame(self, opener: AESGCM) -> tuple[int, int, bytes] | None:
+        if len(self._inbox) < _LENGTH.size:
+            return None
+        (length,) = _LENGTH.unpack_from(self._inbox)
+        if length < _KIND_FLAGS.size + _TAG or length > MAX_FRAME + _TAG:
+            raise ProtocolError(f"sealed frame length {length} out of bounds")
+        end = _LENGTH.size + length
+        if len(self._inbox) < end:
+            return None
+        with memoryview(self._inbox) as inbox:
+            header, sealed = bytes(inbox[: _LENGTH.size]), bytes(inbox[_LENGTH.size : end])
+        del self._inbox[:end]
+        try:
+            plain = opener.decrypt(_nonce(self._opened), sealed, header)
+        except InvalidTag:
+            raise ProtocolError(
+                f"frame {self._opened} after the handshake failed authentication (altered, "
+                "injected, replayed or reordered on the way)"
+            ) from None
+        self._opened += 1
+        kind, flags = _KIND_FLAGS.unpack_from(plain)
+        return kind, flags, plain[_KIND_FLAGS.size :]
 
     def _handle(self, kind: int, flags: int, body: bytes) -> ConnectionEvent | None:
         if kind == FrameKind.ERROR:
@@ -443,6 +519,18 @@ class Connection:
             )
         if hello.nonce == self.nonce:
             raise ProtocolError("peer echoed our nonce")
+        mine = self._keyring.ids()
+        initiator, responder = (
+            (mine, hello.key_ids) if self.side is Side.INITIATOR else (hello.key_ids, mine)
+        )
+        chosen = choose(initiator, responder)
+        secret = self._keyring.by_id(chosen) if chosen is not None else None
+        if secret is None:
+            raise ProtocolError(
+                f"peer {hello.node!r} failed authentication (wrong cluster secret?): it holds "
+                "none of this node's secrets"
+            )
+        self._chosen = secret
         self._peer_hello = hello
         self.version = high
         self.agreed = self.features & hello.features
@@ -455,7 +543,7 @@ class Connection:
         return struct.pack(">I", len(first)) + first + second
 
     def _proof(self, role: Side) -> bytes:
-        return hmac.new(self.secret, role.value + self._transcript(), hashlib.sha256).digest()
+        return hmac.new(self._chosen, role.value + self._transcript(), hashlib.sha256).digest()
 
     def _on_auth(self, body: bytes) -> ConnectionEvent:
         assert self._peer_hello is not None
@@ -465,7 +553,17 @@ class Connection:
                 f"peer {self._peer_hello.node!r} failed authentication (wrong cluster secret?)"
             )
         self.state = ConnectionState.READY
+        outgoing, incoming = derive(self._chosen, self._transcript())
+        if self.side is Side.RESPONDER:
+            outgoing, incoming = incoming, outgoing
+        self._sealer, self._opener = AESGCM(outgoing), AESGCM(incoming)
         assert self.version is not None
         return Authenticated(
             self._peer_hello.node, self._peer_hello.stream, self.version, self.agreed
         )
+
+
+def _nonce(number: int) -> bytes:
+    # a frame's number in its direction: never repeats under one key (a connection sends far
+    # fewer than 2^64 frames), and a replayed or reordered frame is opened under the wrong one
+    return b"\0\0\0\0" + number.to_bytes(8, "big")

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from tandem.engine.reintegration.plan import Need, Plan
+from tandem.fsdriver.beneath import lstat_beneath, open_beneath
 
 
 @dataclass
@@ -52,7 +53,7 @@ def estimate(root_fd: int, plan: Plan) -> tuple[int, int]:
     objects = size = 0
     for path, work in plan.work.items():
         try:
-            st = os.stat(path, dir_fd=root_fd, follow_symlinks=False)
+            st = lstat_beneath(root_fd, path)
         except OSError:
             continue
         objects += 1
@@ -69,8 +70,19 @@ def estimate(root_fd: int, plan: Plan) -> tuple[int, int]:
 
 
 def _walk_sizes(root_fd: int, top: bytes) -> tuple[int, int]:
+    try:
+        top_fd = open_beneath(root_fd, top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return 0, 0
+    stack = [b"/proc/self/fd/%d" % top_fd]  # scandir below never follows a symlink
+    try:
+        return _walk_stack(stack)
+    finally:
+        os.close(top_fd)
+
+
+def _walk_stack(stack: list[bytes]) -> tuple[int, int]:
     objects = size = 0
-    stack = [b"/proc/self/fd/%d/%s" % (root_fd, top)]
     while stack:
         try:
             entries = list(os.scandir(stack.pop()))

@@ -15,6 +15,7 @@ is now.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import logging
 import os
@@ -44,6 +45,7 @@ from tandem.engine.replica.survey import (
     survey,
     xattr_items,
 )
+from tandem.fsdriver.beneath import lstat_beneath, read_link
 from tandem.fsdriver.change import UNBOUNDED
 from tandem.fsdriver.mutation import (
     Mutation,
@@ -220,9 +222,15 @@ class Resync:
 
     def _local(self, path: bytes) -> os.stat_result | None:
         try:
-            return os.stat(path, dir_fd=self._root_fd, follow_symlinks=False)
+            return lstat_beneath(self._root_fd, path)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            # a path the peer named that leads through a symlink here: nothing of ours is
+            # there (what lies beyond the link is not the copy's, never sent)
+            if exc.errno in (errno.ELOOP, errno.EXDEV):
+                return None
+            raise
 
     def _ensure_now(self, path: bytes, *, fresh: bool) -> os.stat_result | None:
         """Make the peer's ``path`` what ours is now (type, owner, mode; not file data)."""
@@ -231,7 +239,7 @@ class Resync:
             if path != b".":
                 self._stream.submit(RemoveTree(path))
             return None
-        target = os.readlink(path, dir_fd=self._root_fd) if stat.S_ISLNK(st.st_mode) else b""
+        target = read_link(self._root_fd, path) if stat.S_ISLNK(st.st_mode) else b""
         self._stream.submit(
             Ensure(path, st.st_mode, st.st_uid, st.st_gid, st.st_rdev, target, fresh=fresh)
         )

@@ -31,6 +31,7 @@ from tandem.fsdriver.mutation import (
     Unlink,
     Write,
 )
+from tandem.fsdriver.beneath import lstat_beneath, open_beneath
 from tandem.fsdriver.syscall import syncfs
 
 MAX_SEPARATE_SYNCS = 16  # beyond, one syncfs is cheaper than that many journal round trips
@@ -86,8 +87,8 @@ def make_durable(root_fd: int, items: list[StreamItem]) -> None:
     directories = set(targets.directories)
     for path in targets.files - directories:
         try:
-            st = os.stat(path, dir_fd=root_fd, follow_symlinks=False)
-        except FileNotFoundError:
+            st = lstat_beneath(root_fd, path)
+        except (FileNotFoundError, NotADirectoryError):
             continue  # removed later in the batch: its parent directory is synced
         if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
             _sync(root_fd, path)
@@ -101,7 +102,7 @@ def make_durable(root_fd: int, items: list[StreamItem]) -> None:
 
 def _sync(root_fd: int, path: bytes) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+        fd = open_beneath(root_fd, path, os.O_RDONLY | os.O_NOFOLLOW)
     except (FileNotFoundError, NotADirectoryError):
         return  # gone with a later change of the batch, which its parent's sync covers
     try:

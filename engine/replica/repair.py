@@ -23,7 +23,14 @@ from tandem.engine.protocol.repairs import (
     Repair,
     SetXattrs,
 )
-from tandem.engine.replica.replay import apply_change, apply_stamps, owner_and_mode, xattr_path
+from tandem.engine.replica.replay import (
+    apply_change,
+    apply_stamps,
+    hard_link,
+    owner_and_mode,
+    rename,
+)
+from tandem.fsdriver.beneath import lstat_beneath, object_at, open_beneath, parent_of
 from tandem.fsdriver.mutation import (
     CreateFile,
     MakeDirectory,
@@ -37,7 +44,6 @@ from tandem.fsdriver.mutation import (
     Sync,
     Unlink,
 )
-from tandem.fsdriver.syscall import renameat2
 
 # a stale copy may refuse an ordinary mutation with these: the object is missing, or another
 # kind of object is in the way. Anything else (ENOSPC, EIO, EROFS...) is a real failure.
@@ -67,7 +73,7 @@ class Unsettled(Exception):
 
 def _lstat(root_fd: int, path: bytes) -> os.stat_result | None:
     try:
-        return os.stat(path, dir_fd=root_fd, follow_symlinks=False)
+        return lstat_beneath(root_fd, path)
     except FileNotFoundError:
         return None
     except NotADirectoryError:
@@ -81,15 +87,16 @@ def remove_tree(root_fd: int, path: bytes) -> None:
     st = _lstat(root_fd, path)
     if st is None:
         return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path, dir_fd=root_fd)
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
-    try:
-        _empty_directory(fd)
-    finally:
-        os.close(fd)
-    os.rmdir(path, dir_fd=root_fd)
+    with parent_of(root_fd, path) as (parent, name):
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent)
+            return
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            _empty_directory(fd)
+        finally:
+            os.close(fd)
+        os.rmdir(name, dir_fd=parent)
 
 
 def _empty_directory(fd: int) -> None:
@@ -121,7 +128,8 @@ def make_parents(root_fd: int, path: bytes) -> bool:
             continue
         if st is not None:
             remove_tree(root_fd, parent)
-        os.mkdir(parent, 0o700, dir_fd=root_fd)
+        with parent_of(root_fd, parent) as (fd, name):
+            os.mkdir(name, 0o700, dir_fd=fd)
         guessed = True
     return guessed
 
@@ -130,7 +138,8 @@ def _same_object_kind(st: os.stat_result, wanted: Ensure, root_fd: int) -> bool:
     if stat.S_IFMT(st.st_mode) != stat.S_IFMT(wanted.mode):
         return False
     if stat.S_ISLNK(st.st_mode):
-        return os.readlink(wanted.path, dir_fd=root_fd) == wanted.target
+        with parent_of(root_fd, wanted.path) as (fd, name):
+            return os.readlink(name, dir_fd=fd) == wanted.target
     if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
         return st.st_rdev == wanted.rdev
     return True
@@ -156,20 +165,15 @@ def _ensure(root_fd: int, wanted: Ensure) -> tuple[bytes, ...]:
         if not wanted.fresh and kind in (stat.S_IFREG, stat.S_IFDIR):
             unsettled.append(path)
         if kind == stat.S_IFREG:
-            os.close(
-                os.open(
-                    path,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                    dir_fd=root_fd,
-                )
-            )
-        elif kind == stat.S_IFDIR:
-            os.mkdir(path, 0o700, dir_fd=root_fd)
-        elif kind == stat.S_IFLNK:
-            os.symlink(wanted.target, path, dir_fd=root_fd)
+            os.close(open_beneath(root_fd, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         else:
-            os.mknod(path, kind | 0o600, wanted.rdev, dir_fd=root_fd)
+            with parent_of(root_fd, path) as (fd, name):
+                if kind == stat.S_IFDIR:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                elif kind == stat.S_IFLNK:
+                    os.symlink(wanted.target, name, dir_fd=fd)
+                else:
+                    os.mknod(name, kind | 0o600, wanted.rdev, dir_fd=fd)
     owner_and_mode(
         root_fd, path, wanted.uid, wanted.gid, None if kind == stat.S_IFLNK else wanted.mode
     )
@@ -177,20 +181,20 @@ def _ensure(root_fd: int, wanted: Ensure) -> tuple[bytes, ...]:
 
 
 def _set_xattrs(root_fd: int, path: bytes, wanted: tuple[tuple[bytes, bytes], ...]) -> None:
-    target = xattr_path(root_fd, path)
-    desired = dict(wanted)
-    for name in os.listxattr(target, follow_symlinks=False):
-        encoded = os.fsencode(name)
-        if encoded not in desired:
-            os.removexattr(target, encoded, follow_symlinks=False)
-    for wanted_name, value in desired.items():
-        try:
-            if os.getxattr(target, wanted_name, follow_symlinks=False) == value:
-                continue
-        except OSError as exc:
-            if exc.errno != errno.ENODATA:
-                raise
-        os.setxattr(target, wanted_name, value, follow_symlinks=False)
+    with object_at(root_fd, path) as target:
+        desired = dict(wanted)
+        for name in os.listxattr(target):
+            encoded = os.fsencode(name)
+            if encoded not in desired:
+                os.removexattr(target, encoded)
+        for wanted_name, value in desired.items():
+            try:
+                if os.getxattr(target, wanted_name) == value:
+                    continue
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:
+                    raise
+            os.setxattr(target, wanted_name, value)
 
 
 def _move(root_fd: int, move: Move) -> None:
@@ -198,18 +202,18 @@ def _move(root_fd: int, move: Move) -> None:
         return
     if move.flags & RENAME_EXCHANGE:
         if _lstat(root_fd, move.new) is not None:
-            renameat2(root_fd, move.old, root_fd, move.new, RENAME_EXCHANGE)
+            rename(root_fd, move.old, move.new, RENAME_EXCHANGE)
         return
     make_parents(root_fd, move.new)
     if move.new.startswith(move.old + b"/"):
         return  # into itself: the copy's tree is not what the primary's was; compare instead
     try:
-        renameat2(root_fd, move.old, root_fd, move.new, 0)
+        rename(root_fd, move.old, move.new, 0)
     except OSError as exc:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
             raise
         remove_tree(root_fd, move.new)
-        renameat2(root_fd, move.old, root_fd, move.new, 0)
+        rename(root_fd, move.old, move.new, 0)
 
 
 def _link(root_fd: int, link: LinkIfPresent) -> tuple[bytes, ...]:
@@ -222,7 +226,7 @@ def _link(root_fd: int, link: LinkIfPresent) -> tuple[bytes, ...]:
             return ()
         remove_tree(root_fd, link.path)
     make_parents(root_fd, link.path)
-    os.link(link.existing, link.path, src_dir_fd=root_fd, dst_dir_fd=root_fd, follow_symlinks=False)
+    hard_link(root_fd, link.existing, link.path)
     return ()
 
 

@@ -1,7 +1,9 @@
 """Applying a `Mutation` to a plain copy of the tree: what a secondary does with the stream.
 
-Every call is relative to ``root_fd`` and never follows a symlink in the last component, so a
-replayed stream cannot write outside the copy through a link the application created.
+Every path is resolved beneath ``root_fd`` through no symlink in any component
+(`tandem.fsdriver.beneath`), and the last component is acted on without following it: a replayed
+stream, even a hostile one, cannot reach outside the copy through a link the application (or
+the stream itself) created. A path that would is refused with ELOOP or EXDEV.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import stat
 from collections.abc import Iterable
 
+from tandem.fsdriver.beneath import object_at, open_beneath, parent_of
 from tandem.fsdriver.mutation import (
     CreateFile,
     MakeDirectory,
@@ -32,30 +35,50 @@ from tandem.fsdriver.syscall import renameat2
 
 
 def _open(root_fd: int, path: bytes, flags: int) -> int:
-    return os.open(path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=root_fd)
-
-
-def xattr_path(root_fd: int, path: bytes) -> bytes:
-    return b"/proc/self/fd/%d/%s" % (root_fd, path)
+    # openat2 refuses a mode without O_CREAT; a created file's mode is set after its owner
+    mode = 0o600 if flags & os.O_CREAT else 0
+    return open_beneath(root_fd, path, flags | os.O_NOFOLLOW, mode)
 
 
 def _chmod(root_fd: int, path: bytes, mode: int) -> None:
-    # chmod always follows a symlink (Linux has no lchmod): a symlink's own mode means nothing
-    if not stat.S_ISLNK(os.stat(path, dir_fd=root_fd, follow_symlinks=False).st_mode):
-        os.chmod(path, stat.S_IMODE(mode), dir_fd=root_fd)
+    with object_at(root_fd, path) as target:
+        # a symlink's own mode means nothing (Linux has no lchmod); through the descriptor the
+        # object checked is the object changed
+        if not stat.S_ISLNK(os.stat(target).st_mode):
+            os.chmod(target, stat.S_IMODE(mode))
+
+
+def chown(root_fd: int, path: bytes, uid: int, gid: int) -> None:
+    with parent_of(root_fd, path) as (fd, name):
+        os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
 
 
 def owner_and_mode(root_fd: int, path: bytes, uid: int, gid: int, mode: int | None) -> None:
-    os.chown(path, uid, gid, dir_fd=root_fd, follow_symlinks=False)
+    chown(root_fd, path, uid, gid)
     if mode is not None:
         _chmod(root_fd, path, mode)  # after chown, which clears set-id bits
 
 
+def set_times(root_fd: int, path: bytes, atime_ns: int, mtime_ns: int) -> None:
+    with parent_of(root_fd, path) as (fd, name):
+        os.utime(name, ns=(atime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
+
+
 def apply_stamps(root_fd: int, stamps: tuple[Stamp, ...]) -> None:
     for stamp in stamps:
-        os.utime(
-            stamp.path, ns=(stamp.atime_ns, stamp.mtime_ns), dir_fd=root_fd, follow_symlinks=False
-        )
+        set_times(root_fd, stamp.path, stamp.atime_ns, stamp.mtime_ns)
+
+
+def hard_link(root_fd: int, existing: bytes, path: bytes) -> None:
+    with parent_of(root_fd, existing) as (old_fd, old_name):
+        with parent_of(root_fd, path) as (new_fd, new_name):
+            os.link(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False)
+
+
+def rename(root_fd: int, old: bytes, new: bytes, flags: int) -> None:
+    with parent_of(root_fd, old) as (old_fd, old_name):
+        with parent_of(root_fd, new) as (new_fd, new_name):
+            renameat2(old_fd, old_name, new_fd, new_name, flags)
 
 
 def apply(root_fd: int, mutation: Mutation) -> None:
@@ -84,39 +107,40 @@ def apply_change(root_fd: int, mutation: Mutation) -> None:
                 finally:
                     os.close(fd)
             if uid is not None or gid is not None:
-                os.chown(
-                    path,
-                    -1 if uid is None else uid,
-                    -1 if gid is None else gid,
-                    dir_fd=root_fd,
-                    follow_symlinks=False,
-                )
+                chown(root_fd, path, -1 if uid is None else uid, -1 if gid is None else gid)
             if mode is not None:
                 _chmod(root_fd, path, mode)
         case CreateFile(path=path, mode=mode, uid=uid, gid=gid):
             os.close(_open(root_fd, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
             owner_and_mode(root_fd, path, uid, gid, mode)
         case MakeDirectory(path=path, mode=mode, uid=uid, gid=gid):
-            os.mkdir(path, 0o700, dir_fd=root_fd)
+            with parent_of(root_fd, path) as (fd, name):
+                os.mkdir(name, 0o700, dir_fd=fd)
             owner_and_mode(root_fd, path, uid, gid, mode)
         case MakeNode(path=path, mode=mode, rdev=rdev, uid=uid, gid=gid):
-            os.mknod(path, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=root_fd)
+            with parent_of(root_fd, path) as (fd, name):
+                os.mknod(name, stat.S_IFMT(mode) | 0o600, rdev, dir_fd=fd)
             owner_and_mode(root_fd, path, uid, gid, mode)
         case MakeSymlink(path=path, target=target, uid=uid, gid=gid):
-            os.symlink(target, path, dir_fd=root_fd)
+            with parent_of(root_fd, path) as (fd, name):
+                os.symlink(target, name, dir_fd=fd)
             owner_and_mode(root_fd, path, uid, gid, None)
         case MakeHardLink(existing=existing, path=path):
-            os.link(existing, path, src_dir_fd=root_fd, dst_dir_fd=root_fd, follow_symlinks=False)
+            hard_link(root_fd, existing, path)
         case Unlink(path=path):
-            os.unlink(path, dir_fd=root_fd)
+            with parent_of(root_fd, path) as (fd, name):
+                os.unlink(name, dir_fd=fd)
         case RemoveDirectory(path=path):
-            os.rmdir(path, dir_fd=root_fd)
+            with parent_of(root_fd, path) as (fd, name):
+                os.rmdir(name, dir_fd=fd)
         case Rename(old=old, new=new, flags=flags):
-            renameat2(root_fd, old, root_fd, new, flags)
+            rename(root_fd, old, new, flags)
         case SetXattr(path=path, name=name, value=value):
-            os.setxattr(xattr_path(root_fd, path), name, value, follow_symlinks=False)
+            with object_at(root_fd, path) as target:
+                os.setxattr(target, name, value)
         case RemoveXattr(path=path, name=name):
-            os.removexattr(xattr_path(root_fd, path), name, follow_symlinks=False)
+            with object_at(root_fd, path) as target:
+                os.removexattr(target, name)
         case Sync(path=path, data_only=data_only):
             fd = _open(root_fd, path, os.O_RDONLY)
             try:

@@ -4,6 +4,7 @@ per-block hashes. Their wire form is `tandem.engine.protocol.results`'."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 
 import xxhash
 
+from tandem.fsdriver.beneath import object_at, open_beneath, parent_of
 from tandem.engine.protocol.results import FOUND, MISSING, NOT_A_FILE, BlockHashes, Entry
 from tandem.native.blockhash import hash_blocks
 
@@ -20,10 +22,17 @@ SMALL_FILE = 64 << 10  # files up to this size have their content digest in a li
 
 
 def xattr_items(root_fd: int, path: bytes) -> tuple[tuple[bytes, bytes], ...]:
-    target = b"/proc/self/fd/%d/%s" % (root_fd, path)
     try:
-        names = sorted(os.fsencode(n) for n in os.listxattr(target, follow_symlinks=False))
-        return tuple((n, os.getxattr(target, n, follow_symlinks=False)) for n in names)
+        with object_at(root_fd, path) as target:
+            return _xattrs_of(target)
+    except OSError:
+        return ()  # gone meanwhile, or reached through a symlink: nothing to compare
+
+
+def _xattrs_of(target: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    try:
+        names = sorted(os.fsencode(n) for n in os.listxattr(target))
+        return tuple((n, os.getxattr(target, n)) for n in names)
     except OSError:
         return ()  # symlinks on some filesystems, or gone meanwhile: nothing to compare
 
@@ -37,30 +46,36 @@ def _digest(items: tuple[tuple[bytes, bytes], ...]) -> int:
     return hasher.intdigest() or 1
 
 
-def entry_of(root_fd: int, path: bytes, name: bytes, st: os.stat_result) -> Entry:
+def entry_of(dir_fd: int, name: bytes, shown: bytes, st: os.stat_result) -> Entry:
+    """The entry of ``name`` in the directory ``dir_fd`` (already resolved beneath the copy's
+    root), listed as ``shown``."""
     is_link = stat.S_ISLNK(st.st_mode)
+    xattrs = 0
+    if not is_link:
+        with object_at(dir_fd, name) as target:
+            xattrs = _digest(_xattrs_of(target))
     return Entry(
-        name=name,
+        name=shown,
         mode=st.st_mode,
         uid=st.st_uid,
         gid=st.st_gid,
         size=st.st_size if stat.S_ISREG(st.st_mode) else 0,
         mtime_ns=st.st_mtime_ns,
         rdev=st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0,
-        xattrs=0 if is_link else _digest(xattr_items(root_fd, path)),
+        xattrs=xattrs,
         nlink=st.st_nlink,
-        target=os.readlink(path, dir_fd=root_fd) if is_link else b"",
-        content=_content_digest(root_fd, path, st),
+        target=os.readlink(name, dir_fd=dir_fd) if is_link else b"",
+        content=_content_digest(dir_fd, name, st),
     )
 
 
-def _content_digest(root_fd: int, path: bytes, st: os.stat_result) -> int:
+def _content_digest(dir_fd: int, name: bytes, st: os.stat_result) -> int:
     """One read for a small file now saves a query per file later: with many small files the
     round trips, not the bytes, are what a comparison costs."""
     if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size <= SMALL_FILE:
         return 0
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+        fd = open_beneath(dir_fd, name, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return 0
     try:
@@ -77,7 +92,8 @@ def _content_digest(root_fd: int, path: bytes, st: os.stat_result) -> int:
 def open_regular(root_fd: int, path: bytes) -> Iterator[tuple[int, os.stat_result] | None]:
     """The regular file at ``path`` now (descriptor and status), or None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+        # O_NONBLOCK: a fifo at the path must not hang the caller (regular files ignore it)
+        fd = open_beneath(root_fd, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         yield None
         return
@@ -105,37 +121,39 @@ def child_path(parent: bytes, name: bytes) -> bytes:
 
 def survey(root_fd: int, path: bytes) -> list[Entry] | None:
     """The object at ``path`` and, if it is a directory, its children (sorted by name); None
-    when nothing is there. Children that vanish while being read are left out."""
+    when nothing is there, or when ``path`` leads through a symlink (what lies beyond is not
+    the copy's). Children that vanish while being read are left out."""
     try:
-        st = os.stat(path, dir_fd=root_fd, follow_symlinks=False)
+        with parent_of(root_fd, path) as (parent, name):
+            st = os.stat(name or b".", dir_fd=parent, follow_symlinks=False)
+            found = [entry_of(parent, name or b".", b"", st)]
     except (FileNotFoundError, NotADirectoryError):
         return None
-    found = [entry_of(root_fd, path, b"", st)]
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EXDEV):
+            return None
+        raise
     if not stat.S_ISDIR(st.st_mode):
         return found
     try:
-        fd = os.open(
-            path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd
-        )
-    except (FileNotFoundError, NotADirectoryError):
-        return None
+        fd = open_beneath(root_fd, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None  # gone or replaced meanwhile
     try:
-        names = sorted(os.fsencode(n) for n in os.listdir(fd))
+        for name in sorted(os.fsencode(n) for n in os.listdir(fd)):
+            try:
+                child_st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                found.append(entry_of(fd, name, name, child_st))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
     finally:
         os.close(fd)
-    for name in names:
-        child = child_path(path, name)
-        try:
-            child_st = os.stat(child, dir_fd=root_fd, follow_symlinks=False)
-            found.append(entry_of(root_fd, child, name, child_st))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
     return found
 
 
 def hash_file_range(root_fd: int, path: bytes, offset: int, length: int, block: int) -> BlockHashes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root_fd)
+        fd = open_beneath(root_fd, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError):
         return BlockHashes(MISSING, 0, array("Q"))
     except OSError:

@@ -100,6 +100,13 @@ def _apply_batch(
         except OSError as exc:
             what = type(item).__name__
             path = getattr(item, "path", getattr(item, "old", b"?"))
+            if exc.errno in (errno.ELOOP, errno.EXDEV) and not tolerant:
+                # the copies are equal here: a primary's own tree never leads a path through a
+                # symlink of ours, so this stream is hostile or broken
+                raise ApplyError(
+                    f"refused mutation {seq} ({what} {path!r}): its path leads through a symlink "
+                    "or out of the copy (protocol violation); nothing of it applied"
+                ) from None
             name = errno.errorcode.get(exc.errno or 0, "error")
             raise ApplyError(
                 f"cannot apply mutation {seq} ({what} {path!r}): {name} {exc.strerror}"
@@ -341,13 +348,29 @@ class Receiver:
         tolerant = True  # until the resync is confirmed
         unsettled_sent = 0
         while True:
+            failure = next((e for e in events if isinstance(e, ConnectionFailed | PeerError)), None)
+            if failure is not None:
+                # the stream is over, and the connection already closed: what arrived before
+                # the bad frame in the same read stays unapplied and unacknowledged (the
+                # primary resyncs it); only the ERROR goes out
+                if isinstance(failure, ConnectionFailed):
+                    log.error("the primary sent something invalid: %s", failure.reason)
+                else:
+                    log.warning("the primary ended replication: %s", failure.reason)
+                with trio.move_on_after(1):
+                    await raw.send_all(connection.bytes_to_send())
+                return
             batch: list[tuple[int, StreamItem]] = []
             for event in events:
                 if isinstance(event, MutationReceived):
                     if event.seq != expected:
+                        # what came before it in this read stays unapplied (the primary
+                        # resyncs it): the connection is over, only the ERROR goes out
                         connection.send_error(f"expected mutation {expected}, got {event.seq}")
                         log.error("out-of-order mutation %d (expected %d)", event.seq, expected)
-                        break
+                        with trio.move_on_after(1):
+                            await raw.send_all(connection.bytes_to_send())
+                        return
                     expected += 1
                     item = event.mutation
                     if isinstance(item, ProgressNote):
@@ -385,16 +408,6 @@ class Receiver:
                             )
                     self._acknowledge(connection, event.seq)
                     await raw.send_all(connection.bytes_to_send())
-                elif isinstance(event, ConnectionFailed | PeerError):
-                    # the stream is over: what arrived before the bad frame stays unapplied
-                    # and unacknowledged (the primary resyncs it), only the ERROR goes out
-                    if isinstance(event, ConnectionFailed):
-                        log.error("the primary sent something invalid: %s", event.reason)
-                    else:
-                        log.warning("the primary ended replication: %s", event.reason)
-                    with trio.move_on_after(1):
-                        await raw.send_all(connection.bytes_to_send())
-                    return
             if batch:
                 connection.send_ack(AckKind.RECEIVED, batch[-1][0])
                 sent = await self._apply(raw, connection, batch, tolerant)

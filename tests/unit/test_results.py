@@ -13,6 +13,7 @@ from tandem.engine.protocol.connection import (
     OLDEST_VERSION,
     PROTOCOL_VERSION,
     Authenticated,
+    ConnectionFailed,
     Connection,
     Identity,
     Side,
@@ -59,17 +60,18 @@ def test_version_4_is_big_endian_and_version_3_little_endian() -> None:
         decode_hashes(new, 3)
 
 
-def test_a_node_of_the_last_release_and_one_of_this_agree_on_the_older_version() -> None:
-    old = Connection(Side.INITIATOR, Identity("old", "data"), SECRET, versions=(3, 3))
+def test_a_node_of_a_plaintext_release_is_refused_with_the_versions_named() -> None:
+    # releases before 5 sent the stream in clear: offering theirs would let anyone on the path
+    # choose it, so the pair does not replicate until both run a sealed release
+    old = Connection(Side.INITIATOR, Identity("old", "data"), SECRET, versions=(3, 4))
     new = Connection(Side.RESPONDER, Identity("new", "data"), SECRET)
     got_old: list[object] = []
     got_new: list[object] = []
     for _ in range(4):
         got_new += new.receive(old.bytes_to_send())
         got_old += old.receive(new.bytes_to_send())
-    assert [type(e) for e in got_old] == [Authenticated]
-    assert [type(e) for e in got_new] == [Authenticated]
-    assert old.agreed_version == new.agreed_version == 3
+    assert [type(e) for e in got_new] == [ConnectionFailed]
+    assert "we speak 5..5, peer 'old' speaks 3..4" in got_new[0].reason  # type: ignore[attr-defined]
     two_new = Connection(Side.INITIATOR, Identity("a", "data"), SECRET)
     other = Connection(Side.RESPONDER, Identity("b", "data"), SECRET)
     for _ in range(4):
