@@ -38,7 +38,6 @@ import struct
 from dataclasses import dataclass, field
 
 import lz4.block
-
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from tandem.engine.protocol.items import StreamItem
 from tandem.engine.protocol.queries import ProgressNote
+from tandem.fsdriver.beneath import lstat_beneath, open_beneath
 from tandem.fsdriver.mutation import (
     CreateFile,
     MakeDirectory,
@@ -31,7 +32,6 @@ from tandem.fsdriver.mutation import (
     Unlink,
     Write,
 )
-from tandem.fsdriver.beneath import lstat_beneath, open_beneath
 from tandem.fsdriver.syscall import syncfs
 
 MAX_SEPARATE_SYNCS = 16  # beyond, one syncfs is cheaper than that many journal round trips

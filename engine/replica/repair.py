@@ -91,7 +91,9 @@ def remove_tree(root_fd: int, path: bytes) -> None:
         if not stat.S_ISDIR(st.st_mode):
             os.unlink(name, dir_fd=parent)
             return
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        fd = os.open(
+            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent
+        )
         try:
             _empty_directory(fd)
         finally:

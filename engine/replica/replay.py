@@ -70,15 +70,25 @@ def apply_stamps(root_fd: int, stamps: tuple[Stamp, ...]) -> None:
 
 
 def hard_link(root_fd: int, existing: bytes, path: bytes) -> None:
-    with parent_of(root_fd, existing) as (old_fd, old_name):
-        with parent_of(root_fd, path) as (new_fd, new_name):
-            os.link(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False)
+    with (
+        parent_of(root_fd, existing) as (old_fd, old_name),
+        parent_of(root_fd, path) as (
+            new_fd,
+            new_name,
+        ),
+    ):
+        os.link(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False)
 
 
 def rename(root_fd: int, old: bytes, new: bytes, flags: int) -> None:
-    with parent_of(root_fd, old) as (old_fd, old_name):
-        with parent_of(root_fd, new) as (new_fd, new_name):
-            renameat2(old_fd, old_name, new_fd, new_name, flags)
+    with (
+        parent_of(root_fd, old) as (old_fd, old_name),
+        parent_of(root_fd, new) as (
+            new_fd,
+            new_name,
+        ),
+    ):
+        renameat2(old_fd, old_name, new_fd, new_name, flags)
 
 
 def apply(root_fd: int, mutation: Mutation) -> None:

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 import xxhash
 
-from tandem.fsdriver.beneath import object_at, open_beneath, parent_of
 from tandem.engine.protocol.results import FOUND, MISSING, NOT_A_FILE, BlockHashes, Entry
+from tandem.fsdriver.beneath import object_at, open_beneath, parent_of
 from tandem.native.blockhash import hash_blocks
 
 SMALL_FILE = 64 << 10  # files up to this size have their content digest in a listing

@@ -49,9 +49,18 @@ OUTSIDE_MTIME_NS = 777_777_777_000_000_000
 # paths through every kind of way out: absolute and relative links to a directory outside, a
 # link to a file outside, a link up to the copy's parent, and a link to the copy itself
 WAYS_OUT = (b"abs", b"rel", b"up/rel", b"dir/up/abs", b"self")
-ESCAPING = tuple(
-    way + b"/" + tail for way in WAYS_OUT for tail in (b"secret-file", b"secret-dir/secret-inner")
-) + (b"fl", b"dir/up/secret-file", b"abs/new", b"rel/secret-dir/new", b"self/dir/x")
+ESCAPING = (
+    *tuple(
+        way + b"/" + tail
+        for way in WAYS_OUT
+        for tail in (b"secret-file", b"secret-dir/secret-inner")
+    ),
+    b"fl",
+    b"dir/up/secret-file",
+    b"abs/new",
+    b"rel/secret-dir/new",
+    b"self/dir/x",
+)
 INSIDE = (b"dir", b"dir/x", b"y", b"z", b"dir/z")
 PATHS = ESCAPING + INSIDE + WAYS_OUT
 
@@ -178,7 +187,7 @@ def world(tmp_path: Path) -> tuple[Path, Path, int]:
 def test_no_item_reaches_outside_the_copy_through_a_symlink(
     world: tuple[Path, Path, int], path: bytes
 ) -> None:
-    outside, copy, root_fd = world
+    outside, _copy, root_fd = world
     before = _snapshot(outside)
     for other in (b"dir/x", b"fl", b"abs/secret-file"):
         for item in _items(path, other):

@@ -12,9 +12,8 @@ import pytest
 from tandem.engine.protocol.connection import (
     OLDEST_VERSION,
     PROTOCOL_VERSION,
-    Authenticated,
-    ConnectionFailed,
     Connection,
+    ConnectionFailed,
     Identity,
     Side,
 )

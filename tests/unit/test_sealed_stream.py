@@ -82,7 +82,7 @@ def test_a_frame_injected_by_a_relay_without_the_secret_is_refused() -> None:
 
 
 def test_a_plaintext_frame_after_the_handshake_is_refused() -> None:
-    a, b, _, _ = _ready()
+    _a, b, _, _ = _ready()
     # the old protocol's MUTATION frame, as the reported relay inserted it
     body = struct.pack(">Q", 1) + b"\x03" + b"x" * 40
     plain = struct.pack(">IBB", len(body) + 2, FrameKind.MUTATION, 0) + body
@@ -116,8 +116,8 @@ def test_dropped_replayed_and_reordered_frames_are_refused() -> None:
 
 
 def test_a_frame_of_another_connection_or_direction_does_not_open() -> None:
-    a, b, _, _ = _ready()
-    a2, b2, _, _ = _ready()  # the same secret, a later connection
+    _a, b, _, _ = _ready()
+    a2, _b2, _, _ = _ready()  # the same secret, a later connection
     captured = _mutations(a2, 1)
     assert [type(e) for e in b.receive(captured)] == [ConnectionFailed]
     a3, b3, _, _ = _ready()
