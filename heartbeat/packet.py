@@ -10,6 +10,10 @@ counted.
 Layout (big-endian): ``magic "TDHB" | u8 version | u8 name length | name | u64 incarnation |
 u64 seq | u16 payload length | payload | 16-byte truncated HMAC``. The payload is opaque here
 (the node's module states, for the layers above).
+
+During a rotation of the cluster secret a node holds up to three secrets (current, next,
+previous): it signs with one and accepts a packet signed with any, and says which one the peer
+signs with, so an admin can see when the old secret may be retired.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import hmac
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 MAGIC = b"TDHB"
@@ -64,7 +69,13 @@ def encode(secret: bytes, heartbeat: Heartbeat) -> bytes:
     return body + _mac(secret, body)
 
 
-def decode(secret: bytes, data: bytes) -> Heartbeat:
+def decode(secret: bytes | Sequence[bytes], data: bytes) -> Heartbeat:
+    return decode_signed(secret, data)[0]
+
+
+def decode_signed(secrets: bytes | Sequence[bytes], data: bytes) -> tuple[Heartbeat, int]:
+    """The heartbeat and the index, in `secrets`, of the secret it was signed with."""
+    held = (secrets,) if isinstance(secrets, bytes) else tuple(secrets)
     if len(data) < _HEAD.size + _NUMBERS.size + MAC_BYTES:
         raise BadPacket("malformed", f"a {len(data)}-byte datagram is too short for a heartbeat")
     magic, version, name_length = _HEAD.unpack_from(data)
@@ -72,7 +83,12 @@ def decode(secret: bytes, data: bytes) -> Heartbeat:
         raise BadPacket("malformed", "not a Tandem heartbeat (bad magic)")
     body, mac = data[:-MAC_BYTES], data[-MAC_BYTES:]
     # authenticity before anything else is believed: a version or name from a forger is noise
-    if not hmac.compare_digest(mac, _mac(secret, body)):
+    # every held secret is tried (no early exit), so the time taken says nothing of which
+    signer = -1
+    for index, secret in enumerate(held):
+        if hmac.compare_digest(mac, _mac(secret, body)) and signer < 0:
+            signer = index
+    if signer < 0:
         raise BadPacket("forged", "bad authentication (another cluster's secret, or forged)")
     if version != VERSION:
         raise BadPacket("version", f"heartbeat version {version}, this node speaks {VERSION}")
@@ -87,7 +103,7 @@ def decode(secret: bytes, data: bytes) -> Heartbeat:
         node = body[_HEAD.size : _HEAD.size + name_length].decode()
     except UnicodeDecodeError:
         raise BadPacket("malformed", "the heartbeat's node name is not UTF-8") from None
-    return Heartbeat(node, incarnation, seq, payload)
+    return Heartbeat(node, incarnation, seq, payload), signer
 
 
 def _mac(secret: bytes, body: bytes) -> bytes:
@@ -104,8 +120,13 @@ class _Peer:
 class BeatChecker:
     """Checks datagrams from the peers: authentic, from a known node, fresh. Counts rejects."""
 
-    def __init__(self, secret: bytes, peers: set[str]) -> None:
-        self._secret = secret
+    def __init__(self, secret: bytes | Callable[[], Sequence[bytes]], peers: set[str]) -> None:
+        # a callable is asked on every packet: secrets installed or retired while the node
+        # runs are taken at once (it caches; see `tandem.engine.config.secrets`)
+        self._secrets: Callable[[], Sequence[bytes]] = (
+            (lambda: (secret,)) if isinstance(secret, bytes) else secret
+        )
+        self.signer: dict[str, bytes] = {}  # per peer: the secret its newest packet was signed with
         self._peers = set(peers)
         self._known: dict[str, _Peer] = {}
         self.rejected: Counter[str] = Counter()
@@ -114,8 +135,10 @@ class BeatChecker:
     def take(self, network: str, data: bytes) -> Heartbeat | None:
         """The heartbeat if it is to be believed; None (counted, reason kept) otherwise."""
         try:
-            heartbeat = decode(self._secret, data)
+            held = self._secrets()
+            heartbeat, signer = decode_signed(held, data)
             self._check_fresh(network, heartbeat)
+            self.signer[heartbeat.node] = held[signer]
         except BadPacket as bad:
             self.rejected[bad.kind] += 1
             self.last_reject = f"{network}: {bad}"

@@ -25,7 +25,7 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,7 @@ class HeartbeatService:
         self,
         node: str,
         peer: str,
-        secret: bytes,
+        secret: bytes | Callable[[], Sequence[bytes]],
         links: list[Link],
         *,
         port: int = DEFAULT_PORT,
@@ -81,7 +81,10 @@ class HeartbeatService:
         if not 0 < interval < timeout:
             raise ValueError("the interval must be positive and shorter than the timeout")
         self.node, self.peer = node, peer
-        self._secret = secret
+        # the first secret signs, any of them is accepted (a rotation: `packet`)
+        self._secrets: Callable[[], Sequence[bytes]] = (
+            (lambda: (secret,)) if isinstance(secret, bytes) else secret
+        )
         self.links = links
         self._port = port
         self._interval = interval
@@ -89,7 +92,7 @@ class HeartbeatService:
         self._on_change = on_change
         self._incarnation = new_incarnation()
         self._seq = 0
-        self._receiver = BeatChecker(secret, {peer})
+        self._receiver = BeatChecker(self._secrets, {peer})
         self._timeout = timeout
         self._detector = FailureDetector([link.name for link in links], timeout, 0.0)
         self.verdict = Verdict.UNKNOWN
@@ -155,7 +158,8 @@ class HeartbeatService:
         while True:
             self._seq += 1
             data = encode(
-                self._secret, Heartbeat(self.node, self._incarnation, self._seq, self._payload())
+                self._secrets()[0],
+                Heartbeat(self.node, self._incarnation, self._seq, self._payload()),
             )
             for link, sock in zip(self.links, sockets, strict=True):
                 if link.name not in self._connected and not self._connect(link, sock):
@@ -262,6 +266,10 @@ class HeartbeatService:
             "rejected": dict(self._receiver.rejected),
             "last_rejected": self._receiver.last_reject or None,
         }
+
+    def peer_signer(self) -> bytes | None:
+        """The secret the peer's newest accepted heartbeat was signed with (None: none heard)."""
+        return self._receiver.signer.get(self.peer)
 
 
 def main(argv: list[str] | None = None) -> int:

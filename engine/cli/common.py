@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 import socket
 
-from tandem.engine.config.paths import DEFAULT_STATE_DIR, STATE_DIR_VARIABLE, default_state_dir
+from tandem.engine.config.paths import (
+    CONFIG_DIR_VARIABLE,
+    DEFAULT_CONFIG_DIR,
+    DEFAULT_STATE_DIR,
+    STATE_DIR_VARIABLE,
+    default_config_dir,
+    default_state_dir,
+)
 from tandem.engine.config.stream import PeerAddress
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # as a shell reports a command ended by Ctrl-C
-DEFAULT_CONFIG_DIR = "/etc/tandem"
 
 
 def positive_float(text: str) -> float:
@@ -35,9 +41,10 @@ def peer_address(text: str) -> PeerAddress:
 def node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config-dir",
-        default=DEFAULT_CONFIG_DIR,
+        default=default_config_dir(),
         metavar="DIR",
-        help=f"holds modules/NAME.toml and the cluster secret (default {DEFAULT_CONFIG_DIR})",
+        help="holds modules/NAME.toml and the cluster secret "
+        f"(default ${CONFIG_DIR_VARIABLE} or {DEFAULT_CONFIG_DIR})",
     )
     parser.add_argument(
         "--node", default=socket.gethostname(), help="this node's name (default: hostname)"

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from tandem.engine import __version__
-from tandem.engine.cli import lab, node, operate, stream
+from tandem.engine.cli import lab, node, operate, secret, stream
 from tandem.engine.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from tandem.engine.config.modules import ConfigError
 from tandem.engine.control.channel import ControlError
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_commands(commands)
     node.add_commands(commands)
     operate.add_commands(commands)
+    secret.add_commands(commands)
     lab.add_commands(commands)
     return parser
 

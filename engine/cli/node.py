@@ -4,11 +4,9 @@ checked before they run."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from tandem.engine.cli.common import (
-    DEFAULT_CONFIG_DIR,
     EXIT_FAILED,
     EXIT_OK,
     node_options,
@@ -18,9 +16,10 @@ from tandem.engine.config.modules import (
     ConfigError,
     ModuleConfig,
     check_failover_timing,
-    read_secret,
 )
+from tandem.engine.config.paths import DEFAULT_CONFIG_DIR
 from tandem.engine.config.preflight import load_modules, module_names, preflight
+from tandem.engine.config.secrets import SecretStore, load_keyring, secret_path
 from tandem.engine.node.systemd import unit_text
 
 ROLES = ("primary", "secondary")
@@ -75,8 +74,8 @@ def run_node_command(args: argparse.Namespace) -> int:
     names = [name for name, _ in args.assignments]
     if len(set(names)) != len(names):
         raise ConfigError("a module is given more than one role")
-    secret_file = os.path.join(args.config_dir, "secret")
-    secret = read_secret(secret_file)
+    secret_file = str(secret_path(args.config_dir))
+    secrets = SecretStore(secret_file)
     modules = load_modules(args.config_dir, names)
     # nothing starts unless everything checks out: no half-way start
     findings = preflight(
@@ -93,7 +92,7 @@ def run_node_command(args: argparse.Namespace) -> int:
     node = Node(
         args.node,
         assignments,
-        secret,
+        secrets,
         secret_file,
         state_dir=args.state_dir,
         verbose=args.verbose,
@@ -113,7 +112,7 @@ def run_unit_command(args: argparse.Namespace) -> int:
 
 
 def run_check_command(args: argparse.Namespace) -> int:
-    read_secret(os.path.join(args.config_dir, "secret"))
+    load_keyring(secret_path(args.config_dir))
     names = args.modules or module_names(args.config_dir)
     if not names:
         raise ConfigError(f"{args.config_dir}/modules holds no NAME.toml module file")

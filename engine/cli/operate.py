@@ -36,7 +36,7 @@ def _streams(state_dir: str, module: str) -> list[int]:
         return []
 
 
-def _modules(state_dir: str, wanted: list[str]) -> list[str]:
+def known_modules(state_dir: str, wanted: list[str]) -> list[str]:
     for name in wanted:
         check_name(name)
     if wanted:
@@ -59,7 +59,7 @@ def _stream_states(state_dir: str, module: str) -> list[dict[str, Any]]:
     return streams
 
 
-def _module_state(state_dir: str, module: str) -> dict[str, Any] | None:
+def failover_state(state_dir: str, module: str) -> dict[str, Any] | None:
     """The failover state, for a module the node fails over (None for a fixed role)."""
     path = module_socket(state_dir, module)
     if not Path(path).exists():
@@ -71,11 +71,11 @@ def _module_state(state_dir: str, module: str) -> dict[str, Any] | None:
 
 
 def show_state(state_dir: str, wanted: list[str], *, as_json: bool) -> int:
-    modules = _modules(state_dir, wanted)
+    modules = known_modules(state_dir, wanted)
     report: dict[str, Any] = {"version": STATE_VERSION, "state_dir": state_dir, "modules": {}}
     complete = bool(modules)
     for module in modules:
-        failover = _module_state(state_dir, module)
+        failover = failover_state(state_dir, module)
         streams = _stream_states(state_dir, module)
         if failover is None or failover["state"] in ("PRIM", "ALONE", "SECOND"):
             complete = complete and bool(streams) and all(s["running"] for s in streams)

@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from tandem.engine.cli.common import EXIT_OK, peer_address, positive_float
-from tandem.engine.config.modules import ConfigError, read_secret
+from tandem.engine.config.modules import ConfigError
+from tandem.engine.config.secrets import SecretStore
 from tandem.engine.config.stream import DEFAULT_RETRY, PeerAddress, StreamSettings, ack_kind
 from tandem.engine.control.channel import Handler, serve_control
 from tandem.engine.reintegration.journal import ChangeJournal, SecondaryJournal
@@ -210,10 +211,12 @@ def _check_socket_place(control: str | None) -> None:
         raise ConfigError(f"--control {control}: no directory {parent} to create the socket in")
 
 
-def _secret(settings: StreamSettings) -> bytes:
+def _secret(settings: StreamSettings) -> SecretStore:
+    """The secrets, followed through a rotation while the stream runs (next to the file: its
+    `.next` and `.previous`)."""
     if settings.secret_file is None:
         raise ConfigError("replication needs --secret-file")
-    return read_secret(settings.secret_file)
+    return SecretStore(settings.secret_file)
 
 
 def run_mount_command(args: argparse.Namespace) -> int:
@@ -239,7 +242,7 @@ def run_mount_command(args: argparse.Namespace) -> int:
             # hides it
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
             backing_fd = os.open(check_target(args.directory), flags)
-            replicator = Replicator(settings, secret, root_fd=backing_fd, journal=journal)
+            replicator = Replicator(settings, secret.keyring, root_fd=backing_fd, journal=journal)
             sink, companion = (
                 replicator,
                 _with_control(
@@ -306,7 +309,7 @@ def run_receive_command(args: argparse.Namespace) -> int:
     _check_can_listen(listen)
     with secondary_copy(args.directory) as root_fd:
         journal = SecondaryJournal(settings.journal) if settings.journal else None
-        receiver = Receiver(root_fd, settings, secret, journal=journal)
+        receiver = Receiver(root_fd, settings, secret.keyring, journal=journal)
 
         async def serve() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

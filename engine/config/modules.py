@@ -545,19 +545,3 @@ def load_module(config_dir: str | Path, name: str) -> ModuleConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     return parse_module(name, text, str(path))
-
-
-def read_secret(path: str | Path) -> bytes:
-    try:
-        st = os.stat(path)
-        with open(path, "rb") as handle:
-            secret = handle.read().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
-    if st.st_mode & 0o077:
-        raise ConfigError(f"secret file {path} is readable by others: chmod 600 {path}")
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ConfigError(
-            f"secret file {path} holds {len(secret)} bytes; use at least {MIN_SECRET_BYTES}"
-        )
-    return secret

@@ -16,11 +16,17 @@ from tandem.engine.control.channel import SOCKET_NAME
 
 DEFAULT_STATE_DIR = "/var/lib/tandem"
 STATE_DIR_VARIABLE = "TANDEM_STATE_DIR"
+DEFAULT_CONFIG_DIR = "/etc/tandem"
+CONFIG_DIR_VARIABLE = "TANDEM_CONFIG_DIR"
 MODULE_SOCKET = "module.sock"
 
 
 def default_state_dir() -> str:
     return os.environ.get(STATE_DIR_VARIABLE) or DEFAULT_STATE_DIR
+
+
+def default_config_dir() -> str:
+    return os.environ.get(CONFIG_DIR_VARIABLE) or DEFAULT_CONFIG_DIR
 
 
 def module_dir(state_dir: str, module: str) -> str:

@@ -17,6 +17,7 @@ import trio
 
 from tandem.engine.config.modules import ConfigError, ModuleConfig
 from tandem.engine.config.paths import aside_marker, control_socket
+from tandem.engine.config.secrets import SecretStore
 from tandem.engine.control.channel import ControlError, ask
 from tandem.engine.failover.module_log import ModuleLog
 from tandem.engine.failover.module_state import (
@@ -66,7 +67,7 @@ class ActionExecutor:
         self,
         node: str,
         config: ModuleConfig,
-        secret: bytes,
+        secret: SecretStore,
         secret_file: str,
         state_dir: str,
         directory: str,
@@ -214,7 +215,7 @@ class ActionExecutor:
                         await receive_copy(
                             self.node,
                             self.config,
-                            self._secret,
+                            self._secret.keyring,
                             self._state_dir,
                             self.receivers,
                             task_status=task_status,

@@ -24,6 +24,7 @@ import trio
 
 from tandem.engine.config.modules import ModuleConfig, check_failover_timing
 from tandem.engine.config.paths import app_log, module_dir, module_log, module_socket
+from tandem.engine.config.secrets import SecretStore
 from tandem.engine.control.channel import serve_control
 from tandem.engine.failover.actions import ActionExecutor, AsideError
 from tandem.engine.failover.checkers import watch_checker
@@ -72,7 +73,7 @@ class ModuleRunner:
         self,
         node: str,
         config: ModuleConfig,
-        secret: bytes,
+        secret: SecretStore,
         secret_file: str,
         state_dir: str,
         *,
@@ -113,10 +114,11 @@ class ModuleRunner:
         links = [Link("main", config.nodes[node], peer_address)]
         for index, network in enumerate(config.heartbeat_networks):
             links.append(Link(f"net{index + 1}", network[node], network[self.peer]))
+        self.secrets = secret
         self.heartbeat = HeartbeatService(
             node,
             self.peer,
-            secret,
+            secret.heartbeat_secrets,
             links,
             port=config.port,
             interval=config.heartbeat_interval,
@@ -363,6 +365,9 @@ class ModuleRunner:
             "peer": {
                 "node": self.peer,
                 "heartbeat": self.heartbeat.status(),
+                # which of this node's secrets the peer signs with ("previous": it has not been
+                # promoted yet, and the previous secret may not be retired)
+                "signs_with": self.secrets.role_of(self.heartbeat.peer_signer()),
                 "state": news.state.value if news else None,
                 "reason": news.reason if news else None,
                 "vip_held": news.vip if news else None,

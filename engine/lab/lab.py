@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tandem.engine.config.paths import STATE_DIR_VARIABLE, module_socket
+from tandem.engine.config.paths import CONFIG_DIR_VARIABLE, STATE_DIR_VARIABLE, module_socket
 from tandem.engine.control.channel import ControlError, ask
 from tandem.fsdriver.mount import mounts_at
 
@@ -458,7 +458,11 @@ class Lab:
             raise LabError(f"node {node} is not running (tandem lab start {node})")
         enter = ["nsenter", f"--target={pid}", "--mount", "--net", "--pid"]
         # `tandem state/verify/resync` run there find that node's streams by themselves
-        environment = ["env", f"{STATE_DIR_VARIABLE}={self.state_dir(node)}"]
+        environment = [
+            "env",
+            f"{STATE_DIR_VARIABLE}={self.state_dir(node)}",
+            f"{CONFIG_DIR_VARIABLE}={self.config_dir(node)}",
+        ]
         return [*enter, f"--wd={os.getcwd()}", "--", *environment, *command]
 
     def cut(self, node: str, connected: bool = False) -> None:

@@ -25,6 +25,7 @@ from tandem.engine.config.paths import (  # noqa: F401  (the names the commands 
     control_socket,
     default_state_dir,
 )
+from tandem.engine.config.secrets import SecretStore
 from tandem.engine.control.failures import leaves
 from tandem.engine.failover.runner import ModuleRunner
 from tandem.engine.replication.copies import CopyFailed, receive_copy, serve_copy
@@ -53,7 +54,7 @@ class Node:
         self,
         name: str,
         assignments: Sequence[Assignment],
-        secret: bytes,
+        secret: SecretStore,
         secret_file: str,
         *,
         state_dir: str = DEFAULT_STATE_DIR,
@@ -88,7 +89,7 @@ class Node:
                     )
                 elif assignment.role is FixedRole.SECONDARY:
                     await nursery.start(
-                        receive_copy, self.name, module, self._secret, self.state_dir, []
+                        receive_copy, self.name, module, self._secret.keyring, self.state_dir, []
                     )
                 else:
                     await nursery.start(self.runners[module.name].run)

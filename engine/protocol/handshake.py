@@ -73,9 +73,13 @@ async def expect(
 
 async def _read(stream: trio.SocketStream, connection: Connection) -> list[ConnectionEvent]:
     outgoing = connection.bytes_to_send()
-    if outgoing:
-        await stream.send_all(outgoing)
-    data = await stream.receive_some(RECEIVE_SIZE)
+    try:
+        if outgoing:
+            await stream.send_all(outgoing)
+        data = await stream.receive_some(RECEIVE_SIZE)
+    except (trio.BrokenResourceError, OSError):
+        # a stranger that gives up often resets rather than closes: the same thing to us
+        raise ClosedDuringHandshake("reset the connection during the handshake") from None
     if not data:
         raise ClosedDuringHandshake("closed the connection during the handshake")
     events = connection.receive(data)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -61,6 +62,19 @@ class Keyring:
             if hmac.compare_digest(key_id(secret), wanted):
                 return secret
         return None
+
+
+# what a long-running side is given: fixed secrets, or a callable asked for each connection (a
+# running node follows its secret files through a rotation: `tandem.engine.config.secrets`)
+KeySource = bytes | Keyring | Callable[[], Keyring]
+
+
+def keyring_of(source: KeySource) -> Keyring:
+    if isinstance(source, Keyring):
+        return source
+    if isinstance(source, bytes):
+        return Keyring(source)
+    return source()
 
 
 def choose(initiator_ids: tuple[bytes, ...], responder_ids: tuple[bytes, ...]) -> bytes | None:

@@ -25,6 +25,7 @@ from tandem.engine.config.modules import ModuleConfig
 from tandem.engine.config.paths import control_socket, stream_dir
 from tandem.engine.config.stream import module_stream
 from tandem.engine.control.channel import ControlError, ask, serve_control
+from tandem.engine.protocol.keys import KeySource
 from tandem.engine.reintegration.journal import SecondaryJournal
 from tandem.engine.replication.alone import AloneRequests, follow_asking
 from tandem.engine.replication.commands import secondary_commands
@@ -226,7 +227,7 @@ async def _stop_child(process: trio.Process, directory: str) -> None:
 async def receive_copy(
     node: str,
     module: ModuleConfig,
-    secret: bytes,
+    secret: KeySource,
     state_dir: str,
     receivers: list[Receiver],
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,

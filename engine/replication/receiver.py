@@ -43,6 +43,7 @@ from tandem.engine.protocol.handshake import (
     authenticate,
 )
 from tandem.engine.protocol.items import StreamItem
+from tandem.engine.protocol.keys import KeySource, keyring_of
 from tandem.engine.protocol.queries import Finish, HashQuery, ListQuery, ProgressNote, Query
 from tandem.engine.protocol.repairs import REPAIR_TYPES
 from tandem.engine.protocol.results import encode_entries, encode_hashes
@@ -54,6 +55,7 @@ from tandem.engine.replica.repair import apply_repair, apply_tolerantly
 from tandem.engine.replica.replay import apply
 from tandem.engine.replica.survey import hash_file_range, survey
 from tandem.engine.replication.raw_socket import RawSocket
+from tandem.engine.replication.strangers import Admission, RefusalLog
 from tandem.fsdriver.mount import check_target, open_root
 from tandem.fsdriver.mutation import Mutation
 from tandem.fsdriver.syscall import syncfs
@@ -69,7 +71,10 @@ class ApplyError(Exception):
 
 MAX_REPORTED_PATHS = 100_000  # beyond, the peer is told to compare everything
 RESULT_PART = MAX_FRAME // 2
+# what a peer may ask for in one hash query: the resync asks 4 KiB blocks of a few MiB; a
+# block of 2^40 bytes once ended the session with ENOMEM
 MAX_HASHES_PER_QUERY = 1 << 20
+MIN_HASH_BLOCK, MAX_HASH_BLOCK = 512, 1 << 20
 
 
 def _apply_batch(
@@ -116,12 +121,21 @@ def _apply_batch(
     return unsettled
 
 
+def _source_of(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "an address already gone"
+
+
 def answer_query(root_fd: int, query: Query, version: int) -> bytes:
     match query:
         case ListQuery(path=path):
             return encode_entries(survey(root_fd, path), version)
         case HashQuery(path=path, offset=offset, length=length, block=block):
-            if block < 512 or length // block > MAX_HASHES_PER_QUERY:
+            if not MIN_HASH_BLOCK <= block <= MAX_HASH_BLOCK or (
+                length // block > MAX_HASHES_PER_QUERY
+            ):
                 raise ApplyError(f"refused a hash query of {length} bytes in {block}-byte blocks")
             return encode_hashes(hash_file_range(root_fd, path, offset, length, block), version)
     raise TypeError(f"not a query: {query!r}")
@@ -132,11 +146,14 @@ class Receiver:
         self,
         root_fd: int,
         settings: StreamSettings,
-        secret: bytes,
+        secret: KeySource,
         *,
         journal: SecondaryJournal | None = None,
     ) -> None:
         self._handshake_timeout = settings.handshake_timeout
+        self._admission = Admission()
+        self._handshakes: dict[int, trio.CancelScope] = {}  # by admission ticket
+        self._refusals = RefusalLog()
         self._journal = journal
         self.in_sync = False
         self._root_fd = root_fd
@@ -188,20 +205,65 @@ class Receiver:
     ) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
         log.info("waiting for the primary of %s on %s:%d", self.identity.stream, host, port)
-        await trio.serve_listeners(self.handle, listeners, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sum_up_strangers)
+            serving = await nursery.start(trio.serve_listeners, self.handle, listeners)
+            task_status.started(serving)
+
+    async def _sum_up_strangers(self) -> None:
+        while True:
+            await trio.sleep(self._refusals.window)
+            self._summarize_refusals()
+
+    def _summarize_refusals(self) -> None:
+        line = self._refusals.summary(time.monotonic())
+        if line is not None:
+            log.warning("%s", line)
+
+    def _stranger(self, level: int, kind: str, message: str, source: str) -> None:
+        """A connection that did not prove the secret: logged, or counted for the summary."""
+        if self._refusals.record(time.monotonic(), kind, source):
+            log.log(level, "%s (from %s)", message, source)
+        self._summarize_refusals()
+
+    async def _admitted_handshake(
+        self, stream: trio.SocketStream, connection: Connection
+    ) -> list[ConnectionEvent] | None:
+        """The handshake, within its deadline and its place among the strangers
+        (`tandem.engine.replication.strangers`): the events after the peer's proof, or None."""
+        source = _source_of(stream)
+        ticket, evicted = self._admission.admit(source)
+        for old in evicted:
+            self._handshakes.pop(old).cancel()
+        place = self._handshakes[ticket] = trio.CancelScope()
+        try:
+            with place, trio.move_on_after(self._handshake_timeout) as waited:
+                return await self._handshake(stream, connection, source)
+            return None  # evicted, or out of time (said below)
+        finally:
+            self._admission.done(ticket)
+            self._handshakes.pop(ticket, None)
+            if place.cancelled_caught:
+                self._stranger(
+                    logging.WARNING,
+                    "evicted",
+                    "a handshake was ended to make room for newer ones (too many in progress)",
+                    source,
+                )
+            elif waited.cancelled_caught:
+                self._stranger(
+                    logging.WARNING,
+                    "too slow",
+                    f"a peer did not complete the handshake within {self._handshake_timeout:g} s;"
+                    " connection closed",
+                    source,
+                )
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            connection = Connection(Side.RESPONDER, self.identity, self._secret)
+            connection = Connection(Side.RESPONDER, self.identity, keyring_of(self._secret))
             try:
-                with trio.move_on_after(self._handshake_timeout) as waited:
-                    first_events = await self._handshake(stream, connection)
-                if waited.cancelled_caught:
-                    log.warning(
-                        "a peer did not complete the handshake within %g s; connection closed",
-                        self._handshake_timeout,
-                    )
-                    return
+                first_events = await self._admitted_handshake(stream, connection)
                 if first_events is None:
                     return
                 await self._take_over()
@@ -239,16 +301,16 @@ class Receiver:
                 log.error("connection from the primary failed", exc_info=group)
 
     async def _handshake(
-        self, stream: trio.SocketStream, connection: Connection
+        self, stream: trio.SocketStream, connection: Connection, source: str
     ) -> list[ConnectionEvent] | None:
         """Authenticate the peer; returns the events that followed its proof, or None."""
         try:
             authenticated, pending = await authenticate(stream, connection)
-        except ClosedDuringHandshake:
-            log.info("a peer closed the connection during the handshake")
+        except ClosedDuringHandshake as exc:
+            self._stranger(logging.INFO, "closed", f"a peer {exc}", source)
             return None
         except HandshakeFailed as exc:
-            log.error("refused a peer: %s", exc.reason)
+            self._stranger(logging.ERROR, "refused", f"refused a peer: {exc.reason}", source)
             return None
         log.info(
             "primary %s connected (protocol %d)", authenticated.peer_node, authenticated.version

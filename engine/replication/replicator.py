@@ -46,6 +46,7 @@ from tandem.engine.protocol.handshake import (
     expect,
 )
 from tandem.engine.protocol.items import StreamItem
+from tandem.engine.protocol.keys import KeySource, keyring_of
 from tandem.engine.protocol.queries import Finish, ProgressNote, Query
 from tandem.engine.reintegration.journal import ChangeJournal
 from tandem.engine.reintegration.policy import choose_plan
@@ -57,6 +58,8 @@ from tandem.fsdriver.mutation import DONE, Mutation, Receipt, Write
 log = logging.getLogger(__name__)
 
 MAX_BACKLOG = 64 << 20  # unacknowledged bytes in flight while receipts do not wait for acks
+# the largest answer a query may get (a listing of a directory of millions of entries fits)
+MAX_ANSWER_BYTES = 512 << 20
 CHECKPOINT_INTERVAL = 1.0  # how often journal segments close (and retire once acknowledged)
 PROGRESS_INTERVAL = 1.0  # how often a resync tells the secondary how far it is
 
@@ -139,7 +142,7 @@ class Replicator:
     def __init__(
         self,
         settings: StreamSettings,
-        secret: bytes,
+        secret: KeySource,
         *,
         root_fd: int | None = None,
         journal: ChangeJournal | None = None,
@@ -162,6 +165,7 @@ class Replicator:
         self._backlog = 0
         self._acked = 0
         self._answers: dict[int, tuple[list[bytes], trio.Event]] = {}
+        self._answer_bytes: dict[int, int] = {}  # by query: how much of its answer arrived
         self._progress = trio.Event()  # set (and replaced) whenever acks advance or state changes
         self._connection_scope: trio.CancelScope | None = None
         self._resync: Resync | None = None
@@ -325,6 +329,7 @@ class Replicator:
         for _, answered in self._answers.values():
             answered.set()
         self._answers.clear()
+        self._answer_bytes.clear()
         if self._journal is not None:
             self._journal.go_alone(reason)
         self._wake()
@@ -532,15 +537,15 @@ class Replicator:
             self._still_alone(f"cannot reach peer {self.peer}: {exc or 'timed out'}")
             return
         async with stream:
-            connection = Connection(Side.INITIATOR, self.identity, self._secret)
+            connection = Connection(Side.INITIATOR, self.identity, keyring_of(self._secret))
             try:
                 with trio.fail_after(self._timeout):
                     peer = await self._handshake(stream, connection)
             except trio.TooSlowError:
                 self._still_alone(f"peer {self.peer} did not complete the handshake")
                 return
-            except ClosedDuringHandshake:
-                self._still_alone(f"peer {self.peer} closed the connection during the handshake")
+            except ClosedDuringHandshake as exc:
+                self._still_alone(f"peer {self.peer} {exc}")
                 return
             except HandshakeFailed as exc:
                 self._still_alone(f"peer {self.peer} refused: {exc.reason}")
@@ -699,8 +704,20 @@ class Replicator:
             waiting = self._answers.get(event.seq)
             if waiting is not None:
                 waiting[0].append(event.body)
+                self._answer_bytes[event.seq] = self._answer_bytes.get(event.seq, 0) + len(
+                    event.body
+                )
+                if self._answer_bytes[event.seq] > MAX_ANSWER_BYTES:
+                    # a peer that proved the secret may still be broken or compromised: its
+                    # answers cannot take the primary's memory
+                    self.go_alone(
+                        f"peer {self.peer} answered query {event.seq} with more than "
+                        f"{MAX_ANSWER_BYTES >> 20} MiB (protocol violation)"
+                    )
+                    return False
                 if event.final:
                     del self._answers[event.seq]
+                    self._answer_bytes.pop(event.seq, None)
                     waiting[1].set()
         elif isinstance(event, UnsettledPaths):
             if self._resync is not None:

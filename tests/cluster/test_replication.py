@@ -186,7 +186,7 @@ def test_bad_secret_files_are_refused_clearly(workspace: Path) -> None:
     loose.chmod(0o644)
     short = write_secret(workspace / "short", b"abc")
     for secret, message in [
-        (loose, "readable by others"),
+        (loose, "open to group or others"),
         (short, "at least 16"),
         (workspace / "none", "cannot read"),
     ]:

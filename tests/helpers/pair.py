@@ -111,8 +111,9 @@ class Pair:
         self.secondary.wait_log("waiting for the primary")
         return self.secondary
 
-    def start_primary(self, *extra: str, expect_peer: bool = True) -> Node:
-        args = ["mount", str(self.a), "--replicate-to", f"127.0.0.1:{self.port}"]
+    def start_primary(self, *extra: str, expect_peer: bool = True, via: int | None = None) -> Node:
+        """The mount, replicating to the secondary (or to a relay listening on port `via`)."""
+        args = ["mount", str(self.a), "--replicate-to", f"127.0.0.1:{via or self.port}"]
         args += ["--secret-file", str(self.secret), "--node", "a", *self.extra, *extra]
         self.primary = Node(self.a, args, self.base / "a.log").start()
         wait_for(lambda: self._mounted_or_dead(), 20, "the primary's mount")

@@ -228,4 +228,4 @@ def test_node_and_check_refuse_bad_configuration_with_exit_1(tmp_path: Path) -> 
     assert unknown.returncode == 1 and "no such module file (module 'nosuch')" in unknown.stderr
     (config / "secret").chmod(0o644)
     exposed = _tandem("check", "--config-dir", str(config), "--node", "alpha")
-    assert exposed.returncode == 1 and "readable by others" in exposed.stderr
+    assert exposed.returncode == 1 and "open to group or others" in exposed.stderr
