@@ -28,6 +28,7 @@ from tandem.fsdriver.backing import (
     stamp_of,
     truncate,
 )
+from tandem.fsdriver.beneath import open_beneath
 from tandem.fsdriver.boundary import boundary
 from tandem.fsdriver.change import NO_RECORDER, Change, ChangeKind, ChangeRecorder
 from tandem.fsdriver.handles import OpenDir, OpenFile
@@ -381,7 +382,9 @@ class Passthrough(pyfuse3.Operations):
             journal_path = self._tree.name_for_journal(inode)
             self._tree.intend(ChangeKind.RESIZE, journal_path, self._tree.links_of(inode), offset=0)
         if path is not None:
-            fd = os.open(path, backing_flags, dir_fd=self._root_fd)
+            # beneath the root, through no symlink: a second line of defence should the backing
+            # tree be changed behind the mount (the kernel itself never asks us past a symlink)
+            fd = open_beneath(self._root_fd, path, backing_flags)
         else:
             # reopened through /proc/PID/fd after unlink: reopen our own descriptor likewise
             alive = self._tree.any_fd(inode)
@@ -410,14 +413,14 @@ class Passthrough(pyfuse3.Operations):
         backing_flags = (flags & ~_OPEN_FLAGS_DROPPED) | os.O_CLOEXEC | os.O_NOFOLLOW
         self._tree.intend(ChangeKind.CREATE, path)
         try:
-            fd = os.open(
-                path, backing_flags | os.O_CREAT | os.O_EXCL, mode & 0o7777, dir_fd=self._root_fd
+            fd = open_beneath(
+                self._root_fd, path, backing_flags | os.O_CREAT | os.O_EXCL, mode & 0o7777
             )
             created = True
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
-            fd = os.open(path, backing_flags, dir_fd=self._root_fd)
+            fd = open_beneath(self._root_fd, path, backing_flags)
             created = False
         try:
             stamps: tuple[Stamp, ...] = ()
@@ -500,9 +503,13 @@ class Passthrough(pyfuse3.Operations):
     @boundary
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         target, dir_fd, _ = self._tree.reach(inode)  # a removed directory can still be listed
-        if isinstance(target, int):
-            target = b"/proc/self/fd/%d" % target
-        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        if isinstance(target, int):  # removed: its own descriptor, by its magic link
+            fd = os.open(b"/proc/self/fd/%d" % target, flags)
+        elif dir_fd == self._root_fd:
+            fd = open_beneath(self._root_fd, target, flags)
+        else:
+            fd = os.open(target, flags, dir_fd=dir_fd)
         handle = self._next_dir_handle
         self._next_dir_handle += 1
         self._dirs[handle] = OpenDir(fd, inode)
