@@ -39,11 +39,20 @@ from dataclasses import dataclass, field
 
 import lz4.block
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tandem.engine.protocol.codec import ProtocolError, Reader, Writer, decode_paths
 from tandem.engine.protocol.items import StreamItem, decode_mutation, encode_parts
-from tandem.engine.protocol.keys import KEY_ID_SIZE, MAX_KEY_IDS, Keyring, choose, derive
+from tandem.engine.protocol.keys import (
+    EXCHANGE_KEY_SIZE,
+    KEY_ID_SIZE,
+    MAX_KEY_IDS,
+    Keyring,
+    choose,
+    derive,
+)
 
 MAGIC = b"TNDM"
 # 2: resync (PEER_STATE, RESULT, UNSETTLED, repairs and queries); 3: listings carry small
@@ -226,6 +235,7 @@ class _Hello:
     stream: str
     nonce: bytes
     key_ids: tuple[bytes, ...]
+    exchange: bytes = b""  # the sender's ephemeral X25519 public key
 
 
 def _encode_hello(
@@ -234,6 +244,7 @@ def _encode_hello(
     features: Feature,
     nonce: bytes,
     key_ids: tuple[bytes, ...],
+    exchange: bytes,
 ) -> bytes:
     out = Writer()
     out.parts.append(MAGIC)
@@ -246,6 +257,7 @@ def _encode_hello(
     out.u8(len(key_ids))
     for identifier in key_ids:
         out.parts.append(identifier)
+    out.parts.append(exchange)
     return out.bytes()
 
 
@@ -265,8 +277,9 @@ def _decode_hello(body: bytes) -> _Hello:
     if not 0 < count <= MAX_KEY_IDS:
         raise ProtocolError(f"{count} key ids in a HELLO")
     key_ids = tuple(source.raw(KEY_ID_SIZE) for _ in range(count))
+    exchange = source.raw(EXCHANGE_KEY_SIZE)
     source.end()
-    return _Hello(body, version_min, version_max, features, node, stream, nonce, key_ids)
+    return _Hello(body, version_min, version_max, features, node, stream, nonce, key_ids, exchange)
 
 
 @dataclass
@@ -289,6 +302,10 @@ class Connection:
     _peer_hello: _Hello | None = None
     _keyring: Keyring = field(init=False)
     _chosen: bytes = b""  # the secret both ends hold and use
+    # ephemeral, this connection's only: what it helps derive cannot be recomputed later, even
+    # with the secret (forward secrecy, D26)
+    _exchange: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+    _shared: bytes = b""
     _sealer: AESGCM | None = None
     _opener: AESGCM | None = None
     _sealed = 0  # frames sealed so far: the next one's nonce
@@ -300,8 +317,9 @@ class Connection:
         self._keyring = (
             self.secret if isinstance(self.secret, Keyring) else Keyring(bytes(self.secret))
         )
+        public = self._exchange.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self._my_hello = _encode_hello(
-            self.identity, self.versions, self.features, self.nonce, self._keyring.ids()
+            self.identity, self.versions, self.features, self.nonce, self._keyring.ids(), public
         )
         self._queue(FrameKind.HELLO, self._my_hello)
 
@@ -529,6 +547,12 @@ class Connection:
                 f"peer {hello.node!r} failed authentication (wrong cluster secret?): it holds "
                 "none of this node's secrets"
             )
+        try:
+            self._shared = self._exchange.exchange(
+                X25519PublicKey.from_public_bytes(hello.exchange)
+            )
+        except ValueError:  # a low-order point: no secret would come of it
+            raise ProtocolError(f"peer {hello.node!r} sent an unusable key exchange") from None
         self._chosen = secret
         self._peer_hello = hello
         self.version = high
@@ -552,7 +576,8 @@ class Connection:
                 f"peer {self._peer_hello.node!r} failed authentication (wrong cluster secret?)"
             )
         self.state = ConnectionState.READY
-        outgoing, incoming = derive(self._chosen, self._transcript())
+        outgoing, incoming = derive(self._chosen, self._shared, self._transcript())
+        self._shared = b""
         if self.side is Side.RESPONDER:
             outgoing, incoming = incoming, outgoing
         self._sealer, self._opener = AESGCM(outgoing), AESGCM(incoming)

@@ -19,6 +19,7 @@ from tandem.engine.protocol.connection import (
     Connection,
     ConnectionEvent,
     ConnectionFailed,
+    ConnectionState,
     PeerError,
 )
 
@@ -72,6 +73,9 @@ async def expect(
 
 
 async def _read(stream: trio.SocketStream, connection: Connection) -> list[ConnectionEvent]:
+    if connection.state is ConnectionState.CLOSED:
+        # refused already (the refusal was raised then): never wait on a dead connection
+        raise HandshakeFailed("the connection was closed after a refusal")
     outgoing = connection.bytes_to_send()
     try:
         if outgoing:

@@ -8,9 +8,10 @@ and heartbeats accept any of them, so a rotation done one node at a time never c
 A secret is named on the wire only by its *key id*, a keyed hash that says nothing of it. A
 connection uses the first secret in the initiator's order of preference that the responder
 holds too; both ends compute the same choice from the two HELLOs. Its keys are fresh per
-connection: HKDF-SHA256 over the chosen secret, salted with a hash of both HELLOs (each carries
-a random nonce), one key per direction, so that no two connections, and no two directions,
-ever share a key.
+connection: HKDF-SHA256 over the chosen secret and an ephemeral X25519 exchange (each HELLO
+carries a public key), salted with a hash of both HELLOs (each carries a random nonce), one key
+per direction, so that no two connections, and no two directions, ever share a key, and a
+recording cannot be decrypted later even by someone who then obtains the secret.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_ID_SIZE = 8
 KEY_SIZE = 32  # AES-256
+EXCHANGE_KEY_SIZE = 32  # an X25519 public key
 MAX_KEY_IDS = 3
 
 
@@ -85,10 +87,13 @@ def choose(initiator_ids: tuple[bytes, ...], responder_ids: tuple[bytes, ...]) -
     return None
 
 
-def derive(secret: bytes, transcript: bytes) -> tuple[bytes, bytes]:
-    """(initiator-to-responder key, responder-to-initiator key) for one connection."""
+def derive(secret: bytes, shared: bytes, transcript: bytes) -> tuple[bytes, bytes]:
+    """(initiator-to-responder key, responder-to-initiator key) for one connection, from the
+    cluster secret and the connection's ephemeral X25519 result: without the secret no one
+    can take part (the HELLOs carrying the exchange are proved by AUTH); without the ephemeral
+    keys, gone once the connection is set up, a recording cannot be decrypted later."""
     salt = hashlib.sha256(transcript).digest()
     material = HKDF(
         algorithm=hashes.SHA256(), length=2 * KEY_SIZE, salt=salt, info=b"tandem stream keys v5"
-    ).derive(secret)
+    ).derive(secret + shared)
     return material[:KEY_SIZE], material[KEY_SIZE:]

@@ -8,6 +8,7 @@ the stream itself) created. A path that would is refused with ELOOP or EXDEV.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterable
@@ -33,11 +34,30 @@ from tandem.fsdriver.mutation import (
 )
 from tandem.fsdriver.syscall import renameat2
 
+_OPENABLE = (stat.S_IFREG,)
+_SYNCABLE = (stat.S_IFREG, stat.S_IFDIR)
 
-def _open(root_fd: int, path: bytes, flags: int) -> int:
-    # openat2 refuses a mode without O_CREAT; a created file's mode is set after its owner
-    mode = 0o600 if flags & os.O_CREAT else 0
-    return open_beneath(root_fd, path, flags | os.O_NOFOLLOW, mode)
+
+def _open(root_fd: int, path: bytes, flags: int, kinds: tuple[int, ...] = _OPENABLE) -> int:
+    """Open an object of the copy to change or sync it — only a regular file (or, to sync, a
+    directory). A fifo would block the receiver on open, and opening a device node acts on the
+    host's device (a stream may create one: a copy can hold device nodes). So the object is
+    first reached with O_PATH, which opens nothing, and reopened only once its kind is known."""
+    if flags & os.O_CREAT:
+        # O_EXCL: a new regular file, nothing else; openat2 refuses a mode without O_CREAT,
+        # and a created file's mode is set after its owner
+        return open_beneath(root_fd, path, flags | os.O_NOFOLLOW, 0o600)
+    handle = open_beneath(root_fd, path, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        kind = stat.S_IFMT(os.fstat(handle).st_mode)
+        if kind == stat.S_IFLNK:  # as openat2 says of a symlink on the way: a violation
+            raise OSError(errno.ELOOP, "a symlink: not followed")
+        if kind not in kinds:
+            raise OSError(errno.EINVAL, "not a regular file: not opened")
+        # through the O_PATH descriptor's magic link: the very object whose kind was checked
+        return os.open(b"/proc/self/fd/%d" % handle, flags | os.O_CLOEXEC)
+    finally:
+        os.close(handle)
 
 
 def _chmod(root_fd: int, path: bytes, mode: int) -> None:
@@ -152,7 +172,7 @@ def apply_change(root_fd: int, mutation: Mutation) -> None:
             with object_at(root_fd, path) as target:
                 os.removexattr(target, name)
         case Sync(path=path, data_only=data_only):
-            fd = _open(root_fd, path, os.O_RDONLY)
+            fd = _open(root_fd, path, os.O_RDONLY, _SYNCABLE)
             try:
                 (os.fdatasync if data_only else os.fsync)(fd)
             finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -209,6 +210,32 @@ def test_a_path_through_a_symlink_is_refused_not_followed(world: tuple[Path, Pat
     apply(root_fd, Write(b"abs/secret-file", 0, b"inside now"))
     assert (copy / "abs" / "secret-file").read_bytes() == b"inside now"
     assert (outside / "secret-file").read_bytes() == b"outside data"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_fifo_or_a_device_node_is_never_opened(world: tuple[Path, Path, int], kind: str) -> None:
+    """A stream may create them (a copy can hold device nodes), but a write, truncate or sync
+    on one is refused at once: opening a fifo would block the receiver for good (a random
+    stream found it), opening a device acts on the host's device."""
+    _, copy, root_fd = world
+    if kind == "fifo":
+        apply(root_fd, MakeNode(b"node", stat.S_IFIFO | 0o666, 0, 0, 0))
+    else:  # the host's /dev/zero: written to, it would swallow the data without a word
+        rdev = os.stat("/dev/zero").st_rdev
+        apply(root_fd, MakeNode(b"node", stat.S_IFCHR | 0o666, rdev, 0, 0))
+    signal.alarm(10)  # a blocked open would hang the test, not fail it
+    try:
+        for item in (
+            Write(b"node", 0, b"data"),
+            SetAttributes(b"node", size=0),
+            Sync(b"node", data_only=True),
+        ):
+            with pytest.raises(OSError) as refused:
+                apply(root_fd, item)
+            assert refused.value.errno == errno.EINVAL, item
+    finally:
+        signal.alarm(0)
+    assert stat.S_IFMT(os.lstat(copy / "node").st_mode) in (stat.S_IFIFO, stat.S_IFCHR)
 
 
 def test_operations_on_a_symlink_act_on_the_link(world: tuple[Path, Path, int]) -> None:

@@ -168,3 +168,27 @@ def test_nodes_that_share_no_secret_are_refused_with_a_clear_line() -> None:
 def test_a_key_id_names_a_secret_without_revealing_it() -> None:
     assert key_id(OLD) != key_id(NEW)
     assert OLD not in key_id(OLD) and len(key_id(OLD)) == 8
+
+
+def test_a_recording_and_the_secret_together_do_not_open_the_stream() -> None:
+    """Forward secrecy: whoever recorded a connection and later obtains the secret still cannot
+    derive its keys — they also depend on ephemeral X25519 keys that never cross the network.
+    (Without the exchange, the secret and the two recorded HELLOs gave them.)"""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from tandem.engine.protocol.keys import derive
+
+    a, b, _, _ = _ready()
+    sealed = _frames(_mutations(a, 1))[0]
+    first_nonce, header, body = b"\0" * 12, sealed[:4], sealed[4:]
+    transcript = a._transcript()  # both HELLOs: everything of the handshake a recording holds
+    for guess in (b"", b"\0" * 32):
+        outgoing, _ = derive(OLD, guess, transcript)
+        with pytest.raises(InvalidTag):
+            AESGCM(outgoing).decrypt(first_nonce, body, header)
+    # the control: with the ephemeral private key (which only a's memory held), it opens
+    peer_public = X25519PublicKey.from_public_bytes(b._my_hello[-32:])
+    outgoing, _ = derive(OLD, a._exchange.exchange(peer_public), transcript)
+    assert MARKER in AESGCM(outgoing).decrypt(first_nonce, body, header)

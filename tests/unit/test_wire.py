@@ -448,7 +448,10 @@ def test_garbage_right_behind_the_peer_state_ends_the_handshake() -> None:
         b.receive(a.bytes_to_send())
         b.send_peer_state(PeerState("", False, False, ()))
         right.sendall(b.bytes_to_send() + b"\xff" * 64)
-        fresh = Connection(Side.INITIATOR, Identity("a", "data"), SECRET, nonce=a.nonce)
+        # a's twin (same nonce and key exchange, so the same HELLO): b's proof checks out
+        fresh = Connection(
+            Side.INITIATOR, Identity("a", "data"), SECRET, nonce=a.nonce, _exchange=a._exchange
+        )
         fresh.receive(hello)
         fresh.bytes_to_send()
         with pytest.raises(HandshakeFailed):
