@@ -79,6 +79,15 @@ def syncfs(fd: int) -> None:
     _check(_libc.syncfs(fd))
 
 
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries durable (a file created or renamed in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def openat2(dir_fd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
     """A descriptor for ``path`` resolved from ``dir_fd`` under the ``RESOLVE_*`` rules."""
     how = _OpenHow(flags, mode, resolve)

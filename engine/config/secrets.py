@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tandem.engine.config.modules import MIN_SECRET_BYTES, ConfigError
 from tandem.engine.protocol.keys import Keyring, key_id
+from tandem.fsdriver.syscall import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -196,15 +197,7 @@ def write_secret(path: Path, secret: bytes) -> None:
         raise
     os.close(fd)
     os.rename(temporary, path)
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(path.parent)
 
 
 def new_secret() -> bytes:
@@ -226,7 +219,7 @@ def promote(secret_file: Path) -> Keyring:
     if not previous.exists() or read_secret(previous) != keyring.current:
         write_secret(previous, keyring.current)
     os.rename(upcoming, secret_file)
-    _sync_directory(secret_file.parent)
+    fsync_directory(secret_file.parent)
     return load_keyring(secret_file)
 
 
@@ -235,4 +228,4 @@ def retire(secret_file: Path) -> None:
     if not previous.exists():
         raise ConfigError(f"no previous secret to retire: {previous} does not exist")
     previous.unlink()
-    _sync_directory(secret_file.parent)
+    fsync_directory(secret_file.parent)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tandem.fsdriver.change import NAMESPACE_MOVES, UNBOUNDED, Change, ChangeKind
+from tandem.fsdriver.syscall import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class ChangeJournal:
         header = {"boot": self._boot, "version": 1, "generation": self._generation}
         self._append(encode_record(HEADER, json.dumps(header).encode()))
         # the segment's name must survive a crash, or its records would
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def _append(self, record: bytes) -> None:
         try:
@@ -512,13 +513,5 @@ class SecondaryJournal:
         header = json.dumps({"boot": self._boot, "version": 1}).encode()
         os.write(fd, encode_record(HEADER, header) + b"".join(records))
         os.fsync(fd)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         return fd
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

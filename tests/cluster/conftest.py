@@ -21,6 +21,16 @@ def lab(workspace: Path) -> Iterator[LabCluster]:
 
 
 @pytest.fixture
+def failover_lab(workspace: Path) -> Iterator[LabCluster]:
+    """A lab whose nodes fail over (`tandem node` with heartbeats), not fixed roles."""
+    cluster = LabCluster(workspace / "lab", static=False)
+    try:
+        yield cluster.up()
+    finally:
+        cluster.down()
+
+
+@pytest.fixture
 def make_pair(workspace: Path) -> Iterator[Callable[[float], Pair]]:
     """A mount and a receiver on loopback with this peer timeout (stream "demo/0"), stopped
     after the test; their logs are printed (shown when it fails)."""

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +72,8 @@ class Monitor:
 
 
 @pytest.fixture
-def lab(workspace: Path) -> Iterator[LabCluster]:
-    cluster = LabCluster(workspace / "lab", static=False)
-    try:
-        yield cluster.up()
-    finally:
-        cluster.down()
+def lab(failover_lab: LabCluster) -> LabCluster:
+    return failover_lab
 
 
 def _state(lab: LabCluster, node: str) -> dict[str, Any] | None:

@@ -10,32 +10,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tandem.engine.lab.lab import Lab
+from tests.cluster.test_failover import _state
 from tests.helpers.lab import LabCluster, stop_group
 from tests.helpers.mountproc import wait_for
 
 pytestmark = pytest.mark.root
 
 TANDEM = [sys.executable, "-m", "tandem.engine.cli"]
-
-
-@pytest.fixture
-def failover_lab(workspace: Path) -> Iterator[LabCluster]:
-    cluster = LabCluster(workspace / "lab", static=False)
-    try:
-        yield cluster.up()
-    finally:
-        cluster.down()
-
-
-def _state(lab: LabCluster, node: str) -> dict[str, Any] | None:
-    return Lab.at(str(lab.directory)).module_state(node)
 
 
 def _settled(lab: LabCluster) -> bool:
