@@ -2,7 +2,8 @@
 
 Each command group lives in its own file and registers its commands (``run`` is the function
 that carries one out): `stream` (mount, receive), `node` (node, check, unit), `operate` (state,
-verify, resync, logs, the module commands), `lab` (lab, demo).
+verify, resync, logs, the module commands), `secret` (new, promote, retire, status), `lab` (lab,
+demo).
 """
 
 from __future__ import annotations

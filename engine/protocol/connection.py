@@ -72,6 +72,10 @@ NONCE_SIZE = 32
 _HEADER = struct.Struct(">IBB")
 _LENGTH = struct.Struct(">I")
 _KIND_FLAGS = struct.Struct(">BB")
+# a frame's nonce: its number in its direction, after four zero bytes. It never repeats under
+# one key (a connection sends far fewer than 2^64 frames), and a replayed or reordered frame is
+# opened under the wrong one
+_NONCE = struct.Struct(">4xQ")
 _TAG = 16
 _COMPRESS_MIN = 512
 
@@ -348,7 +352,7 @@ class Connection:
         plain = b"".join([_KIND_FLAGS.pack(kind, flags), *parts])
         header = _LENGTH.pack(len(plain) + _TAG)
         self._outbox += header
-        self._outbox += self._sealer.encrypt(_nonce(self._sealed), plain, header)
+        self._outbox += self._sealer.encrypt(_NONCE.pack(self._sealed), plain, header)
         self._sealed += 1
 
     def _require_ready(self) -> None:
@@ -454,16 +458,17 @@ class Connection:
         end = _LENGTH.size + length
         if len(self._inbox) < end:
             return None
-        with memoryview(self._inbox) as inbox:
-            header, sealed = bytes(inbox[: _LENGTH.size]), bytes(inbox[_LENGTH.size : end])
-        del self._inbox[:end]
         try:
-            plain = opener.decrypt(_nonce(self._opened), sealed, header)
+            with memoryview(self._inbox) as inbox:  # opened in place: no copy of the frame
+                plain = opener.decrypt(
+                    _NONCE.pack(self._opened), inbox[_LENGTH.size : end], inbox[: _LENGTH.size]
+                )
         except InvalidTag:
             raise ProtocolError(
                 f"frame {self._opened} after the handshake failed authentication (altered, "
                 "injected, replayed or reordered on the way)"
             ) from None
+        del self._inbox[:end]
         self._opened += 1
         kind, flags = _KIND_FLAGS.unpack_from(plain)
         return kind, flags, plain[_KIND_FLAGS.size :]
@@ -585,9 +590,3 @@ class Connection:
         return Authenticated(
             self._peer_hello.node, self._peer_hello.stream, self.version, self.agreed
         )
-
-
-def _nonce(number: int) -> bytes:
-    # a frame's number in its direction: never repeats under one key (a connection sends far
-    # fewer than 2^64 frames), and a replayed or reordered frame is opened under the wrong one
-    return b"\0\0\0\0" + number.to_bytes(8, "big")

@@ -41,23 +41,21 @@ _SYNCABLE = (stat.S_IFREG, stat.S_IFDIR)
 def _open(root_fd: int, path: bytes, flags: int, kinds: tuple[int, ...] = _OPENABLE) -> int:
     """Open an object of the copy to change or sync it — only a regular file (or, to sync, a
     directory). A fifo would block the receiver on open, and opening a device node acts on the
-    host's device (a stream may create one: a copy can hold device nodes). So the object is
-    first reached with O_PATH, which opens nothing, and reopened only once its kind is known."""
+    host's device (a stream may create one: a copy can hold device nodes). So the object's
+    kind is looked at before it is opened: the receiver is the copy's only writer (its
+    applications see it read-only) and applies one change at a time, so nothing can replace
+    it in between."""
     if flags & os.O_CREAT:
         # O_EXCL: a new regular file, nothing else; openat2 refuses a mode without O_CREAT,
         # and a created file's mode is set after its owner
         return open_beneath(root_fd, path, flags | os.O_NOFOLLOW, 0o600)
-    handle = open_beneath(root_fd, path, os.O_PATH | os.O_NOFOLLOW)
-    try:
-        kind = stat.S_IFMT(os.fstat(handle).st_mode)
+    with parent_of(root_fd, path) as (parent, name):
+        kind = stat.S_IFMT(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
         if kind == stat.S_IFLNK:  # as openat2 says of a symlink on the way: a violation
             raise OSError(errno.ELOOP, "a symlink: not followed")
         if kind not in kinds:
             raise OSError(errno.EINVAL, "not a regular file: not opened")
-        # through the O_PATH descriptor's magic link: the very object whose kind was checked
-        return os.open(b"/proc/self/fd/%d" % handle, flags | os.O_CLOEXEC)
-    finally:
-        os.close(handle)
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
 
 
 def _chmod(root_fd: int, path: bytes, mode: int) -> None:

@@ -471,7 +471,9 @@ class Receiver:
                     self._acknowledge(connection, event.seq)
                     await raw.send_all(connection.bytes_to_send())
             if batch:
-                connection.send_ack(AckKind.RECEIVED, batch[-1][0])
+                # no RECEIVED ack: it would leave only with the APPLIED one below (nothing is
+                # sent while a batch is applied), and no primary waits for it; each ack is a
+                # frame to seal and open (D26)
                 sent = await self._apply(raw, connection, batch, tolerant)
                 if sent is None:
                     return
