@@ -30,7 +30,7 @@ class _Unsealed:
         return data + b"\0" * TAG
 
     def decrypt(self, nonce: bytes, data: bytes, associated: bytes | None) -> bytes:
-        return data[:-TAG]
+        return bytes(data[:-TAG])
 
 
 def _pair() -> tuple[Connection, Connection]:
