@@ -526,9 +526,8 @@ class Receiver:
         return 1
 
     def _acknowledge(self, connection: Connection, seq: int) -> None:
-        connection.send_ack(AckKind.APPLIED, seq)
-        if self._durable:
-            connection.send_ack(AckKind.DURABLE, seq)
+        # the strongest kind only: a primary takes it for the weaker ones too
+        connection.send_ack(AckKind.DURABLE if self._durable else AckKind.APPLIED, seq)
 
     async def _confirm(self, generation: str, session: trio.CancelScope) -> None:
         """The resync is over: the copy equals the primary's. Durable first, then said so.

@@ -695,7 +695,9 @@ class Replicator:
 
     def _handle(self, event: ConnectionEvent) -> bool:
         if isinstance(event, Acknowledged):
-            if event.kind == self._ack_kind and event.seq > self._acked:
+            # a stronger kind covers a weaker one (durable implies applied): a secondary sends
+            # only the strongest it reached, one sealed frame per batch
+            if event.kind >= self._ack_kind and event.seq > self._acked:
                 self._acked = event.seq
                 while self._in_flight and self._in_flight[0][0] <= event.seq:
                     self._backlog -= self._in_flight.popleft()[1]
