@@ -6,10 +6,9 @@ The steps and what each one guarantees: `tandem.engine.config.secrets`.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from tandem.engine.cli.common import EXIT_FAILED, EXIT_OK, node_options, state_dir_option
+from tandem.engine.cli.common import EXIT_OK, node_options, state_dir_option
 from tandem.engine.cli.operate import failover_state, known_modules
 from tandem.engine.config.modules import ConfigError
 from tandem.engine.config.secrets import (
@@ -64,18 +63,13 @@ def run_promote(args: argparse.Namespace) -> int:
 
 def run_retire(args: argparse.Namespace) -> int:
     path = secret_path(args.config_dir)
-    if not previous_path(path).exists():
-        raise ConfigError(f"no previous secret to retire: {previous_path(path)} does not exist")
     waiting = _peers_on_previous(args.state_dir)
-    if waiting and not args.force:
-        print(
-            "tandem: error: the peer still signs with the previous secret ("
-            + "; ".join(waiting)
-            + "): run tandem secret promote there first (--force retires it anyway)",
-            file=sys.stderr,
+    if waiting and previous_path(path).exists() and not args.force:
+        raise ConfigError(
+            f"the peer still signs with the previous secret ({'; '.join(waiting)}): run tandem "
+            "secret promote there first (--force retires it anyway)"
         )
-        return EXIT_FAILED
-    retire(path)
+    retire(path)  # says so when there is no previous secret
     print(f"retired {previous_path(path)}: {describe(load_keyring(path))}")
     return EXIT_OK
 

@@ -108,6 +108,10 @@ def test_a_hash_query_asking_for_too_many_hashes_is_refused(tmp_path: Path) -> N
             answer(root_fd, HashQuery(b"f", 0, 1 << 40, 512), 4)
         with pytest.raises(ApplyError, match="refused a hash query"):
             answer(root_fd, HashQuery(b"f", 0, 4096, 1), 4)
+        # one enormous block: a single hash, but a buffer of 2^40 bytes (it ended a session
+        # with ENOMEM)
+        with pytest.raises(ApplyError, match="refused a hash query"):
+            answer(root_fd, HashQuery(b"f", 0, 1 << 40, 1 << 40), 4)
         assert decode_hashes(answer(root_fd, HashQuery(b"f", 0, 4096, 4096), 4), 4).size == 10
     finally:
         os.close(root_fd)
