@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ from tandem.engine.replica.durability import make_durable
 from tandem.engine.replica.repair import apply_repair, apply_tolerantly
 from tandem.engine.replica.replay import apply
 from tandem.engine.replica.survey import hash_file_range, survey
+from tandem.engine.replication.door import refuse, serve_door
 from tandem.engine.replication.raw_socket import RawSocket
 from tandem.engine.replication.strangers import Admission, RefusalLog
 from tandem.fsdriver.mount import check_target, open_root
@@ -119,13 +121,6 @@ def _apply_batch(
     if durable:
         make_durable(root_fd, [item for _, item in batch])
     return unsettled
-
-
-def _source_of(stream: trio.SocketStream) -> str:
-    try:
-        return str(stream.socket.getpeername()[0])
-    except OSError:
-        return "an address already gone"
 
 
 def answer_query(root_fd: int, query: Query, version: int) -> bytes:
@@ -207,8 +202,33 @@ class Receiver:
         log.info("waiting for the primary of %s on %s:%d", self.identity.stream, host, port)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sum_up_strangers)
-            serving = await nursery.start(trio.serve_listeners, self.handle, listeners)
-            task_status.started(serving)
+
+            def arrived(accepted: socket.socket, source: str) -> None:
+                self._arrived(accepted, source, nursery)
+
+            for listener in listeners:
+                nursery.start_soon(serve_door, listener, arrived)
+            task_status.started(listeners)
+
+    def _arrived(self, accepted: socket.socket, source: str, handlers: trio.Nursery) -> None:
+        """At the door (`tandem.engine.replication.door`): a place among the handshakes in
+        progress, or a reset."""
+        admitted = self._admission.admit(source)
+        if admitted is None:
+            refuse(accepted)
+            self._stranger(
+                logging.WARNING,
+                "over the limit",
+                "refused a connection: its address has as many handshakes in progress as it may",
+                source,
+            )
+            return
+        ticket, evicted = admitted
+        for old in evicted:
+            self._handshakes.pop(old).cancel()
+        place = self._handshakes[ticket] = trio.CancelScope()
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
+        handlers.start_soon(self.handle, stream, source, ticket, place)
 
     async def _sum_up_strangers(self) -> None:
         while True:
@@ -227,15 +247,15 @@ class Receiver:
         self._summarize_refusals()
 
     async def _admitted_handshake(
-        self, stream: trio.SocketStream, connection: Connection
+        self,
+        stream: trio.SocketStream,
+        connection: Connection,
+        source: str,
+        ticket: int,
+        place: trio.CancelScope,
     ) -> list[ConnectionEvent] | None:
         """The handshake, within its deadline and its place among the strangers
         (`tandem.engine.replication.strangers`): the events after the peer's proof, or None."""
-        source = _source_of(stream)
-        ticket, evicted = self._admission.admit(source)
-        for old in evicted:
-            self._handshakes.pop(old).cancel()
-        place = self._handshakes[ticket] = trio.CancelScope()
         try:
             with place, trio.move_on_after(self._handshake_timeout) as waited:
                 return await self._handshake(stream, connection, source)
@@ -259,11 +279,15 @@ class Receiver:
                     source,
                 )
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(
+        self, stream: trio.SocketStream, source: str, ticket: int, place: trio.CancelScope
+    ) -> None:
         async with stream:
             connection = Connection(Side.RESPONDER, self.identity, keyring_of(self._secret))
             try:
-                first_events = await self._admitted_handshake(stream, connection)
+                first_events = await self._admitted_handshake(
+                    stream, connection, source, ticket, place
+                )
                 if first_events is None:
                     return
                 await self._take_over()

@@ -534,7 +534,7 @@ class Replicator:
             with trio.fail_after(self._timeout):
                 stream = await trio.open_tcp_stream(self.peer.host, self.peer.port)
         except (OSError, trio.TooSlowError) as exc:
-            self._still_alone(f"cannot reach peer {self.peer}: {exc or 'timed out'}")
+            self._still_alone(f"cannot reach peer {self.peer}: {str(exc) or 'timed out'}")
             return
         async with stream:
             connection = Connection(Side.INITIATOR, self.identity, keyring_of(self._secret))

@@ -1,13 +1,15 @@
 """What a receiver does with connections that have not proved the secret yet, sans-IO.
 
 Anyone who can reach the port can open connections; none of them may cost the pair its stream.
-So the handshakes in progress are bounded, in all and per source address, and a newcomer beyond
-a bound does not wait or get refused: it takes the place of the *oldest* handshake of the
-source holding the most. A flood then only replaces itself, while the primary's connection —
-from its own address, or from the flooder's with a handshake of about one round trip — is
-never the oldest for long enough to be evicted before it proves the secret, and once it has,
-it is no longer a stranger at all. The bound also keeps the receiver's descriptors for the
-stream: at most `MAX_PENDING` of them ever go to strangers.
+So the handshakes in progress are bounded, in all and per source address. A newcomer from a
+source that already holds its share is refused at the door: closed the moment it is accepted,
+before it costs a task, a key or a line of log, so the receiver drains its listen queue faster
+than one flooder can fill it and a primary's connection from any other address finds room. A
+newcomer from a source below its share, when the total is reached, takes the place of the
+*oldest* handshake of the source holding the most: a flood from many addresses only replaces
+itself. Strangers that stay silent lose their place at the handshake deadline, so a flood that
+stops costs a primary sharing its address no more than that. The bound also keeps the
+receiver's descriptors for the stream: at most `MAX_PENDING` of them ever go to strangers.
 
 What the strangers did is logged in full for the first few each window, then counted, and one
 line a window sums up the rest, so a flood cannot fill the disk with the log.
@@ -26,7 +28,8 @@ WINDOW = 10.0  # seconds
 
 @dataclass
 class Admission:
-    """Handshakes in progress, oldest first; `admit` names the ones to end to make room."""
+    """Handshakes in progress, oldest first; `admit` refuses a newcomer or names the
+    handshakes to end to make room for it."""
 
     max_pending: int = MAX_PENDING
     per_source: int = MAX_PENDING_PER_SOURCE
@@ -34,12 +37,13 @@ class Admission:
     _by_source: Counter[str] = field(default_factory=Counter)
     _next: int = 0
 
-    def admit(self, source: str) -> tuple[int, list[int]]:
-        """A ticket for a new handshake from `source`, and the tickets it evicts."""
-        evicted: list[int] = []
+    def admit(self, source: str) -> tuple[int, list[int]] | None:
+        """A ticket for a new handshake from `source` and the tickets it evicts, or None: the
+        source holds its share already, the newcomer is refused."""
         if self._by_source[source] >= self.per_source:
-            evicted.append(self._oldest_of(source))
-        elif len(self._pending) >= self.max_pending:
+            return None
+        evicted: list[int] = []
+        if len(self._pending) >= self.max_pending:
             busiest = max(self._by_source, key=lambda s: self._by_source[s])
             evicted.append(self._oldest_of(busiest))
         for ticket in evicted:

@@ -155,7 +155,7 @@ def test_a_connection_flood_during_a_write_load_costs_the_pair_nothing(pair: Pai
     the application writes: no write fails, the primary never goes on alone, the receiver
     never runs out of descriptors, and its log stays small. Then, under a flood that never
     settles (new strangers all the time, from another address), the stream is broken: the
-    primary gets back in."""
+    primary gets back in within a reconnection or two."""
     secondary = pair.start_secondary()
     primary = pair.start_primary()
     log_before = len(secondary.log())
@@ -177,9 +177,12 @@ def test_a_connection_flood_during_a_write_load_costs_the_pair_nothing(pair: Pai
         assert "EMFILE" not in grown and "Too many open files" not in grown, grown[-3000:]
         assert len(grown) < 20_000, f"the log grew by {len(grown)} bytes: {grown[-2000:]}"
 
-        churner = _flooder(pair, 1000, "127.0.0.3", "churn")
-        flooders.append(churner)
-        _holding(churner)
+        # two processes that replace their connections as fast as they can: more than the
+        # listen queue holds arrive between two accepts unless the door drains it faster
+        churners = [_flooder(pair, 1000, source, "churn") for source in ("127.0.0.3", "127.0.0.4")]
+        flooders += churners
+        for churner in churners:
+            _holding(churner)
         connected = primary.log().count("replicating")
         ended = subprocess.run(
             ["ss", "-K", "-t", "src", "127.0.0.1", "dport", "=", f":{pair.port}"],
@@ -187,10 +190,10 @@ def test_a_connection_flood_during_a_write_load_costs_the_pair_nothing(pair: Pai
             text=True,
         )
         assert ended.returncode == 0, ended.stderr
-        wait_for(lambda: primary.log().count("replicating") > connected, 30, "the primary back in")
+        wait_for(lambda: primary.log().count("replicating") > connected, 15, "the primary back in")
         _write_files(pair.a, "churned", 20)
         wait_for(lambda: _level(pair), 60, "the copies level under a churning flood")
-        assert churner.poll() is None, "the flood went on all along"
+        assert all(churner.poll() is None for churner in churners), "the flood went on all along"
         assert secondary.alive() and primary.alive()
     finally:
         for flooder in flooders:
