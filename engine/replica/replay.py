@@ -8,12 +8,12 @@ the stream itself) created. A path that would is refused with ELOOP or EXDEV.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Iterable
 
-from tandem.fsdriver.beneath import object_at, open_beneath, parent_of
+from tandem.engine.replica.open_files import SYNCABLE, OpenFiles, open_to_change
+from tandem.fsdriver.beneath import object_at, parent_of
 from tandem.fsdriver.mutation import (
     CreateFile,
     MakeDirectory,
@@ -33,29 +33,6 @@ from tandem.fsdriver.mutation import (
     decode_json,
 )
 from tandem.fsdriver.syscall import renameat2
-
-_OPENABLE = (stat.S_IFREG,)
-_SYNCABLE = (stat.S_IFREG, stat.S_IFDIR)
-
-
-def _open(root_fd: int, path: bytes, flags: int, kinds: tuple[int, ...] = _OPENABLE) -> int:
-    """Open an object of the copy to change or sync it — only a regular file (or, to sync, a
-    directory). A fifo would block the receiver on open, and opening a device node acts on the
-    host's device (a stream may create one: a copy can hold device nodes). So the object's
-    kind is looked at before it is opened: the receiver is the copy's only writer (its
-    applications see it read-only) and applies one change at a time, so nothing can replace
-    it in between."""
-    if flags & os.O_CREAT:
-        # O_EXCL: a new regular file, nothing else; openat2 refuses a mode without O_CREAT,
-        # and a created file's mode is set after its owner
-        return open_beneath(root_fd, path, flags | os.O_NOFOLLOW, 0o600)
-    with parent_of(root_fd, path) as (parent, name):
-        kind = stat.S_IFMT(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
-        if kind == stat.S_IFLNK:  # as openat2 says of a symlink on the way: a violation
-            raise OSError(errno.ELOOP, "a symlink: not followed")
-        if kind not in kinds:
-            raise OSError(errno.EINVAL, "not a regular file: not opened")
-        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
 
 
 def _chmod(root_fd: int, path: bytes, mode: int) -> None:
@@ -109,27 +86,50 @@ def rename(root_fd: int, old: bytes, new: bytes, flags: int) -> None:
         renameat2(old_fd, old_name, new_fd, new_name, flags)
 
 
-def apply(root_fd: int, mutation: Mutation) -> None:
-    """Apply one mutation; raises OSError exactly as the syscall did."""
-    apply_change(root_fd, mutation)
-    apply_stamps(root_fd, mutation.stamps)
+def apply(root_fd: int, mutation: Mutation, files: OpenFiles | None = None) -> None:
+    """Apply one mutation; raises OSError exactly as the syscall did. With `files`, writes go
+    through the descriptors it keeps (`tandem.engine.replica.open_files`)."""
+    if files is None:
+        apply_change(root_fd, mutation)
+        apply_stamps(root_fd, mutation.stamps)
+        return
+    match mutation:
+        case Write(path=path, offset=offset, data=data):
+            _write_all(files.writable(path), data, offset)
+        case SetAttributes(path=path, mode=None, uid=None, gid=None, size=int(size)):
+            os.ftruncate(files.writable(path), size)
+        case Unlink() | RemoveDirectory() | Rename():  # a name may now lead elsewhere
+            files.forget()
+            apply_change(root_fd, mutation)
+        case _:
+            apply_change(root_fd, mutation)
+    for stamp in mutation.stamps:
+        held = files.held(stamp.path)
+        if held is None:
+            set_times(root_fd, stamp.path, stamp.atime_ns, stamp.mtime_ns)
+        else:  # the very file the path names: a regular file, checked when it was opened
+            os.utime(held, ns=(stamp.atime_ns, stamp.mtime_ns))
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def apply_change(root_fd: int, mutation: Mutation) -> None:
     """The mutation without its stamps."""
     match mutation:
         case Write(path=path, offset=offset, data=data):
-            fd = _open(root_fd, path, os.O_WRONLY)
+            fd = open_to_change(root_fd, path, os.O_WRONLY)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.pwrite(fd, view, offset)
-                    view, offset = view[written:], offset + written
+                _write_all(fd, data, offset)
             finally:
                 os.close(fd)
         case SetAttributes(path=path, mode=mode, uid=uid, gid=gid, size=size):
             if size is not None:
-                fd = _open(root_fd, path, os.O_WRONLY)
+                fd = open_to_change(root_fd, path, os.O_WRONLY)
                 try:
                     os.ftruncate(fd, size)
                 finally:
@@ -139,7 +139,7 @@ def apply_change(root_fd: int, mutation: Mutation) -> None:
             if mode is not None:
                 _chmod(root_fd, path, mode)
         case CreateFile(path=path, mode=mode, uid=uid, gid=gid):
-            os.close(_open(root_fd, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            os.close(open_to_change(root_fd, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
             owner_and_mode(root_fd, path, uid, gid, mode)
         case MakeDirectory(path=path, mode=mode, uid=uid, gid=gid):
             with parent_of(root_fd, path) as (fd, name):
@@ -170,7 +170,7 @@ def apply_change(root_fd: int, mutation: Mutation) -> None:
             with object_at(root_fd, path) as target:
                 os.removexattr(target, name)
         case Sync(path=path, data_only=data_only):
-            fd = _open(root_fd, path, os.O_RDONLY, _SYNCABLE)
+            fd = open_to_change(root_fd, path, os.O_RDONLY, SYNCABLE)
             try:
                 (os.fdatasync if data_only else os.fsync)(fd)
             finally:

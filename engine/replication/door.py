@@ -39,28 +39,33 @@ def refuse(connection: socket.socket) -> None:
 async def serve_door(
     listener: trio.SocketListener, arrived: Callable[[socket.socket, str], None]
 ) -> None:
-    """Accept every connection queued on `listener`; `arrived(connection, source address)`
-    decides each at once, without blocking: it takes the socket or refuses it."""
-    door = socket.socket(fileno=os.dup(listener.socket.fileno()))
+    """Accept every connection queued on `listener`, and close it when done (as
+    `trio.serve_listeners` does); `arrived(connection, source address)` decides each at once,
+    without blocking: it takes the socket or refuses it."""
+    async with listener:
+        with socket.socket(fileno=os.dup(listener.socket.fileno())) as door:
+            door.setblocking(False)
+            await _drain(door, arrived)
+
+
+async def _drain(door: socket.socket, arrived: Callable[[socket.socket, str], None]) -> None:
     short = False  # said once, not every pause
-    with door:
-        door.setblocking(False)
-        while True:
-            await trio.lowlevel.wait_readable(door)  # a checkpoint: other tasks run between batches
-            for _ in range(ACCEPT_BATCH):
-                try:
-                    connection, address = door.accept()
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    if exc.errno not in SHORT_OF_RESOURCES:
-                        continue  # that one connection is gone (reset before it was accepted)
-                    if not short:
-                        log.error("cannot accept connections: %s; retrying", exc.strerror)
-                    short = True
-                    await trio.sleep(RESOURCE_PAUSE)
-                    break
-                if short:
-                    log.info("accepting connections again")
-                short = False
-                arrived(connection, str(address[0]))
+    while True:
+        await trio.lowlevel.wait_readable(door)  # a checkpoint: other tasks run between batches
+        for _ in range(ACCEPT_BATCH):
+            try:
+                connection, address = door.accept()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno not in SHORT_OF_RESOURCES:
+                    continue  # that one connection is gone (reset before it was accepted)
+                if not short:
+                    log.error("cannot accept connections: %s; retrying", exc.strerror)
+                short = True
+                await trio.sleep(RESOURCE_PAUSE)
+                break
+            if short:
+                log.info("accepting connections again")
+            short = False
+            arrived(connection, str(address[0]))

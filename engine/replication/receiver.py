@@ -52,6 +52,7 @@ from tandem.engine.reintegration.journal import SecondaryJournal
 from tandem.engine.reintegration.plan import plan_from_history
 from tandem.engine.replica.aside import AsideKeeper, AsideShort, keep_aside
 from tandem.engine.replica.durability import make_durable
+from tandem.engine.replica.open_files import OpenFiles
 from tandem.engine.replica.repair import apply_repair, apply_tolerantly
 from tandem.engine.replica.replay import apply
 from tandem.engine.replica.survey import hash_file_range, survey
@@ -84,11 +85,16 @@ def _apply_batch(
     batch: list[tuple[int, StreamItem]],
     durable: bool,
     tolerant: bool,
+    files: OpenFiles,
     keeper: AsideKeeper | None = None,
 ) -> list[bytes]:
     """Apply in order; returns the paths a tolerant application could not settle. With a
-    ``keeper``, what each item changes is kept aside first."""
+    ``keeper``, what each item changes is kept aside first. Strict applies write through the
+    descriptors `files` keeps; a resync's (repairs, tolerant) may move anything: they forget
+    them first."""
     unsettled: list[bytes] = []
+    if tolerant:
+        files.forget()
     for seq, item in batch:
         try:
             if isinstance(item, ProgressNote):
@@ -99,11 +105,12 @@ def _apply_batch(
                 except AsideShort as exc:
                     raise ApplyError(f"mutation {seq} not applied: {exc}") from None
             if isinstance(item, REPAIR_TYPES):
+                files.forget()
                 unsettled.extend(apply_repair(root_fd, item))
             elif tolerant:
                 unsettled.extend(apply_tolerantly(root_fd, cast(Mutation, item)))
             else:
-                apply(root_fd, cast(Mutation, item))  # queries never reach a batch
+                apply(root_fd, cast(Mutation, item), files)  # queries never reach a batch
         except OSError as exc:
             what = type(item).__name__
             path = getattr(item, "path", getattr(item, "old", b"?"))
@@ -152,6 +159,7 @@ class Receiver:
         self._journal = journal
         self.in_sync = False
         self._root_fd = root_fd
+        self._files = OpenFiles(root_fd)  # the descriptors strict applies write through
         self.identity = settings.identity
         self._secret = secret
         self._durable = settings.durable
@@ -310,6 +318,7 @@ class Receiver:
                         await self._session(raw, connection, first_events, scope)
                     finally:
                         self.in_sync = False
+                        self._files.forget()  # the next session starts with a resync
                         with trio.CancelScope(shield=True):
                             await self._end_receiving()
                         done.set()
@@ -532,12 +541,12 @@ class Receiver:
                 # may come)
                 keeper = self._keeper if tolerant else None
                 unsettled = await trio.to_thread.run_sync(
-                    _apply_batch, self._root_fd, batch, self._durable, tolerant, keeper
+                    _apply_batch, self._root_fd, batch, self._durable, tolerant, self._files, keeper
                 )
             else:
                 # applying is a few syscalls per mutation: a thread hop would cost more than it
                 # saves, and this connection has nothing else to do meanwhile
-                _apply_batch(self._root_fd, batch, False, False)
+                _apply_batch(self._root_fd, batch, False, False, self._files)
         except ApplyError as exc:
             log.error("%s; the primary will go on alone", exc)
             connection.send_error(str(exc))

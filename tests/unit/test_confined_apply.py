@@ -5,7 +5,8 @@ The report: a stream sent ``MakeSymlink("evil" -> /outside)`` and then mutations
 hard-linked files outside its directory, and answered listings and hashes of them. Here every
 kind of item, strict, tolerant and as a resync repair, is aimed through symlinks (absolute,
 relative, ``..``-made, to files and to directories) and at paths with ``..``; nothing outside
-the copy may change, and no answer may describe it.
+the copy may change, and no answer may describe it — also when writes go through the
+descriptors the receiver keeps between them (`OpenFiles`), across renames and removals.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from hypothesis import strategies as st
 from tandem.engine.protocol.queries import HashQuery, ListQuery
 from tandem.engine.protocol.repairs import Ensure, LinkIfPresent, Move, RemoveTree, SetXattrs
 from tandem.engine.protocol.results import FOUND
+from tandem.engine.replica.open_files import OpenFiles
 from tandem.engine.replica.repair import Unsettled, apply_repair, apply_tolerantly
 from tandem.engine.replica.replay import apply
 from tandem.engine.replica.survey import hash_file_range, survey
-from tandem.engine.replication.receiver import answer_query
+from tandem.engine.replication.receiver import ApplyError, _apply_batch, answer_query
 from tandem.fsdriver.mutation import (
     CreateFile,
     MakeDirectory,
@@ -147,19 +149,28 @@ def _items(path: bytes, other: bytes) -> list[object]:
     ]
 
 
-def _apply_every_way(root_fd: int, item: object) -> None:
-    """Strictly, tolerantly (a mutation) or as a repair: a refusal is an error, never a change
-    beyond the copy."""
-    ways = (
-        (apply_repair,)
-        if isinstance(item, Ensure | RemoveTree | SetXattrs | Move | LinkIfPresent)
-        else (apply, apply_tolerantly)
-    )
+def _apply_every_way(root_fd: int, item: object, files: OpenFiles) -> None:
+    """Strictly (by path, and as the receiver does, through the descriptors `files` keeps),
+    tolerantly (a mutation) or as a repair: a refusal is an error, never a change beyond the
+    copy."""
+    if isinstance(item, Ensure | RemoveTree | SetXattrs | Move | LinkIfPresent):
+        ways = [lambda: apply_repair(root_fd, item), lambda: _received(root_fd, item, files)]
+    else:
+        ways = [
+            lambda: apply(root_fd, item),  # type: ignore[arg-type]
+            lambda: apply_tolerantly(root_fd, item),  # type: ignore[arg-type]
+            lambda: _received(root_fd, item, files),
+            lambda: _received(root_fd, item, files, tolerant=True),
+        ]
     for way in ways:
         try:
-            way(root_fd, item)  # type: ignore[operator]
-        except (OSError, Unsettled):
+            way()
+        except (OSError, Unsettled, ApplyError):
             pass
+
+
+def _received(root_fd: int, item: object, files: OpenFiles, *, tolerant: bool = False) -> None:
+    _apply_batch(root_fd, [(1, item)], False, tolerant, files)  # type: ignore[list-item]
 
 
 def _assert_nothing_revealed(root_fd: int, outside: Path, path: bytes) -> None:
@@ -190,10 +201,12 @@ def test_no_item_reaches_outside_the_copy_through_a_symlink(
 ) -> None:
     outside, _copy, root_fd = world
     before = _snapshot(outside)
+    files = OpenFiles(root_fd)
     for other in (b"dir/x", b"fl", b"abs/secret-file"):
         for item in _items(path, other):
-            _apply_every_way(root_fd, item)
+            _apply_every_way(root_fd, item, files)
             assert _snapshot(outside) == before, item
+    files.forget()
     _assert_nothing_revealed(root_fd, outside, path)
 
 
@@ -278,8 +291,10 @@ def test_random_streams_never_change_or_reveal_anything_outside(
     root_fd = os.open(copy, os.O_RDONLY | os.O_DIRECTORY)
     try:
         before = _snapshot(outside)
+        files = OpenFiles(root_fd, held=3)  # small: evictions happen too
         for item in items:
-            _apply_every_way(root_fd, item)
+            _apply_every_way(root_fd, item, files)
+        files.forget()
         assert _snapshot(outside) == before
         for path in PATHS:
             _assert_nothing_revealed(root_fd, outside, path)
