@@ -12,11 +12,13 @@ both pick the same secret, and each proves it holds it with
 the sender's role, so a proof cannot be reflected back. Nothing but HELLO and AUTH is accepted
 before the peer's proof checks out.
 
-Every frame after the proofs is sealed (decision D26): ``u32 length | AES-256-GCM(kind | flags |
-body)``, the length as associated data, under a key of this connection and direction, with the
-frame's number in that direction as the nonce. A frame injected, altered, dropped, replayed or
-reordered by anyone without the secret fails to open: the connection ends, nothing of it acted
-on. The content crosses the network only as ciphertext.
+Every frame after the proofs is sealed (decision D26): ``u32 length | u8 kind | u8 flags |
+AES-256-GCM(body)``, the six header bytes as associated data (authenticated, not hidden: the
+body comes out of the cipher as it is, with no copy to strip a header), under a key of this
+connection and direction, with the frame's number in that direction as the nonce. A frame
+injected, altered, dropped, replayed or reordered by anyone without the secret fails to open:
+the connection ends, nothing of it acted on. The content crosses the network only as
+ciphertext.
 
 After that the responder (the secondary) first says where its copy stands (PEER_STATE: the
 generation it shares with a primary, and the paths it changed itself since). Then: MUTATION
@@ -349,10 +351,10 @@ class Connection:
             for part in parts:
                 self._outbox += part
             return
-        plain = b"".join([_KIND_FLAGS.pack(kind, flags), *parts])
-        header = _LENGTH.pack(len(plain) + _TAG)
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        header = _HEADER.pack(len(body) + _KIND_FLAGS.size + _TAG, kind, flags)
         self._outbox += header
-        self._outbox += self._sealer.encrypt(_NONCE.pack(self._sealed), plain, header)
+        self._outbox += self._sealer.encrypt(_NONCE.pack(self._sealed), body, header)
         self._sealed += 1
 
     def _require_ready(self) -> None:
@@ -452,16 +454,17 @@ class Connection:
     def _next_sealed_frame(self, opener: AESGCM) -> tuple[int, int, bytes] | None:
         if len(self._inbox) < _LENGTH.size:
             return None
-        (length,) = _LENGTH.unpack_from(self._inbox)
+        (length,) = _LENGTH.unpack_from(self._inbox)  # judged before any more is buffered
         if length < _KIND_FLAGS.size + _TAG or length > MAX_FRAME + _TAG:
             raise ProtocolError(f"sealed frame length {length} out of bounds")
         end = _LENGTH.size + length
         if len(self._inbox) < end:
             return None
+        _, kind, flags = _HEADER.unpack_from(self._inbox)
         try:
             with memoryview(self._inbox) as inbox:  # opened in place: no copy of the frame
-                plain = opener.decrypt(
-                    _NONCE.pack(self._opened), inbox[_LENGTH.size : end], inbox[: _LENGTH.size]
+                body = opener.decrypt(
+                    _NONCE.pack(self._opened), inbox[_HEADER.size : end], inbox[: _HEADER.size]
                 )
         except InvalidTag:
             raise ProtocolError(
@@ -470,8 +473,7 @@ class Connection:
             ) from None
         del self._inbox[:end]
         self._opened += 1
-        kind, flags = _KIND_FLAGS.unpack_from(plain)
-        return kind, flags, plain[_KIND_FLAGS.size :]
+        return kind, flags, body
 
     def _handle(self, kind: int, flags: int, body: bytes) -> ConnectionEvent | None:
         if kind == FrameKind.ERROR:

@@ -60,10 +60,20 @@ class OpenFiles:
             self._fds.move_to_end(path)
             return fd
         fd = open_to_change(self._root_fd, path, os.O_WRONLY)
+        self._keep(path, fd)
+        return fd
+
+    def created(self, path: bytes) -> int:
+        """Create the regular file at `path` (it must not exist) and keep its descriptor: what
+        a create is followed by (its owner, its mode, its first writes) goes through it."""
+        fd = open_to_change(self._root_fd, path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        self._keep(path, fd)
+        return fd
+
+    def _keep(self, path: bytes, fd: int) -> None:
         self._fds[path] = fd
         if len(self._fds) > self._held:
             os.close(self._fds.popitem(last=False)[1])
-        return fd
 
     def held(self, path: bytes) -> int | None:
         """The descriptor kept for `path`, if any (for calls that take one instead of a path)."""

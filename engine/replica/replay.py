@@ -98,6 +98,10 @@ def apply(root_fd: int, mutation: Mutation, files: OpenFiles | None = None) -> N
             _write_all(files.writable(path), data, offset)
         case SetAttributes(path=path, mode=None, uid=None, gid=None, size=int(size)):
             os.ftruncate(files.writable(path), size)
+        case CreateFile(path=path, mode=mode, uid=uid, gid=gid):
+            fd = files.created(path)
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, stat.S_IMODE(mode))  # after chown, which clears set-id bits
         case Unlink() | RemoveDirectory() | Rename():  # a name may now lead elsewhere
             files.forget()
             apply_change(root_fd, mutation)

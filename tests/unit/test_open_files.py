@@ -116,7 +116,13 @@ def _mutation() -> st.SearchStrategy[Mutation]:
     directory = st.sampled_from((b"d", b"e"))
     stamp = st.builds(Stamp, name, st.just(5_000_000_000), st.integers(1, STAMPED))
     return st.one_of(
-        st.builds(CreateFile, name, st.just(0o644), st.just(0), st.just(0)),
+        st.builds(
+            CreateFile,
+            name,
+            st.sampled_from((0o644, 0o4755, 0o600)),
+            st.sampled_from((0, 1000)),
+            st.sampled_from((0, 1000)),
+        ),
         st.builds(
             Write,
             name,
@@ -146,7 +152,8 @@ def _tree(root: Path) -> dict[str, tuple[object, ...]]:
         if stat.S_ISREG(status.st_mode):
             # a time a stamp set must be the same; the clock's differs between the copies
             mtime = status.st_mtime_ns if status.st_mtime_ns <= STAMPED else "clock"
-            tree[str(path.relative_to(root))] = ("file", path.read_bytes(), mtime)
+            owner = (status.st_mode, status.st_uid, status.st_gid)
+            tree[str(path.relative_to(root))] = ("file", path.read_bytes(), mtime, owner)
         elif stat.S_ISLNK(status.st_mode):
             tree[str(path.relative_to(root))] = ("link", os.readlink(path))
         else:

@@ -6,6 +6,7 @@ nodes holding different sets of secrets agree on one they share, or refuse with 
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -53,10 +54,15 @@ def _frames(data: bytes) -> list[bytes]:
     return found
 
 
-def _mutations(connection: Connection, count: int, first: int = 1) -> bytes:
+def _mutations(connection: Connection, count: int, first: int = 1, data: bytes = b"") -> bytes:
     for seq in range(first, first + count):
-        connection.send_mutation(seq, Write(b"db", seq * 4096, MARKER * 100))
+        connection.send_mutation(seq, Write(b"db", seq * 4096, data or MARKER * 100))
     return bytes(connection.bytes_to_send())
+
+
+# a 4 KiB write sealed in one piece; a 1 MiB one (incompressible: it stays that big) sealed
+# and opened piecewise
+PAYLOADS = {"4 KiB": b"", "1 MiB": MARKER + os.urandom(1 << 20)}
 
 
 def test_what_crosses_the_network_after_the_handshake_is_ciphertext() -> None:
@@ -90,10 +96,12 @@ def test_a_plaintext_frame_after_the_handshake_is_refused() -> None:
     assert [type(e) for e in got] == [ConnectionFailed]
 
 
-@pytest.mark.parametrize("position", [0, 3, 4, 5, 20, -1])
-def test_a_flipped_bit_anywhere_in_a_frame_is_refused(position: int) -> None:
+@pytest.mark.parametrize("payload", PAYLOADS)
+@pytest.mark.parametrize("position", [0, 3, 4, 5, 20, 40_000, -17, -1])
+def test_a_flipped_bit_anywhere_in_a_frame_is_refused(position: int, payload: str) -> None:
     a, b, _, _ = _ready()
-    frame = bytearray(_mutations(a, 1))
+    frame = bytearray(_mutations(a, 1, data=PAYLOADS[payload]))
+    position = min(position, len(frame) - 1)
     frame[position] ^= 0x01
     got = b.receive(bytes(frame))
     # a changed length either waits for bytes that never come or fails; never acted on
@@ -102,10 +110,11 @@ def test_a_flipped_bit_anywhere_in_a_frame_is_refused(position: int) -> None:
         assert [type(e) for e in got] == [ConnectionFailed]
 
 
-def test_dropped_replayed_and_reordered_frames_are_refused() -> None:
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_dropped_replayed_and_reordered_frames_are_refused(payload: str) -> None:
     for tamper in ("drop", "replay", "reorder"):
         a, b, _, _ = _ready()
-        one, two, three = _frames(_mutations(a, 3))
+        one, two, three = _frames(_mutations(a, 3, data=PAYLOADS[payload]))
         wire = {
             "drop": one + three,
             "replay": one + one,
@@ -113,6 +122,18 @@ def test_dropped_replayed_and_reordered_frames_are_refused() -> None:
         }[tamper]
         got = b.receive(wire)
         assert [type(e) for e in got] == [MutationReceived, ConnectionFailed], tamper
+
+
+def test_kind_and_flags_are_authenticated_though_not_hidden() -> None:
+    """A sealed frame shows its kind (as its size would) and its body leaves the cipher as it
+    is; a relay that relabels an ACK as a MUTATION, or sets a flag, breaks the frame."""
+    for change in ((4, FrameKind.MUTATION), (5, 0x02)):
+        a, b, _, _ = _ready()
+        b.send_ack(AckKind.APPLIED, 1)
+        frame = bytearray(b.bytes_to_send())
+        assert frame[4] == FrameKind.ACK
+        frame[change[0]] = change[1]
+        assert [type(e) for e in a.receive(bytes(frame))] == [ConnectionFailed]
 
 
 def test_a_frame_of_another_connection_or_direction_does_not_open() -> None:
@@ -182,7 +203,7 @@ def test_a_recording_and_the_secret_together_do_not_open_the_stream() -> None:
 
     a, b, _, _ = _ready()
     sealed = _frames(_mutations(a, 1))[0]
-    first_nonce, header, body = b"\0" * 12, sealed[:4], sealed[4:]
+    first_nonce, header, body = b"\0" * 12, sealed[:6], sealed[6:]  # length, kind, flags
     transcript = a._transcript()  # both HELLOs: everything of the handshake a recording holds
     for guess in (b"", b"\0" * 32):
         outgoing, _ = derive(OLD, guess, transcript)
