@@ -8,6 +8,7 @@ import sys
 
 from tandem.engine.cli.common import EXIT_OK, positive_float
 from tandem.engine.cli.node import ROLES
+from tandem.engine.cli.tail import line_count, show_tail
 from tandem.engine.config.modules import ConfigError
 from tandem.engine.lab.lab import DELAY, NODES, Lab
 
@@ -110,7 +111,19 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     lab_nemesis.add_argument("--faults", type=int, default=10, help="how many faults (10)")
     lab_nemesis.add_argument("--out", metavar="FILE", help="also write the report there")
     lab_commands.add_parser("status", help="what runs where")
+    lab_logs = lab_commands.add_parser("logs", help="a node's log (its `tandem node` and mounts)")
+    lab_logs.add_argument("node", choices=sorted(NODES))
+    lab_logs.add_argument(
+        "-n", "--lines", type=line_count, default=50, help="how many last lines (50; 0: all)"
+    )
+    lab_logs.add_argument("-f", "--follow", action="store_true", help="then print what follows")
     lab_commands.add_parser("down", help="remove every namespace, process and file of the lab")
+    for action in lab_commands.choices.values():
+        # `tandem lab up --dir D` as well as `tandem lab --dir D up`; SUPPRESS keeps the
+        # first spelling's value when the second is not used
+        action.add_argument(
+            "--dir", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
 
     demo = commands.add_parser(
         "demo",
@@ -183,6 +196,14 @@ def run_lab_command(args: argparse.Namespace) -> int:
         return run_nemesis(args.dir, args.seed, args.faults, args.out)
     elif action == "status":
         print(lab.describe())
+    elif action == "logs":
+        lab.check_up()
+        try:
+            show_tail(lab.log_path(args.node), args.lines, args.follow)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"node {args.node} has no log yet ({lab.log_path(args.node)})"
+            ) from None
     elif action == "down":
         lab.down()
         print(f"lab in {lab.directory} removed")

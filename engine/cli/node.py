@@ -107,6 +107,7 @@ def run_node_command(args: argparse.Namespace) -> int:
 
 
 def run_unit_command(args: argparse.Namespace) -> int:
+    load_modules(args.config_dir, args.modules)  # a unit for a module that is not there fails
     print(unit_text(args.modules, args.config_dir, args.state_dir), end="")
     return EXIT_OK
 

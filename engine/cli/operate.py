@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.engine.cli.common import EXIT_FAILED, EXIT_OK, state_dir_option
+from tandem.engine.cli.tail import line_count, show_tail
 from tandem.engine.config.modules import ConfigError, check_name
 from tandem.engine.config.paths import app_log, control_socket, module_log, module_socket
 from tandem.engine.control.channel import ControlError, ask
@@ -128,14 +129,13 @@ def module_command(state_dir: str, module: str, command: str, **arguments: Any) 
     return EXIT_OK
 
 
-def show_log(state_dir: str, module: str, *, app: bool, lines: int) -> int:
+def show_log(state_dir: str, module: str, *, app: bool, lines: int, follow: bool = False) -> int:
     check_name(module)
     path = app_log(state_dir, module) if app else module_log(state_dir, module)
     try:
-        text = Path(path).read_text(errors="replace")
+        show_tail(Path(path), lines, follow)
     except FileNotFoundError:
         raise ConfigError(f"no {'application' if app else 'module'} log yet ({path})") from None
-    print("\n".join(text.splitlines()[-lines:]) if lines > 0 else text, end="\n")
     return EXIT_OK
 
 
@@ -300,10 +300,19 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "logs",
         help="the module log (every state change and why), or with --app the scripts' output",
     )
-    logs.set_defaults(run=lambda a: show_log(a.state_dir, a.module, app=a.app, lines=a.lines))
+    logs.set_defaults(
+        run=lambda a: show_log(a.state_dir, a.module, app=a.app, lines=a.lines, follow=a.follow)
+    )
     logs.add_argument("module", metavar="MODULE")
     logs.add_argument("--app", action="store_true", help="the application log instead")
-    logs.add_argument("-n", "--lines", type=int, default=100, help="how many last lines (100)")
+    logs.add_argument(
+        "-n",
+        "--lines",
+        type=line_count,
+        default=100,
+        help="how many last lines (100; 0: the whole log)",
+    )
+    logs.add_argument("-f", "--follow", action="store_true", help="then print what follows")
     state_dir_option(logs)
 
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -127,6 +128,13 @@ class Lab:
     def node_dir(self, node: str) -> Path:
         return self.directory / "nodes" / node
 
+    @property
+    def command(self) -> str:
+        """How to name this lab on the command line: hints must work as printed."""
+        if self.directory == Path(DEFAULT_LAB_DIR):
+            return "tandem lab"
+        return f"tandem lab --dir {shlex.quote(str(self.directory))}"
+
     def log_path(self, node: str) -> Path:
         return self.node_dir(node) / "node.log"
 
@@ -140,11 +148,17 @@ class Lab:
     def _state_file(self) -> Path:
         return self.directory / "lab.json"
 
+    def check_up(self) -> None:
+        """A LabError (how to start one) unless a lab is up here."""
+        self._state()
+
     def _state(self) -> dict[str, object]:
         try:
             state: dict[str, object] = json.loads(self._state_file.read_text())
         except FileNotFoundError:
-            raise LabError(f"no lab in {self.directory} (start one with: tandem lab up)") from None
+            raise LabError(
+                f"no lab in {self.directory} (start one with: {self.command} up)"
+            ) from None
         return state
 
     def _save(self, state: dict[str, object]) -> None:
@@ -176,7 +190,7 @@ class Lab:
         """``heartbeat``: (interval, timeout) instead of the defaults; ``disk_mib``: each node's
         copy on a filesystem of its own of that size, which `fill` can make full."""
         if self._state_file.exists():
-            raise LabError(f"a lab is already up in {self.directory} (tandem lab down first)")
+            raise LabError(f"a lab is already up in {self.directory} ({self.command} down first)")
         if disk_mib is not None and disk_mib < MIN_DISK_MIB:
             raise LabError(f"--disk: at least {MIN_DISK_MIB} MiB, not {disk_mib}")
         if self.directory.exists() and any(self.directory.iterdir()):
@@ -308,7 +322,9 @@ class Lab:
         free byte); `unfill` frees it. Needs a lab made with a disk of its own per node."""
         self._check_node(node)
         if not self.has_disks:
-            raise LabError("this lab's copies share the host's disk: `tandem lab up --disk MIB`")
+            raise LabError(
+                f"this lab's copies share the host's disk: `{self.command} up --disk MIB`"
+            )
         filler = self._disk(node) / FILLER
         with open(filler, "ab") as out:
             for chunk in (4 << 20, 64 << 10, 4 << 10):
@@ -354,7 +370,9 @@ class Lab:
         managed = state.get("managed") is True
         if role is not None:
             if managed:
-                raise LabError("this lab fails over: roles are elected (tandem lab up --static)")
+                raise LabError(
+                    f"this lab fails over: roles are elected ({self.command} up --static)"
+                )
             roles[node] = role
         assignment = MODULE if managed else f"{MODULE}={roles[node]}"
         command = [
@@ -455,13 +473,15 @@ class Lab:
             return ["nsenter", f"--net=/run/netns/{self.netns(CLIENT)}", "--", *command]
         pid = self.init_pid(node)
         if pid is None:
-            raise LabError(f"node {node} is not running (tandem lab start {node})")
+            raise LabError(f"node {node} is not running ({self.command} start {node})")
         enter = ["nsenter", f"--target={pid}", "--mount", "--net", "--pid"]
-        # `tandem state/verify/resync` run there find that node's streams by themselves
+        # `tandem state/verify/resync` run there find that node's streams by themselves, and
+        # `tandem` is the one running this lab even when its virtualenv is not on PATH
         environment = [
             "env",
             f"{STATE_DIR_VARIABLE}={self.state_dir(node)}",
             f"{CONFIG_DIR_VARIABLE}={self.config_dir(node)}",
+            f"PATH={_with_own_scripts(os.environ.get('PATH', ''))}",
         ]
         return [*enter, f"--wd={os.getcwd()}", "--", *environment, *command]
 
@@ -642,16 +662,28 @@ class Lab:
             if managed:
                 found = self.module_state(node) if running == "running" else None
                 role = f"{found['state']} ({found['reason']})" if found else "-"
+                if running == "running" and found is None:
+                    # the node's namespaces are there, its `tandem node` does not answer
+                    running = "its tandem node does not answer (exited? see the log)"
             lines.append(f"  node {node}: {role}, {address}, {running}, log {self.log_path(node)}")
+        lab = self.command
         if managed:
             lines.append(
                 f"  virtual IP {VIP} (on the serving node), demo app on port {APP_PORT}: "
-                f"tandem lab exec client -- {sys.executable} -m tandem.engine.lab.demoapp "
+                f"{lab} exec client -- {sys.executable} -m tandem.engine.lab.demoapp "
                 f"get {VIP} {APP_PORT} KEY"
             )
-        lines.append(f"  client (tandem lab exec client -- …): {CLIENT_ADDRESS}")
+        lines.append(f"  client ({lab} exec client -- …): {CLIENT_ADDRESS}")
         lines.append(f"  witness (the switch): {SWITCH_ADDRESS}")
         lines.append(f"  replicated directory (same path on both nodes): {self.shared_path}")
-        lines.append(f"  try: tandem lab exec a -- sh -c 'date > {self.shared_path}/hello'")
-        lines.append(f"       tandem lab exec b -- cat {self.shared_path}/hello")
+        lines.append(f"  try: {lab} exec a -- sh -c 'date > {self.shared_path}/hello'")
+        lines.append(f"       {lab} exec b -- cat {self.shared_path}/hello")
+        lines.append(f"       {lab} logs a        {lab} exec a -- tandem state")
         return "\n".join(lines)
+
+
+def _with_own_scripts(path: str) -> str:
+    """PATH with the directory of this Python's scripts (where `tandem` is) first."""
+    scripts = os.path.dirname(sys.executable)
+    rest = [entry for entry in path.split(os.pathsep) if entry and entry != scripts]
+    return os.pathsep.join([scripts, *rest])

@@ -12,7 +12,7 @@ import pytest
 
 from tandem.engine.lab.lab import Lab
 from tandem.fsdriver.mount import mounts_at
-from tests.helpers.lab import LabCluster
+from tests.helpers.lab import CLI, LabCluster
 from tests.helpers.mountproc import wait_for
 
 pytestmark = pytest.mark.root
@@ -129,3 +129,31 @@ def test_partitions_choose_who_reaches_the_witness_and_heal(lab: LabCluster) -> 
     lab.cut("b")
     assert "healed" in lab.cli("heal").stdout
     wait_for(lambda: pings("a", b) and pings("b", witness), 10, "the network back")
+
+
+def test_the_lab_commands_work_as_printed(lab: LabCluster) -> None:
+    """What a new user types: `tandem` inside a node without the virtualenv on PATH, `--dir`
+    after the action, the hints `status` prints (they keep `--dir`), `lab logs`."""
+    bare = subprocess.run(
+        [*lab.on("a"), "tandem", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert bare.returncode == 0 and bare.stdout.startswith("tandem "), bare.stderr
+    status = subprocess.run(
+        [*CLI, "lab", "status", "--dir", str(lab.directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    hints = [line for line in status.stdout.splitlines() if "tandem lab " in line]
+    assert hints and all(f"--dir {lab.directory}" in line for line in hints), status.stdout
+    logs = lab.cli("logs", "a", "-n", "3")
+    assert 0 < len(logs.stdout.splitlines()) <= 3
+    written = (lab.directory / "nodes" / "a" / "node.log").read_text()
+    assert all(line in written.splitlines() for line in logs.stdout.splitlines())
+    refused = lab.cli("logs", "a", "-n", "-3", check=False)
+    assert refused.returncode == 2 and "not a number of lines" in refused.stderr

@@ -4,11 +4,13 @@ process holds, a control socket in a directory that does not exist, a reader tha
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from tandem.engine.config.paths import module_log
 from tandem.fsdriver.mount import mounts_at
 
 CLI = [sys.executable, "-m", "tandem.engine.cli"]
@@ -76,3 +78,34 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> Non
         os.close(write)
     assert done.stderr == ""
     assert done.returncode in (0, 1)  # 1: the modules found did not answer (none runs)
+
+
+def test_logs_prints_the_last_lines_and_follows_through_a_rotation(tmp_path: Path) -> None:
+    log = Path(module_log(str(tmp_path), "web"))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(f"line {n}\n" for n in range(10)))
+    where = ("--state-dir", str(tmp_path))
+    assert _run("logs", "web", "-n", "2", *where).stdout == "line 8\nline 9\n"
+    assert _run("logs", "web", "-n", "0", *where).stdout.count("\n") == 10
+    refused = _run("logs", "web", "-n", "-3", *where)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.splitlines()[-1].endswith("'-3' is not a number of lines (0 or more)")
+    follower = subprocess.Popen(
+        [*CLI, "logs", "web", "-n", "1", "-f", *where],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "line 9\n"
+        with log.open("a") as more:
+            more.write("line 10\n")
+        assert follower.stdout.readline() == "line 10\n"
+        log.rename(log.with_suffix(".1"))  # what a rotation does
+        log.write_text("fresh\n")
+        assert follower.stdout.readline() == "fresh\n"
+    finally:
+        follower.send_signal(signal.SIGINT)  # Ctrl-C: one line, no traceback
+        _, err = follower.communicate(timeout=20)
+    assert "Traceback" not in err and "interrupted" in err
