@@ -9,7 +9,6 @@ demo).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from collections.abc import Sequence
 from tandem.engine import __version__
 from tandem.engine.cli import lab, node, operate, secret, stream
 from tandem.engine.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from tandem.engine.cli.logsetup import configure as configure_logging
 from tandem.engine.config.modules import ConfigError
 from tandem.engine.control.channel import ControlError
 from tandem.engine.lab.lab import LabError
@@ -38,10 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    configure_logging(args.verbose)
     try:
         if args.command == "demo":
             code: int = args.run(args)

@@ -99,17 +99,41 @@ def show_state(state_dir: str, wanted: list[str], *, as_json: bool) -> int:
     return EXIT_OK if complete else EXIT_FAILED
 
 
+def _duration(seconds: float) -> str:
+    """``4.2 s``, ``3 min 5 s``, ``2 h 7 min``: as precise as an operator reads it."""
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    return f"{hours // 24} days {hours % 24} h"
+
+
 def describe_failover(failover: dict[str, Any]) -> str:
     if not failover["running"]:
         return f"not running on this node ({failover['reason']})"
-    text = f"{failover['state']} on {failover['node']} ({failover['reason']})"
+    text = f"{failover['state']} on {failover['node']}"
+    if failover.get("for_s") is not None:
+        text += f" for {_duration(failover['for_s'])}"
+    text += f" ({failover['reason']})"
     if failover.get("vip"):
         text += f"; VIP {failover['vip']} {'here' if failover['vip_held'] else 'not here'}"
     peer = failover["peer"]
     heartbeat = peer["heartbeat"]["verdict"]
     if peer["state"]:
+        heard = peer.get("heard_s_ago")
+        age = f", as heard {_duration(heard)} ago" if heard is not None and heard >= 1 else ""
         text += (
-            f"\n  peer {peer['node']}: {peer['state']} ({peer['reason']}); heartbeat {heartbeat}"
+            f"\n  peer {peer['node']}: {peer['state']} ({peer['reason']}){age}; "
+            f"heartbeat {heartbeat}"
+        )
+    elif peer.get("last_state"):
+        text += (
+            f"\n  peer {peer['node']}: not heard for {_duration(peer['heard_s_ago'])} (last"
+            f" heard {peer['last_state']}; heartbeat {heartbeat})"
         )
     else:
         text += f"\n  peer {peer['node']}: not heard (heartbeat {heartbeat})"

@@ -363,7 +363,7 @@ def _peer_seen(module: Module, policy: Policy) -> tuple[Module, list[Action]]:
         return _go(module, State.PRIM, f"serving; {policy.peer} is {peer.value if peer else '?'}")
     # neither serves: the newer copy does (a secondary that is sure takes over at once)
     if state is State.SECOND and module.sure:
-        reason = f"{policy.peer} stopped serving; taking over"
+        reason = f"{policy.peer} stopped serving; took over"
         return _serve(module, State.ALONE, reason, [ReleaseCopy()])
     if _both_unknown_with_data(module):
         return _go(
@@ -439,7 +439,7 @@ def _peer_lost(module: Module, witness: bool | None) -> tuple[Module, list[Actio
                 "(`tandem prim --force` to serve it anyway)",
                 release,
             )
-        return _serve(module, State.ALONE, "the peer was lost; taking over", release)
+        return _serve(module, State.ALONE, "the peer was lost; took over", release)
     return module, []
 
 

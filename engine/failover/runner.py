@@ -110,6 +110,7 @@ class ModuleRunner:
         except StoreError:
             self.module = Module(holds=True)  # the start says what is wrong with the store
         self.advertised = self.module
+        self.since = time.time()  # when the module entered its current state
         self.log = ModuleLog(module_log(state_dir, config.name))
         links = [Link("main", config.nodes[node], peer_address)]
         for index, network in enumerate(config.heartbeat_networks):
@@ -304,6 +305,8 @@ class ModuleRunner:
             after = replace(after, reason=why)
         self.module = after
         self.store.save(after)
+        if after.state is not before.state:
+            self.since = time.time()
         if (after.state, after.reason) != (before.state, before.reason):
             self.log.note(f"{before.state.value} -> {after.state.value}: {after.reason}")
             log.info("module %s: %s (%s)", self.config.name, after.state.value, after.reason)
@@ -350,12 +353,15 @@ class ModuleRunner:
     # -- the operator ---------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        news = self.peer_news
+        news, last = self.peer_news, self.watch.last_peer_news
         return {
             "module": self.config.name,
             "node": self.node,
             "state": self.module.state.value,
             "reason": self.module.reason,
+            # a reason says why the state was entered: how long ago tells whether it is news
+            "since": round(self.since, 3),
+            "for_s": round(time.time() - self.since, 1),
             "serving": self.module.state in SERVING,
             "up_to_date": self.module.sure,
             "holds": self.holdings.as_dict(),
@@ -370,6 +376,11 @@ class ModuleRunner:
                 "signs_with": self.secrets.role_of(self.heartbeat.peer_signer()),
                 "state": news.state.value if news else None,
                 "reason": news.reason if news else None,
+                "heard_s_ago": round(time.monotonic() - self.watch.peer_news_at, 1)
+                if self.watch.last_peer_news
+                else None,
+                # what the peer said last, also once it is lost (then `state` is null)
+                "last_state": last.state.value if last else None,
                 "vip_held": news.vip if news else None,
                 "holds": news.holds if news else None,
             },

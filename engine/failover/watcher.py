@@ -5,6 +5,7 @@ self-fencing, the copy in sync (`InSync`) or behind (`Behind`)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -65,6 +66,8 @@ class PeerWatch:
         self._receivers = receivers
         self._send = send
         self.peer_news: PeerNews | None = None
+        self.peer_news_at = 0.0  # time.monotonic() when the news arrived
+        self.last_peer_news: PeerNews | None = None  # kept when the peer is lost: for operators
         self._peer_problem = ""
         self._answered: deque[str] = deque(maxlen=4 * MAX_TOKENS)  # requests already answered
 
@@ -161,7 +164,8 @@ class PeerWatch:
                 log.error("module %s: %s", self.name, problem)
             return None
         self._peer_problem = ""
-        self.peer_news = news
+        self.peer_news, self.peer_news_at = news, time.monotonic()
+        self.last_peer_news = news
         return news
 
     def _isolated_while_serving(self) -> bool:

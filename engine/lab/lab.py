@@ -644,7 +644,14 @@ class Lab:
         while time.monotonic() < deadline:
             states = {node: self.module_state(node) for node in NODES}
             found = sorted((s["state"], s["up_to_date"]) for s in states.values() if s is not None)
-            if found in ([("PRIM", True), ("SECOND", True)], [("ALONE", True), ("SECOND", True)]):
+            # and the serving node has heard that: `up` prints both nodes' words, which must
+            # not contradict each other ("b follows (resyncing)" beside "b: SECOND, in sync")
+            if found == [("PRIM", True), ("SECOND", True)] and any(
+                s is not None and s["state"] == "PRIM" and s["reason"].endswith("(in sync)")
+                for s in states.values()
+            ):
+                return
+            if found == [("ALONE", True), ("SECOND", True)]:
                 return
             time.sleep(0.1)
         described = {n: s and f"{s['state']}: {s['reason']}" for n, s in states.items()}

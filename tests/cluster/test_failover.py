@@ -139,6 +139,11 @@ def test_killing_the_primary_moves_the_vip_and_the_application_and_keeps_every_w
         assert _get(lab, written[-1]) == f"VALUE v{written[-1][1:]}"
         b = _state(lab, "b")
         assert b is not None and b["vip_held"] and monitor.holds_vip("b")
+        # the state says since when, and what the lost peer said last, with its age
+        assert b["reason"] == "the peer was lost; took over"
+        assert 0 <= b["for_s"] < 60 and abs(time.time() - b["for_s"] - b["since"]) < 5
+        assert b["peer"]["state"] is None and b["peer"]["last_state"] == "PRIM"
+        assert b["peer"]["heard_s_ago"] >= 1
         assert (
             "start_prim: exit code 0"
             in (lab.directory / "nodes/b/state/modules/demo/module.log").read_text()
