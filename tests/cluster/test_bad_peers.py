@@ -119,3 +119,28 @@ def test_a_bad_secondary_never_hangs_the_primary(pair: Pair, mode: str, reason: 
     finally:
         fake.kill()
         fake.communicate()
+
+
+def test_a_secondary_answering_without_end_cannot_take_the_primary_s_memory(pair: Pair) -> None:
+    """A peer that proved the secret but answers the resync's first query with parts that
+    never end: past 512 MiB the primary calls it a protocol violation, drops the answer and
+    goes on alone; the application's writes never stop."""
+    fake = fake_secondary(pair, "listen-huge-answer")
+    try:
+        primary = pair.start_primary(expect_peer=False)
+        assert primary.process is not None
+        status = Path(f"/proc/{primary.process.pid}/status")
+        peak = 0
+        deadline = time.monotonic() + 120
+        while "more than 512 MiB (protocol violation)" not in primary.log():
+            assert time.monotonic() < deadline, primary.log()[-2000:]
+            resident = next(line for line in status.read_text().splitlines() if "VmRSS" in line)
+            peak = max(peak, int(resident.split()[1]) << 10)
+            time.sleep(0.05)
+        assert peak < 1 << 30, f"the primary grew to {peak >> 20} MiB"
+        (pair.a / "written").write_text("alone, still acknowledged\n")
+        assert primary.alive()
+    finally:
+        fake.kill()
+        out, _ = fake.communicate()
+    assert "answering query" in out, out

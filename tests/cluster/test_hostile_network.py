@@ -6,6 +6,7 @@ a flood of unauthenticated connections during a write load costs the pair nothin
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import subprocess
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tandem.engine.lab.lab import Lab
 from tandem.fsdriver.mount import is_tandem_mount
+from tests.helpers.lab import LabCluster
 from tests.helpers.mountproc import wait_for
 from tests.helpers.pair import Pair, free_port
 from tests.helpers.treediff import diff, snapshot
@@ -130,6 +133,46 @@ def test_a_capture_of_the_stream_shows_no_plaintext(pair: Pair) -> None:
     assert len(captured) > 100 * len(MARKER), "the capture holds the stream"
     assert MARKER not in captured
     assert MARKER[:12] not in captured
+
+
+def test_a_capture_on_the_lab_s_cable_shows_no_plaintext(lab: LabCluster) -> None:
+    """The same, as the issue asks it: two nodes in their own namespaces, tcpdump on node a's
+    cable in the switch, an application writing through the mount."""
+    capture_file = lab.directory / "cable.pcap"
+    switch = Lab.at(str(lab.directory)).netns("sw")
+    capture = subprocess.Popen(
+        [
+            "ip", "netns", "exec", switch,
+            "tcpdump", "-i", "to-a", "--immediate-mode", "-U", "-w", str(capture_file), "-s", "0",
+        ],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert capture.stderr is not None
+        wait_for(lambda: b"listening" in (capture.stderr.readline() or b"x"), 20, "tcpdump")
+        # random bytes between the markers: compression cannot make the stream small, and the
+        # first marker is a literal in what would cross in clear
+        content = b"".join(MARKER + os.urandom(100) for _ in range(200))
+        (lab.directory / "content").write_bytes(content)
+        written = lab.exec("a", "cp", str(lab.directory / "content"), str(lab.path / "note"))
+        assert written.returncode == 0, written.stderr
+        wait_for(lambda: (lab.copy("b") / "note").exists(), 30, "the write replicated")
+        wait_for(lambda: (lab.copy("b") / "note").read_bytes() == content, 30, "all of it")
+        # the control: what crosses the same cable in clear is in the capture
+        sent = lab.exec(
+            "a", sys.executable, "-c",
+            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+            f".sendto({CONTROL!r}, ('198.18.0.2', 9))",
+        )  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+    finally:
+        time.sleep(0.5)
+        capture.terminate()
+        capture.communicate(timeout=20)
+    captured = capture_file.read_bytes()
+    assert CONTROL in captured, "the capture sees what crosses the cable"
+    assert len(captured) > 200 * 100, "the capture holds the stream (its random bytes at least)"
+    assert MARKER not in captured and MARKER[:12] not in captured
 
 
 FLOOD = str(Path(__file__).parents[1] / "helpers" / "flood.py")

@@ -5,7 +5,8 @@ Listening modes (a bad secondary): listen-version, listen-stall, listen-auth-sta
 ones that break a stream the handshake completed (after sending PEER_STATE): listen-close
 (closes), listen-reset (a TCP reset once the first frames arrived), listen-garbage (bytes that
 are no frame), listen-enospc (the secondary's refusal of a mutation: disk full), listen-ack-reset
-(acknowledges what arrives for a while, then resets mid-stream).
+(acknowledges what arrives for a while, then resets mid-stream), listen-huge-answer (answers
+the resync's first query with RESULT parts that never end: more than a primary may hold).
 It prints what it saw, one line per event, and "closed after N.N s" when the other side hangs up.
 """
 
@@ -161,7 +162,29 @@ def _ack_then_reset(sock: socket.socket, connection: Connection) -> None:
     _reset(sock)
 
 
+def _huge_answer(sock: socket.socket, connection: Connection) -> None:
+    from tandem.engine.protocol.queries import Query
+
+    part = os.urandom(4 << 20)  # incompressible: each part crosses as 4 MiB
+    sent = 0
+    try:
+        while data := sock.recv(1 << 20):
+            for event in connection.receive(data):
+                if isinstance(event, PeerError | ConnectionFailed):
+                    say(f"peer said: {event.reason}")
+                if isinstance(event, MutationReceived) and isinstance(event.mutation, Query):
+                    say(f"answering query {event.seq} without end")
+                    while True:
+                        connection.send_result(event.seq, part, final=False)
+                        sock.sendall(connection.bytes_to_send())
+                        sent += len(part)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    say(f"closed after {sent >> 20} MiB of answer")
+
+
 BREAKING = {
+    "listen-huge-answer": _huge_answer,
     "listen-close": _close,
     "listen-reset": _reset_at_first_frames,
     "listen-garbage": _garbage,
