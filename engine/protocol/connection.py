@@ -79,6 +79,7 @@ _KIND_FLAGS = struct.Struct(">BB")
 # opened under the wrong one
 _NONCE = struct.Struct(">4xQ")
 _TAG = 16
+_SEALED_IN_PLACE = 16 << 10  # from this body size a frame is sealed into a buffer of its own
 _COMPRESS_MIN = 512
 
 
@@ -353,9 +354,22 @@ class Connection:
             return
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         header = _HEADER.pack(len(body) + _KIND_FLAGS.size + _TAG, kind, flags)
-        self._outbox += header
-        self._outbox += self._sealer.encrypt(_NONCE.pack(self._sealed), body, header)
+        nonce = _NONCE.pack(self._sealed)
         self._sealed += 1
+        if len(body) < _SEALED_IN_PLACE:
+            self._outbox += header
+            self._outbox += self._sealer.encrypt(nonce, body, header)
+            return
+        # sealed straight into the frame's own buffer, which becomes the outbox when that is
+        # empty (one big write per flush): no ciphertext copied from a buffer into another
+        frame = bytearray(len(header) + len(body) + _TAG)
+        frame[: len(header)] = header
+        with memoryview(frame) as view:
+            self._sealer.encrypt_into(nonce, body, header, view[len(header) :])
+        if self._outbox:
+            self._outbox += frame
+        else:
+            self._outbox = frame
 
     def _require_ready(self) -> None:
         if self.state is not ConnectionState.READY:
@@ -414,28 +428,45 @@ class Connection:
         """Feed bytes from the peer; returns what they meant, in order."""
         if self.state is ConnectionState.CLOSED:
             return []
-        self._inbox += data
+        # Frames are read where they lie: from `data` itself when nothing was left over (the
+        # common case: a read holds whole frames), and only what is left is kept. Copying
+        # every read into the buffer first cost a copy of each replicated byte.
+        if self._inbox:
+            self._inbox += data
+            source: bytes | bytearray | memoryview = self._inbox
+        else:
+            source = data
         events: list[ConnectionEvent] = []
+        at = 0
         try:
-            while self.state is not ConnectionState.CLOSED:
-                frame = self._next_frame()
-                if frame is None:
-                    break
-                event = self._handle(*frame)
-                if event is not None:
-                    events.append(event)
+            with memoryview(source) as view:
+                while self.state is not ConnectionState.CLOSED:
+                    frame = self._next_frame(view, at)
+                    if frame is None:
+                        break
+                    kind, flags, body, at = frame
+                    event = self._handle(kind, flags, body)
+                    if event is not None:
+                        events.append(event)
+                if source is not self._inbox and self.state is not ConnectionState.CLOSED:
+                    self._inbox += view[at:]  # a frame's beginning: kept for the next read
         except ProtocolError as exc:
             self._inbox.clear()
             self.send_error(str(exc))
             events.append(ConnectionFailed(str(exc)))
+            return events
+        if source is self._inbox:
+            del self._inbox[:at]
         return events
 
-    def _next_frame(self) -> tuple[int, int, bytes] | None:
+    def _next_frame(self, view: memoryview, at: int) -> tuple[int, int, bytes, int] | None:
+        """The frame starting at `at` in `view` and where the next one starts, or None: not
+        all of it has arrived yet."""
         if self._opener is not None:
-            return self._next_sealed_frame(self._opener)
-        if len(self._inbox) < _HEADER.size:
+            return self._next_sealed_frame(self._opener, view, at)
+        if len(view) - at < _HEADER.size:
             return None
-        length, kind, flags = _HEADER.unpack_from(self._inbox)
+        length, kind, flags = _HEADER.unpack_from(view, at)
         if length < 2 or length > MAX_FRAME:
             raise ProtocolError(f"frame length {length} out of bounds")
         if self.state is ConnectionState.HANDSHAKE:
@@ -443,37 +474,36 @@ class Connection:
                 raise ProtocolError(f"frame kind {kind} before authentication")
             if length > MAX_HANDSHAKE_FRAME:
                 raise ProtocolError(f"handshake frame of {length} bytes: not a Tandem peer")
-        end = 4 + length
-        if len(self._inbox) < end:
+        end = at + _LENGTH.size + length
+        if len(view) < end:
             return None
-        with memoryview(self._inbox) as inbox:
-            body = bytes(inbox[_HEADER.size : end])
-        del self._inbox[:end]
-        return kind, flags, body
+        return kind, flags, bytes(view[at + _HEADER.size : end]), end
 
-    def _next_sealed_frame(self, opener: AESGCM) -> tuple[int, int, bytes] | None:
-        if len(self._inbox) < _LENGTH.size:
+    def _next_sealed_frame(
+        self, opener: AESGCM, view: memoryview, at: int
+    ) -> tuple[int, int, bytes, int] | None:
+        if len(view) - at < _LENGTH.size:
             return None
-        (length,) = _LENGTH.unpack_from(self._inbox)  # judged before any more is buffered
+        (length,) = _LENGTH.unpack_from(view, at)  # judged before any more is buffered
         if length < _KIND_FLAGS.size + _TAG or length > MAX_FRAME + _TAG:
             raise ProtocolError(f"sealed frame length {length} out of bounds")
-        end = _LENGTH.size + length
-        if len(self._inbox) < end:
+        end = at + _LENGTH.size + length
+        if len(view) < end:
             return None
-        _, kind, flags = _HEADER.unpack_from(self._inbox)
-        try:
-            with memoryview(self._inbox) as inbox:  # opened in place: no copy of the frame
-                body = opener.decrypt(
-                    _NONCE.pack(self._opened), inbox[_HEADER.size : end], inbox[: _HEADER.size]
-                )
+        _, kind, flags = _HEADER.unpack_from(view, at)
+        try:  # opened where it lies: no copy of the frame
+            body = opener.decrypt(
+                _NONCE.pack(self._opened),
+                view[at + _HEADER.size : end],
+                view[at : at + _HEADER.size],
+            )
         except InvalidTag:
             raise ProtocolError(
                 f"frame {self._opened} after the handshake failed authentication (altered, "
                 "injected, replayed or reordered on the way)"
             ) from None
-        del self._inbox[:end]
         self._opened += 1
-        return kind, flags, body
+        return kind, flags, body, end
 
     def _handle(self, kind: int, flags: int, body: bytes) -> ConnectionEvent | None:
         if kind == FrameKind.ERROR:

@@ -257,6 +257,40 @@ def test_frames_split_anywhere_are_reassembled() -> None:
     )
 
 
+BIG = Write(b"big", 0, os.urandom(300_000))  # incompressible: a frame of its own size
+
+
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(0, 400_000), max_size=12), as_views=st.booleans())
+def test_reads_cut_anywhere_give_the_same_events_as_whole_ones(
+    cuts: list[int], as_views: bool
+) -> None:
+    """A read may end anywhere — inside a big sealed frame, inside a header, between
+    frames — and may be a view of a buffer the caller reuses: the events are those of the
+    whole stream, in order."""
+    a, b = pair()
+    pump(a, b)
+    events: list[object] = []
+    for seq, mutation in enumerate([*EVERY_KIND, BIG, *EVERY_KIND], start=1):
+        a.send_mutation(seq, mutation)
+    raw = bytes(a.bytes_to_send())
+    reused = bytearray(len(raw))
+    previous = 0
+    for cut in [*sorted(c % (len(raw) + 1) for c in cuts), len(raw)]:
+        piece = raw[previous:cut]
+        if as_views:
+            reused[: len(piece)] = piece
+            with memoryview(reused) as view:
+                events += b.receive(view[: len(piece)])
+            reused[: len(piece)] = b"\xff" * len(piece)  # the caller reuses its buffer
+        else:
+            events += b.receive(piece)
+        previous = cut
+    received = [e for e in events if isinstance(e, MutationReceived)]
+    assert [e.seq for e in received] == list(range(1, 2 * len(EVERY_KIND) + 2))
+    assert received[len(EVERY_KIND)].mutation == BIG
+
+
 def _ready_pair() -> tuple[Connection, Connection]:
     a, b = pair()
     pump(a, b)
