@@ -125,14 +125,20 @@ def test_a_capture_of_the_stream_shows_no_plaintext(pair: Pair) -> None:
         with socket.create_connection(("127.0.0.1", pair.port)) as stranger:
             stranger.sendall(CONTROL)
     finally:
-        time.sleep(0.5)
-        capture.terminate()
-        capture.communicate(timeout=20)
-    captured = capture_file.read_bytes()
-    assert CONTROL in captured, "the capture sees what crosses the port"
-    assert len(captured) > 100 * len(MARKER), "the capture holds the stream"
-    assert MARKER not in captured
-    assert MARKER[:12] not in captured
+        _stop(capture)
+    _assert_only_ciphertext(capture_file.read_bytes(), 100 * len(MARKER))
+
+
+def _stop(capture: subprocess.Popen[bytes]) -> None:
+    time.sleep(0.5)  # what crossed last is written out
+    capture.terminate()
+    capture.communicate(timeout=20)
+
+
+def _assert_only_ciphertext(captured: bytes, least: int) -> None:
+    assert CONTROL in captured, "the capture sees what crosses in clear the same way"
+    assert len(captured) > least, "the capture holds the stream"
+    assert MARKER not in captured and MARKER[:12] not in captured
 
 
 def test_a_capture_on_the_lab_s_cable_shows_no_plaintext(lab: LabCluster) -> None:
@@ -166,13 +172,8 @@ def test_a_capture_on_the_lab_s_cable_shows_no_plaintext(lab: LabCluster) -> Non
         )  # fmt: skip
         assert sent.returncode == 0, sent.stderr
     finally:
-        time.sleep(0.5)
-        capture.terminate()
-        capture.communicate(timeout=20)
-    captured = capture_file.read_bytes()
-    assert CONTROL in captured, "the capture sees what crosses the cable"
-    assert len(captured) > 200 * 100, "the capture holds the stream (its random bytes at least)"
-    assert MARKER not in captured and MARKER[:12] not in captured
+        _stop(capture)
+    _assert_only_ciphertext(capture_file.read_bytes(), 200 * 100)  # its random bytes at least
 
 
 FLOOD = str(Path(__file__).parents[1] / "helpers" / "flood.py")
