@@ -59,7 +59,7 @@ class PeerWatch:
         self.peer = peer
         self.heartbeat = heartbeat
         self.witness = witness
-        self._timing = Timing(heartbeat_timeout, heartbeat_interval)
+        self._timing = Timing(heartbeat_timeout, heartbeat_interval, WATCH_EVERY)
         self._log = module_log
         self._module = module
         self._advertised = advertised

@@ -67,7 +67,7 @@ def test_an_isolated_primary_fences_before_its_peer_may_serve(
     partition: float,
 ) -> None:
     interval = timeout * interval_share
-    timing = Timing(timeout, interval)
+    timing = Timing(timeout, interval, WATCH_EVERY)
     # each node last heard the other's last heartbeat sent before the partition
     a_heard = _last_before(beats_b * interval, interval, partition)
     b_heard = _last_before(beats_a * interval, interval, partition)
@@ -96,7 +96,7 @@ def test_an_isolated_primary_fences_before_its_peer_may_serve(
 
 
 def test_no_answer_since_the_silence_means_fence_and_an_answer_means_stay() -> None:
-    timing = Timing(1.0, 0.2)
+    timing = Timing(1.0, 0.2, WATCH_EVERY)
     assert not timing.must_fence(10.5, 10.0, None)  # not silent long enough
     assert timing.must_fence(10.61, 10.0, None)
     assert timing.must_fence(10.61, 10.0, 10.1)  # sent before the silence began
