@@ -192,6 +192,9 @@ def describe_stream(stream: dict[str, Any]) -> str:
     verify = stream.get("verify")
     if verify and not verify.get("finished"):
         text += f"; verifying: {_size(verify['bytes_compared'])} compared"
+    waiting = stream.get("writes_waiting", 0)
+    if waiting:
+        text += f"; {waiting} write{'s' if waiting > 1 else ''} waiting for the peer"
     return text
 
 

@@ -178,6 +178,7 @@ class Replicator:
         self.in_sync = False
         self.alone_reason: str | None = "not connected to the peer yet"
         self.fenced = False  # stepping down: acknowledge nothing alone (`fence`)
+        self.writes_waiting = 0  # application requests held until the peer acknowledges
         self._needs_permission = settings.alone_needs_permission
         self._permitted = not self._needs_permission  # may acknowledge without the peer
         self._episode = 1  # the current time out of sync (permission is given for one)
@@ -221,12 +222,16 @@ class Replicator:
 
     async def wait_acknowledged(self, connection_number: int, seq: int, syncs: int) -> None:
         with trio.move_on_after(self._timeout) as waited:
-            while (
-                self._connection_number == connection_number
-                and self._acked < seq
-                and self.alone_reason is None
-            ):
-                await self._progress.wait()
+            self.writes_waiting += 1
+            try:
+                while (
+                    self._connection_number == connection_number
+                    and self._acked < seq
+                    and self.alone_reason is None
+                ):
+                    await self._progress.wait()
+            finally:
+                self.writes_waiting -= 1
         if waited.cancelled_caught:
             self.go_alone(f"peer {self.peer} did not acknowledge within {self._timeout:g} s")
         if self._connection_number == connection_number and self._acked >= seq:
@@ -466,6 +471,7 @@ class Replicator:
             "full_resync_pending": bool(self._full_requested),
             "verify": verify if verify is not None else self._last_verify,
             "acknowledged": self._acked,
+            "writes_waiting": self.writes_waiting,
             "fenced": self.fenced,
             "asking": self.asking,
             "acknowledging_alone": self.acknowledging_alone,

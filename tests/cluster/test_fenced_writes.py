@@ -40,7 +40,9 @@ def test_a_fenced_mount_fails_the_writes_it_cannot_have_acknowledged(pair: Pair)
     secondary.signal(signal.SIGSTOP)  # silent: acknowledges nothing more
     try:
         pending = write_and_sync(pair.a / "pending")
-        wait_for(lambda: (pair.a / "pending").exists(), 10, "the write to start")
+        # asked of the mount, not of the tree: a lookup in the directory would wait behind the
+        # create itself (the kernel holds the directory while the create waits for the peer)
+        wait_for(lambda: ask(control, "status")["writes_waiting"] > 0, 10, "the write to wait")
         assert "fenced" in ask(control, "fence")["message"]
         out, _ = pending.communicate(timeout=TIMEOUT * 3)
         assert out.strip() == "Input/output error"  # not acknowledged alone after the timeout

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tandem.engine.cli.operate import _duration, describe_failover
+from tandem.engine.cli.operate import _duration, describe_failover, describe_stream
 
 
 def _failover(**peer: Any) -> dict[str, Any]:
@@ -62,3 +62,18 @@ def test_a_heard_peer_s_state_carries_its_age_once_it_is_not_fresh() -> None:
     assert describe_failover(fresh).splitlines()[1] == "  peer a: SECOND (in sync); heartbeat alive"
     stale = _failover(state="SECOND", reason="in sync", heard_s_ago=3.0, last_state="SECOND")
     assert "SECOND (in sync), as heard 3.0 s ago; heartbeat lost" in describe_failover(stale)
+
+
+def test_a_primary_says_how_many_writes_wait_for_its_peer() -> None:
+    stream = {
+        "running": True,
+        "directory": "/srv/data",
+        "role": "primary",
+        "node": "a",
+        "replication": "in sync",
+        "peer": "198.18.0.2:7788",
+    }
+    assert "waiting" not in describe_stream(stream | {"writes_waiting": 0})
+    one, three = (describe_stream(stream | {"writes_waiting": n}) for n in (1, 3))
+    assert one.endswith("; 1 write waiting for the peer")
+    assert three.endswith("; 3 writes waiting for the peer")
