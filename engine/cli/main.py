@@ -3,7 +3,7 @@
 Each command group lives in its own file and registers its commands (``run`` is the function
 that carries one out): `stream` (mount, receive), `node` (node, check, unit), `operate` (state,
 verify, resync, logs, the module commands), `secret` (new, promote, retire, status), `lab` (lab,
-demo).
+demo), `console` (console users and tokens, snapshot).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from tandem.engine import __version__
-from tandem.engine.cli import lab, node, operate, secret, stream
+from tandem.engine.cli import console, lab, node, operate, secret, stream
 from tandem.engine.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from tandem.engine.cli.logsetup import configure as configure_logging
 from tandem.engine.config.modules import ConfigError
@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     operate.add_commands(commands)
     secret.add_commands(commands)
     lab.add_commands(commands)
+    console.add_commands(commands)
     return parser
 
 

@@ -23,6 +23,7 @@ from tandem.engine.config.secrets import SecretStore, load_keyring, secret_path
 from tandem.engine.node.systemd import unit_text
 
 ROLES = ("primary", "secondary")
+DEFAULT_API_PORT = 9453  # tandem.engine.api.server.DEFAULT_PORT, kept out of the CLI's imports
 
 
 def _assignment(text: str) -> tuple[str, str | None]:
@@ -44,6 +45,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     node.set_defaults(run=run_node_command)
     node.add_argument("assignments", nargs="+", metavar="MODULE[=ROLE]", type=_assignment)
+    node.add_argument(
+        "--api",
+        default=f":{DEFAULT_API_PORT}",
+        metavar="HOST:PORT",
+        help=f"where the HTTP API and web console listen (default :{DEFAULT_API_PORT}, every "
+        "address; the same port on every node; none: no API)",
+    )
+    node.add_argument(
+        "--api-plain",
+        action="store_true",
+        help="serve the API over plain HTTP (behind a TLS proxy only; HTTPS by default)",
+    )
     node_options(node)
     state_dir_option(node)
 
@@ -69,7 +82,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run_node_command(args: argparse.Namespace) -> int:
     # the node's imports (heartbeat, VIP, pyroute2) stay out of `tandem mount`, whose start-up
     # time is part of every failover
-    from tandem.engine.node.supervisor import Assignment, FixedRole, Node, NodeFailed, run_node
+    from tandem.engine.api.server import Listen
+    from tandem.engine.node.supervisor import (
+        ApiSettings,
+        Assignment,
+        FixedRole,
+        Node,
+        NodeFailed,
+        run_node,
+    )
 
     names = [name for name, _ in args.assignments]
     if len(set(names)) != len(names):
@@ -89,6 +110,7 @@ def run_node_command(args: argparse.Namespace) -> int:
         Assignment(module, FixedRole(role) if role else None)
         for module, (_, role) in zip(modules, args.assignments, strict=True)
     ]
+    api = ApiSettings(Listen.parse(args.api), args.config_dir, tls=not args.api_plain)
     node = Node(
         args.node,
         assignments,
@@ -96,6 +118,7 @@ def run_node_command(args: argparse.Namespace) -> int:
         secret_file,
         state_dir=args.state_dir,
         verbose=args.verbose,
+        api=api if api.listen is not None else None,
     )
     try:
         run_node(node)

@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tandem.engine.api.report import node_report, stream_indexes
 from tandem.engine.cli.common import EXIT_FAILED, EXIT_OK, state_dir_option
 from tandem.engine.cli.tail import line_count, show_tail
 from tandem.engine.config.modules import ConfigError, check_name
 from tandem.engine.config.paths import app_log, control_socket, module_log, module_socket
 from tandem.engine.control.channel import ControlError, ask
 
-STATE_VERSION = 1
 MODULE_COMMANDS = {
     "start": "start a stopped module on this node (it serves or follows as the peer decides)",
     "stop": "stop the module on this node (an up-to-date peer takes over)",
@@ -29,61 +29,9 @@ MODULE_COMMANDS = {
 }
 
 
-def _streams(state_dir: str, module: str) -> list[int]:
-    found = Path(state_dir, "modules", module)
-    try:
-        return sorted(int(entry.name) for entry in found.iterdir() if entry.name.isdigit())
-    except FileNotFoundError:
-        return []
-
-
-def known_modules(state_dir: str, wanted: list[str]) -> list[str]:
-    for name in wanted:
-        check_name(name)
-    if wanted:
-        return wanted
-    try:
-        return sorted(entry.name for entry in Path(state_dir, "modules").iterdir())
-    except FileNotFoundError:
-        return []
-
-
-def _stream_states(state_dir: str, module: str) -> list[dict[str, Any]]:
-    streams = []
-    for index in _streams(state_dir, module):
-        try:
-            status = ask(control_socket(state_dir, module, index), "status")
-            status["running"] = True
-        except ControlError as exc:
-            status = {"running": False, "reason": str(exc)}
-        streams.append({"index": index, **status})
-    return streams
-
-
-def failover_state(state_dir: str, module: str) -> dict[str, Any] | None:
-    """The failover state, for a module the node fails over (None for a fixed role)."""
-    path = module_socket(state_dir, module)
-    if not Path(path).exists():
-        return None
-    try:
-        return {"running": True, **ask(path, "state")}
-    except ControlError as exc:
-        return {"running": False, "reason": str(exc)}
-
-
 def show_state(state_dir: str, wanted: list[str], *, as_json: bool) -> int:
-    modules = known_modules(state_dir, wanted)
-    report: dict[str, Any] = {"version": STATE_VERSION, "state_dir": state_dir, "modules": {}}
-    complete = bool(modules)
-    for module in modules:
-        failover = failover_state(state_dir, module)
-        streams = _stream_states(state_dir, module)
-        if failover is None or failover["state"] in ("PRIM", "ALONE", "SECOND"):
-            complete = complete and bool(streams) and all(s["running"] for s in streams)
-        else:
-            streams = [s for s in streams if s["running"]]  # no copy served or received: none
-        complete = complete and (failover is None or failover["running"])
-        report["modules"][module] = {"failover": failover, "streams": streams}
+    report, complete = node_report(state_dir, wanted)
+    modules = list(report["modules"])
     if as_json:
         print(json.dumps(report, indent=2))
     elif not modules:
@@ -223,7 +171,7 @@ def _size(count: float) -> str:
 
 def _known_streams(state_dir: str, module: str) -> list[int]:
     check_name(module)
-    streams = _streams(state_dir, module)
+    streams = stream_indexes(state_dir, module)
     if not streams:
         raise ConfigError(f"module {module!r} never ran on this node (state directory {state_dir})")
     return streams

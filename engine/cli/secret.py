@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tandem.engine.api.report import failover_state, known_modules
 from tandem.engine.cli.common import EXIT_OK, node_options, state_dir_option
-from tandem.engine.cli.operate import failover_state, known_modules
 from tandem.engine.config.modules import ConfigError
 from tandem.engine.config.secrets import (
     describe,

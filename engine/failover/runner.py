@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import replace
 from typing import Any
 
@@ -65,6 +66,8 @@ from tandem.vip.health import serve_health
 
 log = logging.getLogger(__name__)
 
+HISTORY_KEPT = 20  # state changes and take-over durations the status carries
+
 _Reply = trio.MemorySendChannel[list[str]]
 
 
@@ -112,6 +115,12 @@ class ModuleRunner:
         self.advertised = self.module
         self.since = time.time()  # when the module entered its current state
         self.log = ModuleLog(module_log(state_dir, config.name))
+        # for the console, the metrics and support snapshots: the last state changes, how long
+        # each take-over took (the actions that made this node serve), failed checks
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY_KEPT)
+        self.takeovers: deque[float] = deque(maxlen=HISTORY_KEPT)
+        self.takeovers_total = 0
+        self.checker_failures = 0
         links = [Link("main", config.nodes[node], peer_address)]
         for index, network in enumerate(config.heartbeat_networks):
             links.append(Link(f"net{index + 1}", network[node], network[self.peer]))
@@ -283,6 +292,7 @@ class ModuleRunner:
         await self._events_in.send((event, None))
 
     async def _app_failed(self, detail: str) -> None:
+        self.checker_failures += 1
         self.log.note(detail)
         await self._tell(AppFailed(time.monotonic()))
 
@@ -295,6 +305,7 @@ class ModuleRunner:
     async def _handle(self, event: ModuleEvent, why: str | None = None) -> list[str]:
         """One step: saved, logged, carried out. Returns the refusals, for the operator."""
         before = self.module
+        began = time.monotonic()
         if isinstance(event, Behind):
             # the sessions still open may carry a resync's end: none may make this copy up
             # to date again once it is declared behind
@@ -309,6 +320,14 @@ class ModuleRunner:
             self.since = time.time()
         if (after.state, after.reason) != (before.state, before.reason):
             self.log.note(f"{before.state.value} -> {after.state.value}: {after.reason}")
+            self.history.append(
+                {
+                    "at": round(time.time(), 3),
+                    "from": before.state.value,
+                    "to": after.state.value,
+                    "reason": after.reason,
+                }
+            )
             log.info("module %s: %s (%s)", self.config.name, after.state.value, after.reason)
         refusals = []
         aside_failed = ""
@@ -347,6 +366,9 @@ class ModuleRunner:
             self.behind_for = (self.behind_for + event.answering)[-MAX_TOKENS:]
             self.heartbeat.poke()
         self._advertise(self.module)
+        if before.state not in SERVING and self.module.state in SERVING:
+            self.takeovers.append(round(time.monotonic() - began, 3))
+            self.takeovers_total += 1
         await self.actions.keep_mounts_ready(self.module.state)
         return refusals
 
@@ -368,6 +390,10 @@ class ModuleRunner:
             "epoch": self.module.epoch,
             "vip": self.config.vip,
             "vip_held": self.vip_held,
+            "checkers": [f"{c.kind} {c.target}" for c in self.config.checkers],
+            "checker_failures": self.checker_failures,
+            "history": list(self.history),
+            "takeovers": {"total": self.takeovers_total, "last_s": list(self.takeovers)},
             "peer": {
                 "node": self.peer,
                 "heartbeat": self.heartbeat.status(),

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tandem.engine.api.users import set_password, users_file
 from tandem.engine.config.paths import CONFIG_DIR_VARIABLE, STATE_DIR_VARIABLE, module_socket
 from tandem.engine.control.channel import ControlError, ask
 from tandem.fsdriver.mount import mounts_at
@@ -68,6 +69,9 @@ while kill -0 $pid 2>/dev/null; do sleep 0.02; done
 PREFIX = 24
 FIRST_ROLES = {"a": "primary", "b": "secondary"}
 BOOT_TIMEOUT = 30.0
+API_PORT = 9453  # each node's console and API, inside its namespace
+CONSOLE_PORTS = {"a": 9453, "b": 9454}  # on this machine's loopback, through the relay
+CONSOLE_USER = "admin"
 
 
 class LabError(Exception):
@@ -216,6 +220,7 @@ class Lab:
                 self._make_copy(node, disk_mib)
             for node in ("b", "a"):  # the secondary first, so the primary finds it listening
                 self.start(node)
+            self._console_relay_up()
             if not static:
                 self.settle()
         except BaseException:
@@ -292,6 +297,8 @@ class Lab:
             for name, text in (("start_prim", START_PRIM), ("stop_prim", STOP_PRIM)):
                 (scripts / name).write_text(text.format(**where))
                 (scripts / name).chmod(0o755)
+        password = self._console_password()
+        set_password(users_file(config), CONSOLE_USER, password, "admin")
         (config / "modules" / f"{MODULE}.toml").write_text(
             f'directories = ["{self.shared_path}"]\n'
             f'ack = "{ack}"\ntimeout = {timeout!r}\n{failover}\n[nodes]\n{nodes}\n'
@@ -347,6 +354,7 @@ class Lab:
             self.mend()
             for node in NODES:
                 self.kill(node)
+            self._console_relay_down()
         for name in (*NODES, CLIENT, "sw"):
             if Path("/run/netns", self.netns(name)).exists():
                 _run("ip", "netns", "delete", self.netns(name))
@@ -357,6 +365,60 @@ class Lab:
             while mounts_at(str(self._disk(node))):
                 subprocess.run(["umount", "-l", str(self._disk(node))], check=False)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    # -- the console ----------------------------------------------------------------------
+
+    def _console_password(self) -> str:
+        path = self.directory / "console-password"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(12))
+        return path.read_text().strip()
+
+    def _console_relay_up(self) -> None:
+        ports = {node: _free_port(wanted) for node, wanted in CONSOLE_PORTS.items()}
+        pairs = [f"127.0.0.1:{ports[n]}={NODES[n]}:{API_PORT}" for n in NODES]
+        namespace = f"/run/netns/{self.netns(CLIENT)}"
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "tandem.engine.lab.console_relay", namespace, *pairs],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
+        )
+        assert relay.stdout is not None
+        said = relay.stdout.readline().strip()
+        if said != "relaying":
+            relay.kill()
+            relay.wait()
+            raise LabError(f"the console relay did not start: {said or relay.wait()}")
+        relay.stdout.close()
+        state = self._state()
+        state["console_ports"] = ports
+        state["console_relay"] = relay.pid
+        self._save(state)
+
+    def _console_relay_down(self) -> None:
+        pid = self._state().get("console_relay")
+        if not isinstance(pid, int):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            return
+        if b"console_relay" in cmdline:  # a pid from another boot may name another process
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    def console_url(self, node: str) -> str:
+        ports = self._state().get("console_ports")
+        if not isinstance(ports, dict):
+            raise LabError("this lab has no console relay")
+        return f"https://127.0.0.1:{ports[node]}/"
 
     # -- nodes ------------------------------------------------------------------------------
 
@@ -680,6 +742,14 @@ class Lab:
                 f"{lab} exec client -- {sys.executable} -m tandem.engine.lab.demoapp "
                 f"get {VIP} {APP_PORT} KEY"
             )
+        ports = state.get("console_ports")
+        if isinstance(ports, dict):
+            urls = ", ".join(f"https://127.0.0.1:{port}/ (node {n})" for n, port in ports.items())
+            lines.append(f"  console: {urls}")
+            lines.append(
+                f"    log in as {CONSOLE_USER}, password {self._console_password()} "
+                "(self-signed certificates: the browser asks once)"
+            )
         lines.append(f"  client ({lab} exec client -- …): {CLIENT_ADDRESS}")
         lines.append(f"  witness (the switch): {SWITCH_ADDRESS}")
         lines.append(f"  replicated directory (same path on both nodes): {self.shared_path}")
@@ -687,6 +757,21 @@ class Lab:
         lines.append(f"       {lab} exec b -- cat {self.shared_path}/hello")
         lines.append(f"       {lab} logs a        {lab} exec a -- tandem state")
         return "\n".join(lines)
+
+
+def _free_port(wanted: int) -> int:
+    """``wanted`` if nothing listens there on loopback, else one the kernel picks."""
+    import socket
+
+    for port in (wanted, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            found: int = probe.getsockname()[1]
+            return found
+    raise LabError("no free port on loopback for the console")
 
 
 def _with_own_scripts(path: str) -> str:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import trio
 
+from tandem.engine.api.app import ApiContext
+from tandem.engine.api.server import Listen, serve_api
 from tandem.engine.config.modules import ConfigError, ModuleConfig
 from tandem.engine.config.paths import (  # noqa: F401  (the names the commands import from here)
     DEFAULT_STATE_DIR,
@@ -49,6 +51,13 @@ class NodeFailed(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class ApiSettings:
+    listen: Listen | None
+    config_dir: str
+    tls: bool = True
+
+
 class Node:
     def __init__(
         self,
@@ -59,8 +68,10 @@ class Node:
         *,
         state_dir: str = DEFAULT_STATE_DIR,
         verbose: bool = False,
+        api: ApiSettings | None = None,
     ) -> None:
         self.name = name
+        self.api = api
         self.assignments = list(assignments)
         self.state_dir = state_dir
         self._secret = secret
@@ -93,6 +104,8 @@ class Node:
                     )
                 else:
                     await nursery.start(self.runners[module.name].run)
+            if self.api is not None and self.api.listen is not None:
+                await nursery.start(serve_api, self._api_context(), self.api.listen)
             log.info(
                 "node %s ready: %s",
                 self.name,
@@ -102,6 +115,18 @@ class Node:
                 ),
             )
             task_status.started()
+
+    def _api_context(self) -> ApiContext:
+        assert self.api is not None and self.api.listen is not None
+        return ApiContext(
+            node=self.name,
+            state_dir=self.state_dir,
+            config_dir=self.api.config_dir,
+            modules={a.module.name: a.module for a in self.assignments},
+            held_secrets=self._secret.heartbeat_secrets,
+            port=self.api.listen.port,
+            tls=self.api.tls,
+        )
 
 
 def run_node(node: Node) -> None:

@@ -52,6 +52,7 @@ from tandem.engine.reintegration.journal import ChangeJournal
 from tandem.engine.reintegration.policy import choose_plan
 from tandem.engine.reintegration.resync import PeerRefused, Resync
 from tandem.engine.reintegration.verify import Verify, log_report
+from tandem.engine.replication.latency import LatencyHistogram
 from tandem.engine.replication.raw_socket import RawSocket
 from tandem.fsdriver.mutation import DONE, Mutation, Receipt, Write
 
@@ -161,7 +162,9 @@ class Replicator:
         self._connection_number = 0
         self._next_seq = 1
         self._link: tuple[Connection, RawSocket] | None = None  # while mirroring
-        self._in_flight: deque[tuple[int, int]] = deque()  # (seq, weight) sent, not acked
+        # (seq, weight, when sent) sent, not acknowledged
+        self._in_flight: deque[tuple[int, int, float]] = deque()
+        self.ack_latency = LatencyHistogram()
         self._backlog = 0
         self._acked = 0
         self._answers: dict[int, tuple[list[bytes], trio.Event]] = {}
@@ -216,7 +219,7 @@ class Replicator:
             connection.send_mutation(seq, item)
             raw.send_soon(connection.bytes_to_send())
             weight = _weight(item)
-            self._in_flight.append((seq, weight))
+            self._in_flight.append((seq, weight, time.monotonic()))
             self._backlog += weight
         return seq
 
@@ -472,6 +475,9 @@ class Replicator:
             "verify": verify if verify is not None else self._last_verify,
             "acknowledged": self._acked,
             "writes_waiting": self.writes_waiting,
+            "in_flight": len(self._in_flight),
+            "in_flight_bytes": self._backlog,
+            "ack_latency": self.ack_latency.as_dict(),
             "fenced": self.fenced,
             "asking": self.asking,
             "acknowledging_alone": self.acknowledging_alone,
@@ -705,8 +711,11 @@ class Replicator:
             # only the strongest it reached, one sealed frame per batch
             if event.kind >= self._ack_kind and event.seq > self._acked:
                 self._acked = event.seq
+                now = time.monotonic()
                 while self._in_flight and self._in_flight[0][0] <= event.seq:
-                    self._backlog -= self._in_flight.popleft()[1]
+                    _, weight, sent = self._in_flight.popleft()
+                    self._backlog -= weight
+                    self.ack_latency.observe(now - sent)
                 self._wake()
         elif isinstance(event, QueryAnswered):
             waiting = self._answers.get(event.seq)

@@ -36,9 +36,11 @@ def _config(base: Path, node: str, directories: list[Path], port: int) -> Path:
 
 
 def _node(config: Path, node: str, role: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    # both nodes share this loopback, and so would their API's port: the API has its own tests
+    command = [*CLI, "node", "--config-dir", str(config), "--node", node, f"web={role}"]
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [*CLI, "node", "--config-dir", str(config), "--node", node, f"web={role}"],
+            [*command, "--api", "none"],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **env},

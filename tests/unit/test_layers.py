@@ -22,6 +22,7 @@ LAYERS = [
     "tandem.engine.reintegration",
     "tandem.engine.replication",
     "tandem.engine.failover",
+    "tandem.engine.api",
     "tandem.engine.node",
     "tandem.engine.lab",
     "tandem.engine.cli",

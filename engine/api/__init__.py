@@ -1,0 +1,1 @@
+"""The node's HTTP API, its web console, metrics and support snapshots (issue 17)."""
