@@ -278,10 +278,10 @@ async def cluster(ctx: ApiContext, request: Request, caller: Caller, body: bytes
         except (ApiError, forward.ForwardError) as exc:
             nodes[name] = {"error": str(exc)}
 
+    order = sorted([ctx.node, *ctx.peers()])  # the same page whichever node is asked
     async with anyio.create_task_group() as group:
-        for name in [ctx.node, *sorted(ctx.peers())]:
+        for name in order:
             group.start_soon(one, name)
-    order = [ctx.node, *sorted(ctx.peers())]
     return {"node": ctx.node, "nodes": {name: nodes[name] for name in order}}
 
 
