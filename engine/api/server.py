@@ -17,8 +17,6 @@ from tandem.engine.config.modules import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 9453
-
 
 @dataclass(frozen=True)
 class Listen:

@@ -17,13 +17,12 @@ from tandem.engine.config.modules import (
     ModuleConfig,
     check_failover_timing,
 )
-from tandem.engine.config.paths import DEFAULT_CONFIG_DIR
+from tandem.engine.config.paths import DEFAULT_API_PORT, DEFAULT_CONFIG_DIR
 from tandem.engine.config.preflight import load_modules, module_names, preflight
 from tandem.engine.config.secrets import SecretStore, load_keyring, secret_path
 from tandem.engine.node.systemd import unit_text
 
 ROLES = ("primary", "secondary")
-DEFAULT_API_PORT = 9453  # tandem.engine.api.server.DEFAULT_PORT, kept out of the CLI's imports
 
 
 def _assignment(text: str) -> tuple[str, str | None]:

@@ -16,7 +16,15 @@ from tandem.engine.api.report import node_report, stream_indexes
 from tandem.engine.cli.common import EXIT_FAILED, EXIT_OK, state_dir_option
 from tandem.engine.cli.tail import line_count, show_tail
 from tandem.engine.config.modules import ConfigError, check_name
-from tandem.engine.config.paths import app_log, control_socket, module_log, module_socket
+from tandem.engine.config.paths import (
+    DEFAULT_API_PORT,
+    DEFAULT_CONFIG_DIR,
+    app_log,
+    control_socket,
+    default_config_dir,
+    module_log,
+    module_socket,
+)
 from tandem.engine.control.channel import ControlError, ask
 
 MODULE_COMMANDS = {
@@ -88,7 +96,15 @@ def describe_failover(failover: dict[str, Any]) -> str:
     return text
 
 
-def module_command(state_dir: str, module: str, command: str, **arguments: Any) -> int:
+def module_command(
+    state_dir: str,
+    module: str,
+    command: str,
+    *,
+    config_dir: str = DEFAULT_CONFIG_DIR,
+    api_port: int = DEFAULT_API_PORT,
+    **arguments: Any,
+) -> int:
     check_name(module)
     path = module_socket(state_dir, module)
     if not Path(path).exists():
@@ -96,9 +112,43 @@ def module_command(state_dir: str, module: str, command: str, **arguments: Any) 
             f"module {module!r} is not run with failover on this node ({path} is missing; "
             "is the node running, and the module configured?)"
         )
-    answer = ask(path, command, timeout=None, **arguments)
+    try:
+        answer = ask(path, command, timeout=None, **arguments)
+    except ControlError as exc:
+        if command != "swap" or not str(exc).startswith("this node does not serve"):
+            raise
+        # the serving node hands over: a swap asked here is carried out there
+        node, answer = _swap_on_peer(state_dir, config_dir, module, api_port)
+        print(f"{module}: swapped on {node}, which served: {describe_failover(answer)}")
+        return EXIT_OK
     print(f"{module}: {describe_failover({'running': True, **answer})}")
     return EXIT_OK
+
+
+def _swap_on_peer(
+    state_dir: str, config_dir: str, module: str, api_port: int
+) -> tuple[str, dict[str, Any]]:
+    from tandem.engine.api.forward import ForwardError, ask_peer
+    from tandem.engine.config.preflight import load_modules
+    from tandem.engine.config.secrets import load_keyring, secret_path
+
+    here = ask(module_socket(state_dir, module), "state")
+    peer = here["peer"]["node"]
+    if here["peer"].get("state") not in ("PRIM", "ALONE"):
+        raise ConfigError(
+            f"this node does not serve ({here['state']}), and neither does {peer} "
+            f"({here['peer'].get('state') or 'not heard'}): nothing to swap"
+        )
+    (config,) = load_modules(config_dir, [module])
+    secret = load_keyring(secret_path(config_dir)).signing
+    target = f"/api/v1/modules/{module}/swap"
+    try:
+        status, answer = ask_peer(secret, config.nodes[peer], api_port, "POST", target, {})
+    except ForwardError as exc:
+        raise ConfigError(f"{exc}; run `tandem swap {module}` on {peer}") from None
+    if status != 200:
+        raise ConfigError(f"{peer}: {answer.get('error', status)}")
+    return peer, {"running": True, **answer["failover"]}
 
 
 def show_log(state_dir: str, module: str, *, app: bool, lines: int, follow: bool = False) -> int:
@@ -270,6 +320,19 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
                 "acknowledged after this copy fell behind are lost)",
             )
         state_dir_option(command)
+        if name == "swap":
+            command.add_argument(
+                "--config-dir",
+                default=default_config_dir(),
+                metavar="DIR",
+                help="where the module file and secret are (to ask the serving node)",
+            )
+            command.add_argument(
+                "--api-port",
+                type=int,
+                default=DEFAULT_API_PORT,
+                help=f"the serving node's API port (default {DEFAULT_API_PORT})",
+            )
 
     logs = commands.add_parser(
         "logs",
@@ -292,5 +355,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _run_module_command(args: argparse.Namespace) -> int:
-    extra = {"force": True} if getattr(args, "force", False) else {}
+    extra: dict[str, Any] = {"force": True} if getattr(args, "force", False) else {}
+    if args.command == "swap":
+        extra.update(config_dir=args.config_dir, api_port=args.api_port)
     return module_command(args.state_dir, args.module, args.command, **extra)

@@ -19,6 +19,7 @@ STATE_DIR_VARIABLE = "TANDEM_STATE_DIR"
 DEFAULT_CONFIG_DIR = "/etc/tandem"
 CONFIG_DIR_VARIABLE = "TANDEM_CONFIG_DIR"
 MODULE_SOCKET = "module.sock"
+DEFAULT_API_PORT = 9453  # every node's HTTP API and console (the same on every node)
 
 
 def default_state_dir() -> str:

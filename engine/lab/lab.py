@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from tandem.engine.api.users import set_password, users_file
-from tandem.engine.config.paths import CONFIG_DIR_VARIABLE, STATE_DIR_VARIABLE, module_socket
+from tandem.engine.config.paths import (
+    CONFIG_DIR_VARIABLE,
+    DEFAULT_API_PORT,
+    STATE_DIR_VARIABLE,
+    module_socket,
+)
 from tandem.engine.control.channel import ControlError, ask
 from tandem.fsdriver.mount import mounts_at
 
@@ -69,7 +74,7 @@ while kill -0 $pid 2>/dev/null; do sleep 0.02; done
 PREFIX = 24
 FIRST_ROLES = {"a": "primary", "b": "secondary"}
 BOOT_TIMEOUT = 30.0
-API_PORT = 9453  # each node's console and API, inside its namespace
+API_PORT = DEFAULT_API_PORT  # each node's console and API, inside its namespace
 CONSOLE_PORTS = {"a": 9453, "b": 9454}  # on this machine's loopback, through the relay
 CONSOLE_USER = "admin"
 

@@ -193,6 +193,19 @@ def test_every_command_and_refusal_through_either_node(lab: LabCluster) -> None:
     assert sorted(_states(client).values()) == ["PRIM", "SECOND"]  # none of it acted
 
 
+def test_tandem_swap_on_the_following_node_is_carried_out_by_the_serving_one(
+    lab: LabCluster,
+) -> None:
+    client = lab_client(lab, "a")
+    _settled(client)
+    serving, following = _serving_first(lab)
+    done = lab.exec(following, "tandem", "swap", "demo")
+    assert done.returncode == 0, done.stderr
+    assert f"swapped on {serving}, which served" in done.stdout
+    wait_for(lambda: _states(client)[following] == "PRIM", 60, "the swap")
+    _settled(client)
+
+
 def test_logs_are_paged_and_followed(lab: LabCluster) -> None:
     client = lab_client(lab, "a")
     _settled(client)
