@@ -4,6 +4,7 @@ checked before they run."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from tandem.engine.cli.common import (
@@ -20,7 +21,7 @@ from tandem.engine.config.modules import (
 from tandem.engine.config.paths import DEFAULT_API_PORT, DEFAULT_CONFIG_DIR
 from tandem.engine.config.preflight import load_modules, module_names, preflight
 from tandem.engine.config.secrets import SecretStore, load_keyring, secret_path
-from tandem.engine.node.systemd import unit_text
+from tandem.engine.node.systemd import api_unit_text, template_text, unit_text
 
 ROLES = ("primary", "secondary")
 
@@ -65,9 +66,28 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "(tandem unit web db > /etc/systemd/system/tandem.service)",
     )
     unit.set_defaults(run=run_unit_command)
-    unit.add_argument("modules", nargs="+", metavar="MODULE")
+    unit.add_argument("modules", nargs="*", metavar="MODULE")
+    which = unit.add_mutually_exclusive_group()
+    which.add_argument(
+        "--template",
+        action="store_true",
+        help="a unit per module instead: tandem@.service (systemctl enable --now tandem@web)",
+    )
+    which.add_argument(
+        "--api", action="store_true", help="the console and API unit that goes with --template"
+    )
     unit.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR, metavar="DIR")
     state_dir_option(unit)
+
+    api = commands.add_parser(
+        "api",
+        help="serve the console and HTTP API alone (beside tandem@MODULE units)",
+    )
+    api.set_defaults(run=run_api_command)
+    api.add_argument("--listen", default=f":{DEFAULT_API_PORT}", metavar="HOST:PORT")
+    api.add_argument("--plain", action="store_true", help="plain HTTP (behind a TLS proxy)")
+    node_options(api)
+    state_dir_option(api)
 
     check = commands.add_parser(
         "check",
@@ -129,8 +149,52 @@ def run_node_command(args: argparse.Namespace) -> int:
 
 
 def run_unit_command(args: argparse.Namespace) -> int:
+    if args.template or args.api:
+        if args.modules:
+            raise ConfigError("--template and --api take no module: the unit serves any")
+        text = (template_text if args.template else api_unit_text)(args.config_dir, args.state_dir)
+        print(text, end="")
+        return EXIT_OK
+    if not args.modules:
+        raise ConfigError("name the modules the unit runs (or give --template)")
     load_modules(args.config_dir, args.modules)  # a unit for a module that is not there fails
     print(unit_text(args.modules, args.config_dir, args.state_dir), end="")
+    return EXIT_OK
+
+
+def run_api_command(args: argparse.Namespace) -> int:
+    """The API alone, for nodes whose modules each run in a unit of their own."""
+    import trio
+
+    from tandem.engine.api.app import ApiContext
+    from tandem.engine.api.server import Listen, serve_api
+    from tandem.fsdriver.mount import notify_systemd
+
+    listen = Listen.parse(args.listen)
+    if listen is None:
+        raise ConfigError("--listen none: nothing to serve")
+    secrets = SecretStore(str(secret_path(args.config_dir)))
+    modules = load_modules(args.config_dir, module_names(args.config_dir))
+    ctx = ApiContext(
+        node=args.node,
+        state_dir=args.state_dir,
+        config_dir=args.config_dir,
+        modules={module.name: module for module in modules},
+        held_secrets=secrets.heartbeat_secrets,
+        port=listen.port,
+        tls=not args.plain,
+    )
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_api, ctx, listen)
+                notify_systemd(b"READY=1")
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -121,6 +122,8 @@ class ModuleRunner:
         self.takeovers: deque[float] = deque(maxlen=HISTORY_KEPT)
         self.takeovers_total = 0
         self.checker_failures = 0
+        # told each new state and its reason (the node's STATUS= line for systemd)
+        self.on_state: Callable[[str, str], None] = lambda state, reason: None
         links = [Link("main", config.nodes[node], peer_address)]
         for index, network in enumerate(config.heartbeat_networks):
             links.append(Link(f"net{index + 1}", network[node], network[self.peer]))
@@ -329,6 +332,7 @@ class ModuleRunner:
                 }
             )
             log.info("module %s: %s (%s)", self.config.name, after.state.value, after.reason)
+            self.on_state(after.state.value, after.reason)
         refusals = []
         aside_failed = ""
         if peer_may_serve_without_us(before, after, actions):

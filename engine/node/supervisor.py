@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -78,12 +80,15 @@ class Node:
         self._secret_file = secret_file
         self._verbose = verbose
         self.runners: dict[str, ModuleRunner] = {}
+        self._states: dict[str, str] = {}
         for assignment in self.assignments:
             assignment.module.peer_of(name)  # raises ConfigError if this node is not in it
             if assignment.role is None:
-                self.runners[assignment.module.name] = ModuleRunner(
+                runner = ModuleRunner(
                     name, assignment.module, secret, secret_file, state_dir, verbose=verbose
                 )
+                runner.on_state = partial(self._state_changed, assignment.module.name)
+                self.runners[assignment.module.name] = runner
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -116,6 +121,11 @@ class Node:
             )
             task_status.started()
 
+    def _state_changed(self, module: str, state: str, reason: str) -> None:
+        """systemctl status shows every module's state and why, in one line."""
+        self._states[module] = f"{module} {state} ({reason})"
+        _notify(f"STATUS={'; '.join(self._states[m] for m in sorted(self._states))}".encode())
+
     def _api_context(self) -> ApiContext:
         assert self.api is not None and self.api.listen is not None
         return ApiContext(
@@ -137,6 +147,9 @@ def run_node(node: Node) -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(node.run)
                 _notify(b"READY=1")
+                every = watchdog_interval(os.environ)
+                if every is not None:
+                    nursery.start_soon(_keep_watchdog_fed, every)
                 async for signum in signals:
                     log.info("node %s stopping (%s)", node.name, signal.Signals(signum).name)
                     _notify(b"STOPPING=1")
@@ -155,3 +168,21 @@ def run_node(node: Node) -> None:
 
 def _notify(message: bytes) -> None:
     notify_systemd(message)
+
+
+def watchdog_interval(environ: Mapping[str, str]) -> float | None:
+    """How often to tell systemd the node lives: half its WatchdogSec (None: no watchdog, or
+    one meant for another process)."""
+    usec = environ.get("WATCHDOG_USEC", "")
+    pid = environ.get("WATCHDOG_PID")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+async def _keep_watchdog_fed(every: float) -> None:
+    # a ping from the node's own trio loop: a loop stuck in a blocking call misses it, and
+    # systemd restarts the node (the peer takes over as after any crash)
+    while True:
+        _notify(b"WATCHDOG=1")
+        await trio.sleep(every)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,7 +86,14 @@ def test_a_two_directory_module_replicates_each_and_stops_cleanly(
         processes.append((secondary, secondary_dirs))
         wait_for(lambda: "node b ready" in b_log.read_text(), 20, "node b")
         a_config = _config(workspace, "a", primary_dirs, port)
-        primary = _node(a_config, "a", "primary", a_log, NOTIFY_SOCKET=str(workspace / "notify"))
+        primary = _node(
+            a_config,
+            "a",
+            "primary",
+            a_log,
+            NOTIFY_SOCKET=str(workspace / "notify"),
+            WATCHDOG_USEC="400000",  # WatchdogSec=0.4: pinged every 0.2 s
+        )
         processes.append((primary, primary_dirs))
 
         assert notify.recv(64) == b"READY=1"
@@ -98,8 +106,13 @@ def test_a_two_directory_module_replicates_each_and_stops_cleanly(
             with pytest.raises(OSError, match="Read-only file system"):
                 (directory / "diverge").write_text("no")
 
+        time.sleep(0.7)  # three watchdog intervals
         primary.send_signal(signal.SIGTERM)
-        assert notify.recv(64) == b"STOPPING=1"
+        said = []
+        while not said or said[-1] != b"STOPPING=1":
+            said.append(notify.recv(64))
+        assert set(said) == {b"WATCHDOG=1", b"STOPPING=1"}
+        assert said.count(b"WATCHDOG=1") >= 2  # fed all along, from the node's loop
         assert primary.wait(30) == 0
         assert not any(is_tandem_mount(str(d)) for d in primary_dirs)
         secondary.send_signal(signal.SIGTERM)
