@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from tandem.engine import __version__
-from tandem.engine.cli import console, lab, node, operate, secret, stream
+from tandem.engine.cli import completion, console, lab, node, operate, secret, stream
 from tandem.engine.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from tandem.engine.cli.logsetup import configure as configure_logging
 from tandem.engine.config.modules import ConfigError
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     secret.add_commands(commands)
     lab.add_commands(commands)
     console.add_commands(commands)
+    completion.add_commands(commands, parser)
     return parser
 
 
