@@ -18,77 +18,96 @@ from prometheus_client.registry import Collector, CollectorRegistry
 STATES = ("STOP", "WAIT", "ALONE", "PRIM", "SECOND")
 
 
+MODULE, STREAM = ["module"], ["module", "stream"]
+# name: (kind, help, labels) — every family a scrape answers, in this order
+FAMILIES: dict[str, tuple[Callable[..., Metric], str, list[str]]] = {
+    "tandem_module_state": (
+        GaugeMetricFamily,
+        "1 for the module's state on this node",
+        [*MODULE, "state"],
+    ),
+    "tandem_module_serving": (
+        GaugeMetricFamily,
+        "1 if this node serves the module",
+        [*MODULE, "node"],
+    ),
+    "tandem_module_state_seconds": (GaugeMetricFamily, "time in the current state", MODULE),
+    "tandem_heartbeat_silent_seconds": (
+        GaugeMetricFamily,
+        "time since the peer was last heard on each heartbeat network",
+        [*MODULE, "network"],
+    ),
+    "tandem_heartbeat_rejected": (
+        CounterMetricFamily,
+        "heartbeats refused, by reason (a flood or a wrong secret shows here)",
+        [*MODULE, "reason"],
+    ),
+    "tandem_checker_failures": (
+        CounterMetricFamily,
+        "failed application checks seen while serving",
+        MODULE,
+    ),
+    "tandem_takeovers": (CounterMetricFamily, "times this node began serving the module", MODULE),
+    "tandem_last_takeover_seconds": (
+        GaugeMetricFamily,
+        "how long the last take-over's actions took (copy, VIP, start script)",
+        MODULE,
+    ),
+    "tandem_stream_in_sync": (
+        GaugeMetricFamily,
+        "1 if the stream is in sync with its peer",
+        STREAM,
+    ),
+    "tandem_stream_in_flight_mutations": (
+        GaugeMetricFamily,
+        "mutations sent, not acknowledged yet",
+        STREAM,
+    ),
+    "tandem_stream_in_flight_bytes": (
+        GaugeMetricFamily,
+        "bytes sent, not acknowledged yet",
+        STREAM,
+    ),
+    "tandem_stream_writes_waiting": (
+        GaugeMetricFamily,
+        "application requests held until the peer acknowledges",
+        STREAM,
+    ),
+    "tandem_ack_latency_seconds": (
+        HistogramMetricFamily,
+        "time from sending a mutation to the peer's acknowledgement",
+        STREAM,
+    ),
+    "tandem_resync_bytes_done": (GaugeMetricFamily, "bytes the running resync has handled", STREAM),
+    "tandem_resync_bytes_total": (
+        GaugeMetricFamily,
+        "bytes the running resync will handle (0 while counting)",
+        STREAM,
+    ),
+    "tandem_journal_bytes": (GaugeMetricFamily, "size of the stream's change journal", STREAM),
+}
+
+
 def families(
     node: str, report: dict[str, Any], journal_bytes: dict[tuple[str, int], int]
 ) -> list[Metric]:
-    state = GaugeMetricFamily(
-        "tandem_module_state", "1 for the module's state on this node", labels=["module", "state"]
+    made: dict[str, Any] = {
+        name: kind(name, text, labels=labels) for name, (kind, text, labels) in FAMILIES.items()
+    }
+    state, serving, in_state = (
+        made[f"tandem_module_{n}"] for n in ("state", "serving", "state_seconds")
     )
-    serving = GaugeMetricFamily(
-        "tandem_module_serving", "1 if this node serves the module", labels=["module", "node"]
+    silent, rejected = made["tandem_heartbeat_silent_seconds"], made["tandem_heartbeat_rejected"]
+    checker_failures, takeovers = made["tandem_checker_failures"], made["tandem_takeovers"]
+    takeover_seconds, latency = (
+        made["tandem_last_takeover_seconds"],
+        made["tandem_ack_latency_seconds"],
     )
-    in_state = GaugeMetricFamily(
-        "tandem_module_state_seconds", "time in the current state", labels=["module"]
-    )
-    silent = GaugeMetricFamily(
-        "tandem_heartbeat_silent_seconds",
-        "time since the peer was last heard on each heartbeat network",
-        labels=["module", "network"],
-    )
-    rejected = CounterMetricFamily(
-        "tandem_heartbeat_rejected",
-        "heartbeats refused, by reason (a flood or a wrong secret shows here)",
-        labels=["module", "reason"],
-    )
-    checker_failures = CounterMetricFamily(
-        "tandem_checker_failures", "failed application checks seen while serving", labels=["module"]
-    )
-    takeovers = CounterMetricFamily(
-        "tandem_takeovers", "times this node began serving the module", labels=["module"]
-    )
-    takeover_seconds = GaugeMetricFamily(
-        "tandem_last_takeover_seconds",
-        "how long the last take-over's actions took (copy, VIP, start script)",
-        labels=["module"],
-    )
-    in_sync = GaugeMetricFamily(
-        "tandem_stream_in_sync",
-        "1 if the stream is in sync with its peer",
-        labels=["module", "stream"],
-    )
-    in_flight = GaugeMetricFamily(
-        "tandem_stream_in_flight_mutations",
-        "mutations sent, not acknowledged yet",
-        labels=["module", "stream"],
-    )
-    in_flight_bytes = GaugeMetricFamily(
-        "tandem_stream_in_flight_bytes",
-        "bytes sent, not acknowledged yet",
-        labels=["module", "stream"],
-    )
-    waiting = GaugeMetricFamily(
-        "tandem_stream_writes_waiting",
-        "application requests held until the peer acknowledges",
-        labels=["module", "stream"],
-    )
-    latency = HistogramMetricFamily(
-        "tandem_ack_latency_seconds",
-        "time from sending a mutation to the peer's acknowledgement",
-        labels=["module", "stream"],
-    )
-    resync_done = GaugeMetricFamily(
-        "tandem_resync_bytes_done",
-        "bytes the running resync has handled",
-        labels=["module", "stream"],
-    )
-    resync_total = GaugeMetricFamily(
-        "tandem_resync_bytes_total",
-        "bytes the running resync will handle (0 while counting)",
-        labels=["module", "stream"],
-    )
-    journal = GaugeMetricFamily(
-        "tandem_journal_bytes", "size of the stream's change journal", labels=["module", "stream"]
-    )
+    in_sync, waiting = made["tandem_stream_in_sync"], made["tandem_stream_writes_waiting"]
+    in_flight = made["tandem_stream_in_flight_mutations"]
+    in_flight_bytes = made["tandem_stream_in_flight_bytes"]
+    resync_done, resync_total = made["tandem_resync_bytes_done"], made["tandem_resync_bytes_total"]
+    journal = made["tandem_journal_bytes"]
     for module, found in report["modules"].items():
         failover = found["failover"]
         if failover and failover.get("running"):
@@ -130,24 +149,7 @@ def families(
             if resync:
                 resync_done.add_metric(labels, float(resync.get("bytes_done", 0)))
                 resync_total.add_metric(labels, float(resync.get("bytes_total") or 0))
-    return [
-        state,
-        serving,
-        in_state,
-        silent,
-        rejected,
-        checker_failures,
-        takeovers,
-        takeover_seconds,
-        in_sync,
-        in_flight,
-        in_flight_bytes,
-        waiting,
-        latency,
-        resync_done,
-        resync_total,
-        journal,
-    ]
+    return list(made.values())
 
 
 class _Scrape(Collector):

@@ -23,33 +23,15 @@ import sys
 
 from tandem.engine.config.modules import check_name
 
-UNIT = """[Unit]
-Description=Tandem high-availability node ({modules})
+NODE_UNIT = """[Unit]
+Description={description}
 After=network-online.target local-fs.target
 Wants=network-online.target
 
 [Service]
 Type=notify
 NotifyAccess=main
-ExecStart={tandem} node --config-dir {config_dir} --state-dir {state_dir} {modules}
-KillMode=mixed
-TimeoutStopSec={stop_seconds}
-WatchdogSec={watchdog_seconds}
-Restart=on-failure
-RestartSec=2
-
-[Install]
-WantedBy=multi-user.target
-"""
-TEMPLATE = """[Unit]
-Description=Tandem high-availability module %i
-After=network-online.target local-fs.target
-Wants=network-online.target
-
-[Service]
-Type=notify
-NotifyAccess=main
-ExecStart={tandem} node --config-dir {config_dir} --state-dir {state_dir} --api none %i
+ExecStart={tandem} node --config-dir {config_dir} --state-dir {state_dir} {arguments}
 KillMode=mixed
 TimeoutStopSec={stop_seconds}
 WatchdogSec={watchdog_seconds}
@@ -84,18 +66,25 @@ def _tandem() -> str:
 def unit_text(modules: list[str], config_dir: str, state_dir: str, stop_seconds: int = 300) -> str:
     for module in modules:
         check_name(module)
-    return UNIT.format(
-        modules=" ".join(modules),
-        tandem=_tandem(),
-        config_dir=config_dir,
-        state_dir=state_dir,
-        stop_seconds=stop_seconds,
-        watchdog_seconds=WATCHDOG_SECONDS,
+    names = " ".join(modules)
+    return _node_unit(
+        f"Tandem high-availability node ({names})", names, config_dir, state_dir, stop_seconds
     )
 
 
 def template_text(config_dir: str, state_dir: str, stop_seconds: int = 300) -> str:
-    return TEMPLATE.format(
+    # one module per instance; the console runs in tandem-api.service, not in each instance
+    return _node_unit(
+        "Tandem high-availability module %i", "--api none %i", config_dir, state_dir, stop_seconds
+    )
+
+
+def _node_unit(
+    description: str, arguments: str, config_dir: str, state_dir: str, stop_seconds: int
+) -> str:
+    return NODE_UNIT.format(
+        description=description,
+        arguments=arguments,
         tandem=_tandem(),
         config_dir=config_dir,
         state_dir=state_dir,

@@ -11,13 +11,10 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
-import tempfile
 import threading
 import time
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tandem.engine.api import forward
 from tandem.engine.api.openapi import document
 from tests.helpers.api import Client, console_password, lab_client
-from tests.helpers.lab import LabCluster
+from tests.helpers.lab import LabCluster, failover_lab_of_its_own
 from tests.helpers.mountproc import wait_for
 
 pytestmark = pytest.mark.root
@@ -36,16 +33,10 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabCluster]:
-    workspace = Path(tempfile.mkdtemp(prefix="tandem-api-", dir="/tmp"))
-    workspace.chmod(0o755)
-    cluster = LabCluster(workspace / "lab", static=False)
-    try:
-        yield cluster.up()
+    with failover_lab_of_its_own("tandem-api-") as cluster:
+        yield cluster
         for node in ("a", "b"):
             assert "Traceback" not in cluster.log(node), cluster.log(node)
-    finally:
-        cluster.down()
-        shutil.rmtree(workspace, ignore_errors=True)
 
 
 def _states(client: Client) -> dict[str, str]:

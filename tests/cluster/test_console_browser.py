@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -59,18 +57,6 @@ def browser(workspace: Path) -> Iterator[tuple[WebDriver, Path]]:
         driver.quit()
 
 
-@pytest.fixture
-def lab() -> Iterator[LabCluster]:
-    workspace = Path(tempfile.mkdtemp(prefix="tandem-console-", dir="/tmp"))
-    workspace.chmod(0o755)
-    cluster = LabCluster(workspace / "lab", static=False)
-    try:
-        yield cluster.up()
-    finally:
-        cluster.down()
-        shutil.rmtree(workspace, ignore_errors=True)
-
-
 BADGES = """
 const found = {};
 for (const card of document.querySelectorAll('.node[data-module="demo"]')) {
@@ -108,8 +94,9 @@ def _shot(driver: WebDriver, name: str) -> None:
 
 
 def test_an_admin_logs_in_swaps_follows_the_log_and_takes_a_snapshot(
-    lab: LabCluster, browser: tuple[WebDriver, Path]
+    failover_lab: LabCluster, browser: tuple[WebDriver, Path]
 ) -> None:
+    lab = failover_lab
     driver, downloads = browser
     ports = json.loads((lab.directory / "lab.json").read_text())["console_ports"]
     driver.get(f"https://127.0.0.1:{ports['b']}/")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +91,17 @@ def stop_group(process: subprocess.Popen[Any]) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
     process.communicate()
+
+
+@contextmanager
+def failover_lab_of_its_own(prefix: str) -> Iterator[LabCluster]:
+    """A failover lab in a scratch directory of its own (for a fixture wider than a test, which
+    cannot use the per-test workspace), removed with everything in it."""
+    workspace = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    workspace.chmod(0o755)
+    cluster = LabCluster(workspace / "lab", static=False)
+    try:
+        yield cluster.up()
+    finally:
+        cluster.down()
+        shutil.rmtree(workspace, ignore_errors=True)
