@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -201,8 +202,13 @@ async def _from_peer(
     return answer
 
 
+NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
 def _other_node(ctx: ApiContext, request: Request) -> str | None:
     wanted = request.query_params.get("node")
+    if wanted is not None and not NODE_NAME.match(wanted):
+        raise ApiError(400, "node is a node's name (letters, digits, _ . -)")
     return wanted if wanted and wanted != ctx.node else None
 
 
@@ -216,7 +222,7 @@ async def health(ctx: ApiContext, request: Request, caller: Caller, body: bytes)
 async def login(ctx: ApiContext, request: Request, caller: Caller, body: bytes) -> Any:
     given = _body_json(body)
     name, password = given.get("user"), given.get("password")
-    if not isinstance(name, str) or not isinstance(password, str) or not name:
+    if not isinstance(name, str) or not isinstance(password, str) or not name or not password:
         raise ApiError(400, "give user and password")
     address = request.client.host if request.client else "?"
     keys = [f"user:{name}", f"address:{address}"]
@@ -443,13 +449,25 @@ async def _root(request: Request) -> Response:
     return RedirectResponse("/console/")
 
 
+_LOGIN, _SESSION, _LOGOUT = (
+    endpoint(login, public=True),
+    endpoint(session_info),
+    endpoint(logout),
+)
+
+
+async def _session_route(request: Request) -> Response:
+    # one route for the three methods: the 405 of another method names all three in Allow
+    chosen = {"POST": _LOGIN, "GET": _SESSION, "DELETE": _LOGOUT}[request.method]
+    response: Response = await chosen(request)
+    return response
+
+
 def make_app(ctx: ApiContext) -> Starlette:
     v1 = "/api/v1"
     routes = [
         Route(f"{v1}/health", endpoint(health, public=True)),
-        Route(f"{v1}/session", endpoint(login, public=True), methods=["POST"]),
-        Route(f"{v1}/session", endpoint(session_info), methods=["GET"]),
-        Route(f"{v1}/session", endpoint(logout), methods=["DELETE"]),
+        Route(f"{v1}/session", _session_route, methods=["GET", "POST", "DELETE"]),
         Route(f"{v1}/state", endpoint(state)),
         Route(f"{v1}/cluster", endpoint(cluster)),
         Route(f"{v1}/modules/{{module}}/log", endpoint(module_log_page)),

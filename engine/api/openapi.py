@@ -106,8 +106,8 @@ def document() -> dict[str, Any]:
                                 "type": "object",
                                 "required": ["user", "password"],
                                 "properties": {
-                                    "user": {"type": "string"},
-                                    "password": {"type": "string"},
+                                    "user": {"type": "string", "minLength": 1},
+                                    "password": {"type": "string", "minLength": 1},
                                 },
                             }
                         }
@@ -136,7 +136,7 @@ def document() -> dict[str, Any]:
                 "parameters": [NODE],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/State"}),
-                    **_errors(401, 404, 502),
+                    **_errors(400, 401, 404, 502),
                 },
             }
         },
@@ -198,7 +198,7 @@ def document() -> dict[str, Any]:
                 "parameters": [NODE],
                 "responses": {
                     "200": {"description": "the zip", "content": {"application/zip": {}}},
-                    **_errors(401, 403, 404, 502),
+                    **_errors(400, 401, 403, 404, 502),
                 },
             }
         },

@@ -770,6 +770,7 @@ def _free_port(wanted: int) -> int:
 
     for port in (wanted, 0):
         with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the relay binds
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -286,6 +289,32 @@ def test_a_forged_or_replayed_node_request_is_refused(lab: LabCluster) -> None:
     assert client.get(target, headers={forward.HEADER: genuine}).status == 401  # replayed
     late = forward.sign(secret, "GET", target, b"", time.time() - 300)
     assert client.get(target, headers={forward.HEADER: late}).status == 401
+
+
+def test_schemathesis_finds_nothing_wrong_against_the_openapi_document(
+    lab: LabCluster, tmp_path: Path
+) -> None:
+    """Schemathesis (a third-party schema fuzzer) with every check but ignored_auth (O1 is that
+    check, done without the token schemathesis cannot take off): a read-only token, so its
+    commands are refused and nothing acts; the answers must match the document."""
+    made = lab.exec("a", "tandem", "console", "token", "schemathesis", "--role", "read-only")
+    assert made.returncode == 0, made.stderr
+    schema = tmp_path / "openapi.json"
+    schema.write_text(json.dumps(document()))
+    base = lab_client(lab, "a", logged_in=False).base.rstrip("/")
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"), "run", str(schema), "--url", base,
+            "-H", f"Authorization: Bearer {made.stdout.strip()}", "--tls-verify", "false",
+            "-n", "40", "--exclude-checks", "ignored_auth", "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    assert re.search(r"\d+ generated, \d+ passed", done.stdout), done.stdout[-2000:]
 
 
 _VALUES = st.one_of(
