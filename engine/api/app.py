@@ -355,8 +355,7 @@ async def module_log_page(ctx: ApiContext, request: Request, caller: Caller, bod
     check_name(module)
     other = _other_node(ctx, request)
     if other:
-        query = request.url.query.replace(f"node={other}", f"node={other}")
-        return await _from_peer(ctx, other, "GET", f"{request.url.path}?{query}", None)
+        return await _from_peer(ctx, other, "GET", f"{request.url.path}?{request.url.query}", None)
     kind = request.query_params.get("kind", "module")
     if kind not in ("module", "app"):
         raise ApiError(400, "kind is module or app")
