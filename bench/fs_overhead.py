@@ -1,11 +1,13 @@
 """What the in-place passthrough costs: one run measures a plain directory and the same kind of
-directory with `tandem mount` over it (no peer: the sink that does nothing), and prints JSON
-with both figures and their ratio.
+directory with `tandem mount` over it (no peer: the sink that does nothing), once per FUSE
+driver (python, the reference; native, the C data plane), and prints JSON with the figures and
+their ratios to the plain directory.
 
-    python -m tandem.bench.fs_overhead [--out FILE] [--quick]
+    python -m tandem.bench.fs_overhead [--out FILE] [--quick] [--drivers python,native]
 
 Workloads: sequential 1 MiB writes then fsync; 4 KiB random writes with and without fsync after
-each (fio, psync engine, one job); create then delete 10,000 small files.
+each, 4 KiB random reads (fio, psync engine, one job; reads also with four jobs); SQLite
+one-row transactions (WAL, synchronous=FULL); create then delete 10,000 small files.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tandem.fsdriver.driver import DRIVERS, ENVIRONMENT_VARIABLE
 from tandem.fsdriver.mount import is_tandem_mount
 
 
 def _fio(
-    directory: Path, name: str, seconds: int, extra: list[str], jobs: int = 1
+    directory: Path, name: str, seconds: int, extra: list[str], jobs: int = 1, side: str = "write"
 ) -> dict[str, float]:
     args = [
         "fio", f"--name={name}", f"--directory={directory}", "--ioengine=psync",
@@ -36,7 +39,7 @@ def _fio(
         "--output-format=json", "--group_reporting", *extra,
     ]  # fmt: skip
     done = subprocess.run(args, capture_output=True, text=True, check=True)
-    job = json.loads(done.stdout)["jobs"][0]["write"]
+    job = json.loads(done.stdout)["jobs"][0][side]
     return {"iops": round(job["iops"], 1), "mib_per_s": round(job["bw_bytes"] / 2**20, 1)}
 
 
@@ -64,6 +67,40 @@ def random_4k(directory: Path, seconds: int, fsync_each: bool, jobs: int = 1) ->
     return result
 
 
+def random_4k_reads(directory: Path, seconds: int, jobs: int) -> dict[str, float]:
+    # the file is laid out (and cached) first: this measures the request path, not the disk
+    extra = ["--rw=randread", "--bs=4k"]
+    result = _fio(directory, "read", seconds, extra, jobs, side="read")
+    for leftover in directory.glob("read*"):
+        leftover.unlink()
+    return result
+
+
+def sqlite_transactions(directory: Path, seconds: float) -> dict[str, float]:
+    import sqlite3
+
+    path = directory / "bench.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+        payload = os.urandom(100)
+        count = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            db.execute("BEGIN")
+            db.execute("INSERT INTO t (v) VALUES (?)", (payload,))
+            db.execute("COMMIT")
+            count += 1
+        elapsed = time.perf_counter() - started
+    finally:
+        db.close()
+    for leftover in directory.glob("bench.db*"):
+        leftover.unlink()
+    return {"tx_per_s": round(count / elapsed, 1)}
+
+
 def small_files(directory: Path, count: int) -> dict[str, float]:
     names = [directory / f"f{i:05}" for i in range(count)]
     payload = b"x" * 100
@@ -82,10 +119,15 @@ def small_files(directory: Path, count: int) -> dict[str, float]:
     }
 
 
-def _mounted(directory: Path) -> subprocess.Popen[bytes]:
+def _mounted(directory: Path, driver: str | None = None) -> subprocess.Popen[bytes]:
+    """`tandem mount` over ``directory``; ``driver`` None keeps this process's choice."""
+    environment = dict(os.environ)
+    if driver is not None:
+        environment[ENVIRONMENT_VARIABLE] = driver
     process = subprocess.Popen(
         [sys.executable, "-m", "tandem.engine.cli", "mount", str(directory)],
         stderr=subprocess.DEVNULL,
+        env=environment,
     )
     deadline = time.monotonic() + 20
     while not is_tandem_mount(str(directory)):
@@ -106,12 +148,15 @@ def _settle() -> None:
     time.sleep(2)
 
 
-def run(base: Path, quick: bool) -> dict[str, Any]:
+def run(base: Path, quick: bool, drivers: list[str]) -> dict[str, Any]:
     seconds = 3 if quick else 10
     workloads: dict[str, Callable[[Path], dict[str, float]]] = {
         "sequential_1mib_writes_then_fsync": lambda d: sequential_1mib(d, 128 if quick else 512),
         "random_4k_writes": lambda d: random_4k(d, seconds, fsync_each=False),
         "random_4k_writes_fsync_each": lambda d: random_4k(d, seconds, fsync_each=True),
+        "random_4k_reads": lambda d: random_4k_reads(d, seconds, jobs=1),
+        "random_4k_reads_4_jobs": lambda d: random_4k_reads(d, seconds, jobs=4),
+        "sqlite_transactions": lambda d: sqlite_transactions(d, seconds),
         "create_then_delete_small_files": lambda d: small_files(d, 2000 if quick else 10_000),
     }
     plain, mounted = base / "plain", base / "mounted"
@@ -121,22 +166,22 @@ def run(base: Path, quick: bool) -> dict[str, Any]:
     for name, workload in workloads.items():
         _settle()
         baseline = workload(plain)
-        process = _mounted(mounted)
-        try:
-            _settle()
-            through_mount = workload(mounted)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
-        results[name] = {
-            "plain": baseline,
-            "tandem": through_mount,
-            "ratio": _ratio(through_mount, baseline),
-        }
+        line: dict[str, Any] = {"plain": baseline, "ratio": {}}
+        for driver in drivers:
+            process = _mounted(mounted, driver)
+            try:
+                _settle()
+                through_mount = workload(mounted)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+            line[driver] = through_mount
+            line["ratio"][driver] = _ratio(through_mount, baseline)
+        results[name] = line
     return results
 
 
-def run_on(kind: str, parent: str, quick: bool) -> dict[str, Any]:
+def run_on(kind: str, parent: str, quick: bool, drivers: list[str]) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="tandem-bench-", dir=parent))
     try:
         if kind == "tmpfs":
@@ -144,7 +189,7 @@ def run_on(kind: str, parent: str, quick: bool) -> dict[str, Any]:
                 ["mount", "-t", "tmpfs", "-o", "size=3g", "tandem-bench", str(base)], check=True
             )
         try:
-            return {"filesystem": _fstype(base), "results": run(base, quick)}
+            return {"filesystem": _fstype(base), "results": run(base, quick, drivers)}
         finally:
             if kind == "tmpfs":
                 subprocess.run(["umount", str(base)], check=True)
@@ -186,7 +231,18 @@ def emit(report: dict[str, Any], out: str | None) -> None:
 
 
 def main() -> int:
-    args = bench_parser(__doc__).parse_args()
+    parser = bench_parser(__doc__)
+    parser.add_argument(
+        "--drivers",
+        default=",".join(DRIVERS),
+        help=f"comma-separated FUSE drivers to measure (default: {','.join(DRIVERS)})",
+    )
+    args = parser.parse_args()
+    drivers = [d.strip() for d in args.drivers.split(",") if d.strip()]
+    unknown = [d for d in drivers if d not in DRIVERS]
+    if unknown or not drivers:
+        print(f"fs_overhead: unknown driver(s) {unknown}: expected {DRIVERS}", file=sys.stderr)
+        return 2
     if shutil.which("fio") is None:
         print("fs_overhead: fio is not installed (bash .ci/setup installs it)", file=sys.stderr)
         return 1
@@ -195,8 +251,9 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         # disk: what users get; tmpfs: the same without disk noise, i.e. the passthrough's own cost
-        "disk": run_on("disk", args.dir, args.quick),
-        "tmpfs": run_on("tmpfs", args.dir, args.quick),
+        "drivers": drivers,
+        "disk": run_on("disk", args.dir, args.quick, drivers),
+        "tmpfs": run_on("tmpfs", args.dir, args.quick, drivers),
     }
     emit(report, args.out)
     return 0

@@ -16,9 +16,11 @@ import pyfuse3
 import trio
 
 from tandem.fsdriver.change import NO_RECORDER, ChangeRecorder
+from tandem.fsdriver.driver import DriverUnavailable, chosen_driver
 from tandem.fsdriver.fence import FENCE_TYPE, fence, is_dead
 from tandem.fsdriver.fence import remove as remove_fence
 from tandem.fsdriver.mutation import ReplicationSink
+from tandem.fsdriver.native_session import NativeSession
 from tandem.fsdriver.ops import Passthrough
 from tandem.fsdriver.syscall import MNT_DETACH, umount2
 
@@ -203,7 +205,12 @@ def open_root(path: str) -> Iterator[int]:
 Companion = Callable[[], Awaitable[None]]
 
 
-async def _serve(path: str, options: MountOptions, companion: Companion | None) -> None:
+async def _serve(
+    path: str,
+    options: MountOptions,
+    companion: Companion | None,
+    native: NativeSession | None,
+) -> None:
     async with trio.open_nursery() as nursery:
         if companion is not None:
             # e.g. the replicator's connection: it shares the trio loop with the handlers
@@ -214,13 +221,19 @@ async def _serve(path: str, options: MountOptions, companion: Companion | None) 
                 task_status.started()
                 async for signum in signals:
                     log.info("received %s, unmounting %s", signal.Signals(signum).name, path)
-                    pyfuse3.terminate()
+                    if native is None:
+                        pyfuse3.terminate()
+                    else:
+                        nursery.cancel_scope.cancel()
                     return
 
         # the handler must be in place before READY=1, or an early SIGTERM kills us outright
         await nursery.start(stop_on_signal, name="signal-watcher")
         notify_systemd(b"READY=1")
-        await pyfuse3.main(min_tasks=4, max_tasks=options.max_tasks)
+        if native is None:
+            await pyfuse3.main(min_tasks=4, max_tasks=options.max_tasks)
+        else:
+            await native.serve(max_tasks=options.max_tasks)
         nursery.cancel_scope.cancel()
 
 
@@ -234,6 +247,10 @@ def run_mount(
     """Mount over ``directory`` and serve in the foreground until SIGINT/SIGTERM or an external
     unmount. Returns how the mount ended (for the operator)."""
     options = options or MountOptions()
+    try:
+        driver = chosen_driver()
+    except DriverUnavailable as exc:
+        raise MountError(str(exc)) from None
     path = check_target(directory)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -252,8 +269,12 @@ def run_mount(
             "fsname=tandem",
             "subtype=tandem",
         }
+        native: NativeSession | None = None
         try:
-            pyfuse3.init(ops, path, fuse_options)
+            if driver == "native":
+                native = NativeSession(ops, path, fuse_options)
+            else:
+                pyfuse3.init(ops, path, fuse_options)
         except RuntimeError as exc:
             raise MountError(
                 f"cannot mount {path}: {exc} (Tandem needs root and /dev/fuse; "
@@ -262,8 +283,10 @@ def run_mount(
         outcome = "unmounted"
         ended = False
         try:
-            log.info("serving %s", path)
-            trio.run(_serve, path, options, companion)
+            log.info("serving %s (%s driver)", path, driver)
+            if native is not None:
+                native.start()
+            trio.run(_serve, path, options, companion, native)
             ended = True
         finally:
             notify_systemd(b"STOPPING=1")
@@ -273,5 +296,19 @@ def run_mount(
                 # fail closed: the mount stays, its connection dead once this process is gone,
                 # so the application cannot write past the mirror into the bare copy
                 log.error("the mount of %s failed; it stays (dead) until the module starts", path)
-            pyfuse3.close(unmount=False)
+            if native is not None:
+                counts = native.counts()
+                log.info(
+                    "data plane: %d reads, %d flushes and %d capability probes answered in C; "
+                    "%d requests handed to Python, %d answered",
+                    counts["native_reads"],
+                    counts["native_flushes"],
+                    counts["native_capability_answers"],
+                    counts["handed_to_python"],
+                    counts["answered_by_python"],
+                )
+                if not native.close():
+                    log.warning("the data plane's threads did not end; they end with the process")
+            else:
+                pyfuse3.close(unmount=False)
     return outcome

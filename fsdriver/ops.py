@@ -16,7 +16,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Sequence
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 import pyfuse3
 from pyfuse3 import FUSEError
@@ -66,6 +66,24 @@ CAPABILITY_XATTR = b"security.capability"
 _OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
 
 
+class DirectoryListing(Protocol):
+    """A readdir answer of the native data plane (pyfuse3 hands over a ReaddirToken instead)."""
+
+    def add(self, name: bytes, attr: pyfuse3.EntryAttributes, next_id: int) -> bool: ...
+
+
+def _add_entry(
+    token: pyfuse3.ReaddirToken | DirectoryListing,
+    name: bytes,
+    attr: pyfuse3.EntryAttributes,
+    next_id: int,
+) -> bool:
+    """Adds one entry to a readdir answer; False when it is full."""
+    if isinstance(token, pyfuse3.ReaddirToken):
+        return bool(pyfuse3.readdir_reply(token, name, attr, next_id))
+    return token.add(name, attr, next_id)
+
+
 class Passthrough(pyfuse3.Operations):
     """Passthrough over the directory ``root_fd`` was opened on, before the mount hid it."""
 
@@ -96,6 +114,10 @@ class Passthrough(pyfuse3.Operations):
         self._next_dir_handle = 1
         self.local_sync = LocalSync()
         self.requests_in_progress = 0
+
+    def knows(self, ino: int) -> bool:
+        """The inode table still holds ``ino`` (the kernel has not forgotten it)."""
+        return ino in self._tree.table
 
     # -- helpers (all synchronous: they run inside a handler's atomic step) --------------
 
@@ -542,7 +564,7 @@ class Passthrough(pyfuse3.Operations):
         for index in range(start_id, len(names)):
             name = names[index]
             if name in dots:
-                if not pyfuse3.readdir_reply(token, name, dots[name], index + 1):
+                if not _add_entry(token, name, dots[name], index + 1):
                     return
                 continue
             try:
@@ -550,7 +572,7 @@ class Passthrough(pyfuse3.Operations):
             except FileNotFoundError:
                 continue
             node = self._tree.table.learn(key_of(st), directory.ino, name)
-            if not pyfuse3.readdir_reply(token, name, self._entry_of(st, node.ino), index + 1):
+            if not _add_entry(token, name, self._entry_of(st, node.ino), index + 1):
                 self._tree.table.discard_if_unreferenced(node)
                 return
             node.lookups += 1

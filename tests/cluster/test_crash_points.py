@@ -15,7 +15,7 @@ import pytest
 from tests.helpers.lab import LabCluster
 from tests.helpers.mountproc import wait_for
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
 
 SLOTS = 16
 SLOT_SIZE = 4096

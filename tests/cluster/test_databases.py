@@ -21,7 +21,7 @@ from tests.helpers.lab import LabCluster, stop_group
 from tests.helpers.mountproc import wait_for
 from tests.mount.test_applications import _as_postgres, _pg_bin
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
 
 
 @pytest.mark.parametrize("attempt", range(2))

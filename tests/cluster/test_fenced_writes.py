@@ -22,6 +22,8 @@ from tandem.engine.failover.runner import peer_may_serve_without_us
 from tests.helpers.mountproc import wait_for
 from tests.helpers.pair import Pair, write_and_sync
 
+pytestmark = pytest.mark.both_drivers
+
 TIMEOUT = 3.0
 
 

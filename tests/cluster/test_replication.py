@@ -20,7 +20,7 @@ from tests.helpers.mountproc import wait_for
 from tests.helpers.pair import Pair, write_secret
 from tests.helpers.treediff import diff, snapshot
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
 
 
 @pytest.fixture

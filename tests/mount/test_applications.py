@@ -16,7 +16,7 @@ from tandem.engine.replica.replay import replay_recording
 from tests.conftest import Mounted, start_mount
 from tests.helpers.treediff import diff, snapshot
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
 
 
 def _replay_onto(record: Path, replica: Path) -> int:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import Mounted, start_mount
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
 
 
 @pytest.fixture

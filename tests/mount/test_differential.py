@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import NOBODY, Mounted, run_ops, start_mount
 from tests.helpers.treediff import diff, snapshot
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
 
 LONG = "n" * 256
 

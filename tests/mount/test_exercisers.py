@@ -16,7 +16,7 @@ from tandem.engine.replica.replay import replay_recording
 from tests.conftest import Mounted
 from tests.helpers.treediff import diff, snapshot
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
 
 MAX_SIZE = 256 * 1024
 

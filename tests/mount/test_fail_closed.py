@@ -19,7 +19,7 @@ from tandem.fsdriver.mount import check_target, mounts_at, release_leftovers
 from tests.conftest import start_mount
 from tests.helpers.mountproc import wait_for
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
 
 
 @pytest.fixture

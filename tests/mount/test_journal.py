@@ -26,7 +26,7 @@ from tandem.fsdriver.mount import is_tandem_mount, unmount
 from tests.conftest import Mounted, run_ops, start_mount
 from tests.mount.test_random_sequences import example_settings, sequences
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
 BLOCK = 4096
 
 

@@ -17,7 +17,7 @@ from tandem.fsdriver.mutation import Unlink, Write, decode_json
 from tests.conftest import Mounted, start_mount
 from tests.helpers.mountproc import wait_for
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
 
 
 def tandem(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -26,7 +26,7 @@ from tandem.fsdriver.mutation import decode_json
 from tests.conftest import NOBODY, Mounted, run_ops, start_mount
 from tests.helpers.treediff import diff, snapshot
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
 
 FILES = ["a", "b", "d/c", "d/e/f", "x/g"]
 DIRS = ["d", "d/e", "x", "d/e/y"]
