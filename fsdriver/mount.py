@@ -299,10 +299,11 @@ def run_mount(
             if native is not None:
                 counts = native.counts()
                 log.info(
-                    "data plane: %d reads, %d flushes and %d capability probes answered in C; "
-                    "%d requests handed to Python, %d answered",
+                    "data plane: %d reads, %d flushes, %d seeks and %d capability probes "
+                    "answered in C; %d requests handed to Python, %d answered",
                     counts["native_reads"],
                     counts["native_flushes"],
+                    counts["native_seeks"],
                     counts["native_capability_answers"],
                     counts["handed_to_python"],
                     counts["answered_by_python"],

@@ -131,6 +131,19 @@ class RemoveXattr:
 
 
 @dataclass(frozen=True, slots=True)
+class Allocate:
+    """fallocate(2) on a file: ``mode`` is its FALLOC_FL_* bits (0: allocate and extend;
+    KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE, COLLAPSE_RANGE, INSERT_RANGE). Replayed as the same
+    call, so the copy gets the same holes, allocation and size."""
+
+    path: bytes
+    mode: int
+    offset: int
+    length: int
+    stamps: tuple[Stamp, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Sync:
     """fsync/fdatasync/fsyncdir: everything submitted before must be durable on return."""
 
@@ -152,6 +165,7 @@ Mutation = (
     | Rename
     | SetXattr
     | RemoveXattr
+    | Allocate
     | Sync
 )
 
@@ -170,6 +184,7 @@ MUTATION_TYPES: dict[str, type[Any]] = {
         Rename,
         SetXattr,
         RemoveXattr,
+        Allocate,
         Sync,
     )
 }

@@ -159,6 +159,7 @@ class NativeSession:
             "native_reads": out.native_reads,
             "native_flushes": out.native_flushes,
             "native_capability_answers": out.native_capability_answers,
+            "native_seeks": out.native_seeks,
             "handed_to_python": out.handed_to_python,
             "answered_by_python": out.answered,
         }
@@ -258,6 +259,8 @@ class NativeSession:
             lib.TDP_REMOVEXATTR: self._removexattr,
             lib.TDP_ACCESS: self._access,
             lib.TDP_CREATE: self._create,
+            lib.TDP_FALLOCATE: self._fallocate,
+            lib.TDP_COPY_FILE_RANGE: self._copy_file_range,
         }
 
     async def _lookup(self, r: Any) -> None:
@@ -420,6 +423,14 @@ class NativeSession:
     async def _access(self, r: Any) -> None:
         granted = await self._ops.access(r.ino, r.flags, self._caller(r))
         self._lib.tdp_reply_err(r, 0 if granted else errno.EACCES)
+
+    async def _fallocate(self, r: Any) -> None:
+        await self._ops.fallocate(r.fh, r.flags, r.offset, r.size)
+        self._lib.tdp_reply_err(r, 0)
+
+    async def _copy_file_range(self, r: Any) -> None:
+        copied = await self._ops.copy_file_range(r.fh, r.offset, r.fh2, r.offset2, r.size, r.flags)
+        self._lib.tdp_reply_write(r, copied)
 
     async def _create(self, r: Any) -> None:
         info, entry = await self._ops.create(r.ino, self._name(r), r.mode, r.flags, self._caller(r))

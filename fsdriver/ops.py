@@ -36,6 +36,7 @@ from tandem.fsdriver.inode import ROOT_INODE, InodeTable
 from tandem.fsdriver.local_sync import LocalSync
 from tandem.fsdriver.mutation import (
     DONE,
+    Allocate,
     CreateFile,
     MakeDirectory,
     MakeHardLink,
@@ -53,7 +54,13 @@ from tandem.fsdriver.mutation import (
     Unlink,
     Write,
 )
-from tandem.fsdriver.syscall import RENAME_EXCHANGE, renameat2
+from tandem.fsdriver.syscall import (
+    FALLOC_FL_COLLAPSE_RANGE,
+    FALLOC_FL_INSERT_RANGE,
+    RENAME_EXCHANGE,
+    fallocate,
+    renameat2,
+)
 from tandem.fsdriver.tree import BackingTree
 
 log = logging.getLogger(__name__)
@@ -64,6 +71,7 @@ _P = ParamSpec("_P")
 # (O_DIRECT needs aligned memory; the kernel gives the application direct I/O itself)
 CAPABILITY_XATTR = b"security.capability"
 _OPEN_FLAGS_DROPPED = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
+_COPY_PIECE = 1 << 20
 
 
 class DirectoryListing(Protocol):
@@ -493,6 +501,68 @@ class Passthrough(pyfuse3.Operations):
         data = buf if written == len(buf) else bytes(buf[:written])
         await self._sink.submit(Write(path, off, data, (stamp_of(path, st),))).wait()
         return written
+
+    @boundary
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2), every mode; reached through the native driver only (pyfuse3 has no
+        such request: under the Python driver the kernel answers EOPNOTSUPP itself)."""
+        accepts = getattr(self._sink, "accepts", None)
+        if accepts is not None and not accepts(Allocate):
+            raise FUSEError(errno.EOPNOTSUPP)  # the peer's release cannot replay it
+        open_file = self._files[fh]
+        if self._tree.recorder is not NO_RECORDER:
+            before = os.fstat(fh)
+            journal_path = self._tree.name_for_journal(open_file.ino, fh)
+            shifts = mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE)
+            # a collapse or an insert moves every byte after the range
+            length_changed = max(before.st_size, offset + length) - offset if shifts else length
+            self._tree.intend(
+                ChangeKind.WRITE, journal_path, before.st_nlink, offset=offset,
+                length=length_changed,
+            )  # fmt: skip
+            if shifts:
+                self._tree.intend(ChangeKind.RESIZE, journal_path, before.st_nlink, offset=0)
+        fallocate(fh, mode, offset, length)
+        st = os.fstat(fh)
+        path = self._tree.mutation_path(open_file.ino, st.st_nlink)
+        if path is not None:
+            mutation = Allocate(path, mode, offset, length, (stamp_of(path, st),))
+            await self._sink.submit(mutation).wait()
+
+    @boundary
+    async def copy_file_range(
+        self, fh_in: int, offset_in: int, fh_out: int, offset_out: int, length: int, flags: int
+    ) -> int:
+        """copy_file_range(2) between two files of the mount (native driver only): copied on
+        the backing files, then the copied bytes go to the peer as writes."""
+        out = self._files[fh_out]
+        if self._tree.recorder is not NO_RECORDER:
+            before = os.fstat(fh_out)
+            journal_path = self._tree.name_for_journal(out.ino, fh_out)
+            self._tree.intend(
+                ChangeKind.WRITE, journal_path, before.st_nlink, offset=offset_out, length=length
+            )
+        copied = os.copy_file_range(fh_in, fh_out, length, offset_in, offset_out)
+        self.local_sync.wrote(out.ino, copied)
+        st = os.fstat(fh_out)
+        path = self._tree.mutation_path(out.ino, st.st_nlink)
+        if path is None or copied == 0:
+            return copied
+        receipts = []
+        done = 0
+        while done < copied:
+            # what the copy wrote, read in pieces a frame carries easily from the source (the
+            # target may be open write-only; the ranges cannot overlap, so the source is as
+            # it was copied)
+            piece = os.pread(fh_in, min(copied - done, _COPY_PIECE), offset_in + done)
+            if not piece:
+                break
+            stamps = (stamp_of(path, st),) if done + len(piece) >= copied else ()
+            receipts.append(self._sink.submit(Write(path, offset_out + done, piece, stamps)))
+            done += len(piece)
+        for receipt in receipts:
+            await receipt.wait()
+        return copied
 
     @boundary
     async def flush(self, fh: int) -> None:

@@ -31,6 +31,8 @@ _libc.mount.argtypes = [
 _libc.mount.restype = ctypes.c_int
 MS_NOSUID = 2
 MS_NODEV = 4
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.fallocate.restype = ctypes.c_int
 _libc.syncfs.argtypes = [ctypes.c_int]
 _libc.syncfs.restype = ctypes.c_int
 
@@ -72,6 +74,19 @@ def umount2(target: str, flags: int = 0) -> None:
 def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
     encoded = os.fsencode(target)
     _check(_libc.mount(source.encode(), encoded, fstype.encode(), flags, data.encode()), encoded)
+
+
+# fallocate(2) modes (linux/falloc.h)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_COLLAPSE_RANGE = 0x08
+FALLOC_FL_ZERO_RANGE = 0x10
+FALLOC_FL_INSERT_RANGE = 0x20
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with any mode (os.posix_fallocate knows only mode 0)."""
+    _check(_libc.fallocate(fd, mode, offset, length))
 
 
 def syncfs(fd: int) -> None:

@@ -49,7 +49,8 @@ struct tdp_session {
     atomic_int native_reads;
     pthread_mutex_t capability_lock;
     struct ino_set no_capability;
-    _Atomic uint64_t count_reads, count_flushes, count_capability, count_handed, count_answered;
+    _Atomic uint64_t count_reads, count_flushes, count_capability, count_seeks;
+    _Atomic uint64_t count_handed, count_answered;
 };
 
 /* -- the inode set ------------------------------------------------------------------------ */
@@ -507,6 +508,49 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     to_python(req, q);
 }
 
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                         struct fuse_file_info *fi) {
+    struct queued *q = plain(req, TDP_FALLOCATE, ino, NULL);
+    with_file(q, fi);
+    if (q) {
+        q->request.flags = (uint32_t)mode;
+        q->request.offset = offset;
+        q->request.size = (uint64_t)length;
+    }
+    to_python(req, q);
+}
+
+static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+                               struct fuse_file_info *fi_in, fuse_ino_t ino_out, off_t off_out,
+                               struct fuse_file_info *fi_out, size_t len, int flags) {
+    struct queued *q = plain(req, TDP_COPY_FILE_RANGE, ino_in, NULL);
+    if (q) {
+        struct tdp_request *r = &q->request;
+        r->fh = fi_in->fh;
+        r->has_fh = 1;
+        r->offset = off_in;
+        r->ino2 = ino_out;
+        r->fh2 = fi_out->fh;
+        r->offset2 = off_out;
+        r->size = len;
+        r->flags = (uint32_t)flags;
+    }
+    to_python(req, q);
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+                     struct fuse_file_info *fi) {
+    (void)ino;
+    /* SEEK_DATA and SEEK_HOLE (the kernel keeps SET/CUR/END itself): the backing file's own
+     * answer, exact, holes included */
+    off_t found = lseek((int)fi->fh, off, whence);
+    atomic_fetch_add(&session_of(req)->count_seeks, 1);
+    if (found < 0)
+        fuse_reply_err(req, errno);
+    else
+        fuse_reply_lseek(req, found);
+}
+
 static const struct fuse_lowlevel_ops operations = {
     .init = op_init,
     .lookup = op_lookup,
@@ -539,6 +583,9 @@ static const struct fuse_lowlevel_ops operations = {
     .removexattr = op_removexattr,
     .access = op_access,
     .create = op_create,
+    .fallocate = op_fallocate,
+    .copy_file_range = op_copy_file_range,
+    .lseek = op_lseek,
 };
 
 /* -- the session -------------------------------------------------------------------------- */
@@ -696,6 +743,7 @@ void tdp_get_counts(struct tdp_session *s, struct tdp_counts *out) {
     out->native_reads = atomic_load(&s->count_reads);
     out->native_flushes = atomic_load(&s->count_flushes);
     out->native_capability_answers = atomic_load(&s->count_capability);
+    out->native_seeks = atomic_load(&s->count_seeks);
     out->handed_to_python = atomic_load(&s->count_handed);
     out->answered = atomic_load(&s->count_answered);
 }

@@ -40,6 +40,8 @@ enum tdp_opcode {
     TDP_REMOVEXATTR,
     TDP_ACCESS,
     TDP_CREATE,
+    TDP_FALLOCATE,       /* fh, flags: the mode, offset, size: the length */
+    TDP_COPY_FILE_RANGE, /* fh, offset -> fh2, offset2; size; flags */
     TDP_OPCODES
 };
 
@@ -63,6 +65,8 @@ struct tdp_request {
     uint64_t ino2;
     uint64_t fh;
     int has_fh;
+    uint64_t fh2;
+    int64_t offset2;
     int64_t offset;
     uint64_t size;
     uint32_t mode;
@@ -97,7 +101,7 @@ struct tdp_statfs {
 
 /* counters, for `tandem state` and for the tests that prove which side served a request */
 struct tdp_counts {
-    uint64_t native_reads, native_flushes, native_capability_answers;
+    uint64_t native_reads, native_flushes, native_capability_answers, native_seeks;
     uint64_t handed_to_python, answered, threads;
 };
 
@@ -133,7 +137,7 @@ int tdp_reply_create(struct tdp_request *r, const struct tdp_attr *a, uint64_t f
                      int direct_io);
 int tdp_reply_open(struct tdp_request *r, uint64_t fh, int keep_cache, int direct_io);
 int tdp_reply_buf(struct tdp_request *r, const char *data, size_t len);
-int tdp_reply_write(struct tdp_request *r, size_t count);
+int tdp_reply_write(struct tdp_request *r, size_t count);  /* also copy_file_range's count */
 int tdp_reply_xattr_size(struct tdp_request *r, size_t size);
 int tdp_reply_statfs(struct tdp_request *r, const struct tdp_statfs *st);
 /* readdirplus: entries are added to a buffer of the request's size, then sent */

@@ -61,7 +61,9 @@ MAGIC = b"TNDM"
 # files' content digests, progress notes; 4: RESULT bodies big-endian like everything else
 # (`tandem.engine.protocol.results`)
 # 5: key ids in HELLO, every frame after the proofs sealed (D26)
-PROTOCOL_VERSION = 5
+# 6: ALLOCATE (fallocate, every mode); a connection agreed at 5 never carries one
+PROTOCOL_VERSION = 6
+FIRST_ALLOCATE_VERSION = 6
 # A release speaks its own version and the one before, so a node can be upgraded while its peer
 # runs the last release. Not across 5: the plaintext stream of 4 and earlier is not offered
 # to anyone any more (an attacker on the path could otherwise choose it).

@@ -21,6 +21,7 @@ from tandem.engine.protocol.repairs import (
     SetXattrs,
 )
 from tandem.fsdriver.mutation import (
+    Allocate,
     CreateFile,
     MakeDirectory,
     MakeHardLink,
@@ -82,6 +83,8 @@ _LAYOUT: dict[type, tuple[int, tuple[tuple[str, str], ...]]] = {
     HashQuery: (20, (("path", _BLOB), ("offset", _U64), ("length", _U64), ("block", _U64))),
     Finish: (21, (("generation", _BLOB), ("unsettled", _U64))),
     ProgressNote: (22, (("body", _BLOB),)),
+    # protocol 6 on: a peer that speaks 5 is never sent one (`Replicator.accepts`)
+    Allocate: (23, (("path", _BLOB), ("mode", _U64), ("offset", _U64), ("length", _U64))),
 }
 _BY_CODE = {code: (cls, fields) for cls, (code, fields) in _LAYOUT.items()}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from tandem.engine.protocol.repairs import RENAME_EXCHANGE
 from tandem.fsdriver.change import UNBOUNDED
 from tandem.fsdriver.mutation import (
+    Allocate,
     MakeHardLink,
     Mutation,
     RemoveXattr,
@@ -16,6 +17,7 @@ from tandem.fsdriver.mutation import (
     Unlink,
     Write,
 )
+from tandem.fsdriver.syscall import FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE
 
 MAX_REMEMBERED_CHANGES = 200_000
 
@@ -48,6 +50,12 @@ class ChangeClock:
         match mutation:
             case Write(path=path, offset=offset, data=data):
                 self._ranges.setdefault(path, []).append((clock, offset, offset + len(data)))
+                self._data_clock = clock
+            case Allocate(path=path, mode=mode, offset=offset, length=length):
+                # collapsing or inserting a range moves everything after it
+                shifts = mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE)
+                end = UNBOUNDED if shifts else offset + length
+                self._ranges.setdefault(path, []).append((clock, offset, end))
                 self._data_clock = clock
             case SetAttributes(path=path, size=size):
                 if size is not None:

@@ -19,6 +19,7 @@ from tandem.engine.protocol.items import StreamItem
 from tandem.engine.protocol.queries import ProgressNote
 from tandem.fsdriver.beneath import lstat_beneath, open_beneath
 from tandem.fsdriver.mutation import (
+    Allocate,
     CreateFile,
     MakeDirectory,
     MakeHardLink,
@@ -53,6 +54,8 @@ def sync_targets(items: list[StreamItem]) -> SyncTargets | None:
     for item in items:
         match item:
             case Write(path=path) | SetAttributes(path=path) | Sync(path=path):
+                targets.files.add(path)
+            case Allocate(path=path):
                 targets.files.add(path)
             case SetXattr(path=path) | RemoveXattr(path=path):
                 targets.files.add(path)

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from tandem.engine.replica.open_files import SYNCABLE, OpenFiles, open_to_change
 from tandem.fsdriver.beneath import object_at, parent_of
 from tandem.fsdriver.mutation import (
+    Allocate,
     CreateFile,
     MakeDirectory,
     MakeHardLink,
@@ -32,7 +33,7 @@ from tandem.fsdriver.mutation import (
     Write,
     decode_json,
 )
-from tandem.fsdriver.syscall import renameat2
+from tandem.fsdriver.syscall import fallocate, renameat2
 
 
 def _chmod(root_fd: int, path: bytes, mode: int) -> None:
@@ -96,6 +97,8 @@ def apply(root_fd: int, mutation: Mutation, files: OpenFiles | None = None) -> N
     match mutation:
         case Write(path=path, offset=offset, data=data):
             _write_all(files.writable(path), data, offset)
+        case Allocate(path=path, mode=mode, offset=offset, length=length):
+            fallocate(files.writable(path), mode, offset, length)
         case SetAttributes(path=path, mode=None, uid=None, gid=None, size=int(size)):
             os.ftruncate(files.writable(path), size)
         case CreateFile(path=path, mode=mode, uid=uid, gid=gid):
@@ -173,6 +176,12 @@ def apply_change(root_fd: int, mutation: Mutation) -> None:
         case RemoveXattr(path=path, name=name):
             with object_at(root_fd, path) as target:
                 os.removexattr(target, name)
+        case Allocate(path=path, mode=mode, offset=offset, length=length):
+            fd = open_to_change(root_fd, path, os.O_WRONLY)
+            try:
+                fallocate(fd, mode, offset, length)
+            finally:
+                os.close(fd)
         case Sync(path=path, data_only=data_only):
             fd = open_to_change(root_fd, path, os.O_RDONLY, SYNCABLE)
             try:

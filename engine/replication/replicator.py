@@ -28,6 +28,7 @@ import trio
 from tandem.engine.config.stream import PeerAddress, StreamSettings
 from tandem.engine.control.failures import leaves
 from tandem.engine.protocol.connection import (
+    FIRST_ALLOCATE_VERSION,
     PROTOCOL_VERSION,
     Acknowledged,
     Connection,
@@ -54,7 +55,7 @@ from tandem.engine.reintegration.resync import PeerRefused, Resync
 from tandem.engine.reintegration.verify import Verify, log_report
 from tandem.engine.replication.latency import LatencyHistogram
 from tandem.engine.replication.raw_socket import RawSocket
-from tandem.fsdriver.mutation import DONE, Mutation, Receipt, Write
+from tandem.fsdriver.mutation import DONE, Allocate, Mutation, Receipt, Write
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,11 @@ class Replicator:
         self.resync_how = ""  # how the last resync compared (for the log, status and tests)
 
     # -- ReplicationSink --------------------------------------------------------------------
+
+    def accepts(self, kind: type) -> bool:
+        """Whether a mutation of this kind can reach the peer: an ALLOCATE needs protocol 6
+        (a peer of the last release is answered EOPNOTSUPP instead, as before)."""
+        return kind is not Allocate or self.version >= FIRST_ALLOCATE_VERSION
 
     def submit(self, mutation: Mutation) -> Receipt:
         if self.alone_reason is not None:

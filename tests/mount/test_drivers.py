@@ -21,7 +21,8 @@ from tests.conftest import start_mount
 pytestmark = pytest.mark.root
 
 COUNTS = re.compile(
-    r"data plane: (\d+) reads, (\d+) flushes and (\d+) capability probes answered in C; "
+    r"data plane: (\d+) reads, (\d+) flushes, \d+ seeks and (\d+) capability probes "
+    r"answered in C; "
     r"(\d+) requests handed to Python, (\d+) answered"
 )
 

@@ -52,5 +52,6 @@ def test_every_mutation_kind_is_registered() -> None:
         "Rename",
         "SetXattr",
         "RemoveXattr",
+        "Allocate",
         "Sync",
     }

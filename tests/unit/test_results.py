@@ -70,7 +70,7 @@ def test_a_node_of_a_plaintext_release_is_refused_with_the_versions_named() -> N
         got_new += new.receive(old.bytes_to_send())
         got_old += old.receive(new.bytes_to_send())
     assert [type(e) for e in got_new] == [ConnectionFailed]
-    assert "we speak 5..5, peer 'old' speaks 3..4" in got_new[0].reason  # type: ignore[attr-defined]
+    assert "we speak 5..6, peer 'old' speaks 3..4" in got_new[0].reason  # type: ignore[attr-defined]
     two_new = Connection(Side.INITIATOR, Identity("a", "data"), SECRET)
     other = Connection(Side.RESPONDER, Identity("b", "data"), SECRET)
     for _ in range(4):

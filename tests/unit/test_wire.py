@@ -35,6 +35,7 @@ from tandem.engine.protocol.items import StreamItem, decode_mutation, encode_mut
 from tandem.engine.protocol.queries import Finish, HashQuery, ListQuery, ProgressNote
 from tandem.engine.protocol.repairs import Ensure, LinkIfPresent, Move, RemoveTree, SetXattrs
 from tandem.fsdriver.mutation import (
+    Allocate,
     CreateFile,
     MakeDirectory,
     MakeHardLink,
@@ -177,6 +178,7 @@ EVERY_KIND: list[StreamItem] = [
     HashQuery(b"f", 4096, 2**40, 65536),
     Finish(b"0123abcd", 7),
     ProgressNote(b'{"how": "tracked", "bytes_done": 4096}'),
+    Allocate(b"f", 0x03, 4096, 2**40, (Stamp(b"f", 5, 6),)),
 ]
 
 
@@ -188,7 +190,7 @@ def test_every_mutation_kind_crosses_the_wire_with_its_sequence() -> None:
     _, got_b = pump(a, b)
     assert got_b == [MutationReceived(seq, m) for seq, m in enumerate(EVERY_KIND, start=1)]
     assert {type(m) for m in EVERY_KIND} == set(type(m) for m in EVERY_KIND)  # one per kind
-    assert len({type(m) for m in EVERY_KIND}) == 22
+    assert len({type(m) for m in EVERY_KIND}) == 23
 
 
 def test_acks_of_each_kind() -> None:
@@ -374,6 +376,7 @@ mutations = st.one_of(
     st.builds(SetXattr, paths, st.binary(min_size=1, max_size=50), st.binary(max_size=500), stamps),
     st.builds(RemoveXattr, paths, st.binary(min_size=1, max_size=50), stamps),
     st.builds(Sync, paths, st.booleans(), stamps),
+    st.builds(Allocate, paths, st.integers(0, 0x3F), st.integers(0, 2**62), u32, stamps),
     st.builds(Ensure, paths, u32, u32, u32, u32, st.binary(max_size=50), st.booleans(), stamps),
     st.builds(RemoveTree, paths, stamps),
     st.builds(
