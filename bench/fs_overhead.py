@@ -1,9 +1,10 @@
 """What the in-place passthrough costs: one run measures a plain directory and the same kind of
 directory with `tandem mount` over it (no peer: the sink that does nothing), once per FUSE
-driver (python, the reference; native, the C data plane), and prints JSON with the figures and
-their ratios to the plain directory.
+driver (python, the reference; native, the C data plane), beside "floor", a minimal C
+passthrough of our own (`bench/floor_c/`, what FUSE alone costs here), and prints JSON with the
+figures and their ratios to the plain directory and to the floor.
 
-    python -m tandem.bench.fs_overhead [--out FILE] [--quick] [--drivers python,native]
+    python -m tandem.bench.fs_overhead [--out FILE] [--quick] [--drivers floor,python,native]
 
 Workloads: sequential 1 MiB writes then fsync; 4 KiB random writes with and without fsync after
 each, 4 KiB random reads (fio, psync engine, one job; reads also with four jobs); SQLite
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tandem.bench import floor
 from tandem.fsdriver.driver import DRIVERS, ENVIRONMENT_VARIABLE
 from tandem.fsdriver.mount import is_tandem_mount
 
@@ -148,6 +150,20 @@ def _settle() -> None:
     time.sleep(2)
 
 
+def _serve(
+    kind: str, base: Path, floor_binary: Path | None
+) -> tuple[Path, subprocess.Popen[bytes]]:
+    """Where to run a workload for ``kind`` and the process serving it."""
+    if kind == "floor":
+        assert floor_binary is not None
+        source, mountpoint = base / "floor-source", base / "floor"
+        source.mkdir(exist_ok=True)
+        mountpoint.mkdir(exist_ok=True)
+        return mountpoint, floor.mount(floor_binary, source, mountpoint)
+    mounted = base / "mounted"
+    return mounted, _mounted(mounted, kind)
+
+
 def run(base: Path, quick: bool, drivers: list[str]) -> dict[str, Any]:
     seconds = 3 if quick else 10
     workloads: dict[str, Callable[[Path], dict[str, float]]] = {
@@ -162,21 +178,26 @@ def run(base: Path, quick: bool, drivers: list[str]) -> dict[str, Any]:
     plain, mounted = base / "plain", base / "mounted"
     plain.mkdir()
     mounted.mkdir()
+    floor_binary = floor.build(base) if "floor" in drivers else None
     results: dict[str, Any] = {}
     for name, workload in workloads.items():
         _settle()
         baseline = workload(plain)
         line: dict[str, Any] = {"plain": baseline, "ratio": {}}
         for driver in drivers:
-            process = _mounted(mounted, driver)
+            where, process = _serve(driver, base, floor_binary)
             try:
                 _settle()
-                through_mount = workload(mounted)
+                through_mount = workload(where)
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(30)
             line[driver] = through_mount
             line["ratio"][driver] = _ratio(through_mount, baseline)
+        if "floor" in drivers:
+            line["ratio_to_floor"] = {
+                d: _ratio(line[d], line["floor"]) for d in drivers if d != "floor"
+            }
         results[name] = line
     return results
 
@@ -232,16 +253,17 @@ def emit(report: dict[str, Any], out: str | None) -> None:
 
 def main() -> int:
     parser = bench_parser(__doc__)
+    kinds = ("floor", *DRIVERS)
     parser.add_argument(
         "--drivers",
-        default=",".join(DRIVERS),
-        help=f"comma-separated FUSE drivers to measure (default: {','.join(DRIVERS)})",
+        default=",".join(kinds),
+        help=f"comma-separated mounts to measure (default: {','.join(kinds)})",
     )
     args = parser.parse_args()
     drivers = [d.strip() for d in args.drivers.split(",") if d.strip()]
-    unknown = [d for d in drivers if d not in DRIVERS]
+    unknown = [d for d in drivers if d not in kinds]
     if unknown or not drivers:
-        print(f"fs_overhead: unknown driver(s) {unknown}: expected {DRIVERS}", file=sys.stderr)
+        print(f"fs_overhead: unknown driver(s) {unknown}: expected {kinds}", file=sys.stderr)
         return 2
     if shutil.which("fio") is None:
         print("fs_overhead: fio is not installed (bash .ci/setup installs it)", file=sys.stderr)

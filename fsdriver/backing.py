@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Callable
 
 import pyfuse3
 
@@ -71,34 +72,40 @@ def find_by_scanning(root_fd: int, node: Node) -> bytes | None:
     return None
 
 
-def _lstat(root_fd: int, path: bytes) -> os.stat_result:
-    return os.stat(path, dir_fd=root_fd, follow_symlinks=False)
+Locate = Callable[[bytes], tuple[int, bytes]]  # `BackingTree.locate`: (dir fd, relative path)
+
+
+def _lstat(locate: Locate, path: bytes) -> os.stat_result:
+    dir_fd, name = locate(path)
+    return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def adopt_new(
-    root_fd: int, path: bytes, parent_path: bytes, mode: int, uid: int, gid: int
+    locate: Locate, path: bytes, parent_path: bytes, mode: int, uid: int, gid: int
 ) -> tuple[os.stat_result, tuple[Stamp, Stamp]]:
     """Give an object we created as root the owner and mode the caller would have got.
     Returns its attributes and the stamps (its own, its parent's) its mutation carries."""
-    parent_st = _lstat(root_fd, parent_path)
-    st = _lstat(root_fd, path)
+    parent_st = _lstat(locate, parent_path)
+    st = _lstat(locate, path)
     parent_setgid = bool(parent_st.st_mode & stat.S_ISGID)
     gid = parent_st.st_gid if parent_setgid else gid
     changed = False
     if (st.st_uid, st.st_gid) != (uid, gid):
-        os.chown(path, uid, gid, dir_fd=root_fd, follow_symlinks=False)
+        dir_fd, name = locate(path)
+        os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
         changed = True
     if not stat.S_ISLNK(st.st_mode):
         wanted = mode & 0o7777
         if stat.S_ISDIR(st.st_mode) and parent_setgid:
             wanted |= stat.S_ISGID
         if changed:
-            st = _lstat(root_fd, path)  # chown as root clears set-id bits the caller may keep
+            st = _lstat(locate, path)  # chown as root clears set-id bits the caller may keep
         if stat.S_IMODE(st.st_mode) != wanted:
-            os.chmod(path, wanted, dir_fd=root_fd)
+            dir_fd, name = locate(path)
+            os.chmod(name, wanted, dir_fd=dir_fd)
             changed = True
     if changed:
-        st = _lstat(root_fd, path)
+        st = _lstat(locate, path)
     return st, (stamp_of(path, st), stamp_of(parent_path, parent_st))
 
 

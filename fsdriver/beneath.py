@@ -26,12 +26,52 @@ from tandem.fsdriver.syscall import (
 
 CONFINED = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 _DIRECTORY = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+# A path the kernel takes in one call must be shorter than PATH_MAX (4096). A path relative to
+# the copy's root can be longer, legally: an application deep in the tree names things
+# relative to its own directory. Longer ones are walked in pieces below this length.
+LONG_PATH = 3800
+
+
+def _pieces(path: bytes) -> list[bytes]:
+    """``path`` cut at slashes into runs of components, each shorter than LONG_PATH."""
+    pieces: list[bytes] = []
+    current: list[bytes] = []
+    length = 0
+    for part in path.split(b"/"):
+        if current and length + 1 + len(part) >= LONG_PATH:
+            pieces.append(b"/".join(current))
+            current, length = [], 0
+        current.append(part)
+        length += len(part) + (1 if length else 0)
+    pieces.append(b"/".join(current))
+    return pieces
+
+
+def open_directory_beneath(root_fd: int, path: bytes) -> int:
+    """An ``O_PATH`` descriptor of the directory ``path`` beneath ``root_fd``, through no
+    symlink, however long ``path`` is (walked in pieces, each confined to the last)."""
+    if len(path) < LONG_PATH:
+        return openat2(root_fd, path or b".", _DIRECTORY, 0, CONFINED)
+    fd = root_fd
+    for piece in _pieces(path):
+        deeper = openat2(fd, piece, _DIRECTORY, 0, CONFINED)
+        if fd != root_fd:
+            os.close(fd)
+        fd = deeper
+    return fd
 
 
 def open_beneath(root_fd: int, path: bytes, flags: int, mode: int = 0) -> int:
     """``open`` of ``path`` beneath ``root_fd``; a symlink in any component (the last one
     included: add ``O_PATH | O_NOFOLLOW`` to get the link itself) fails with ELOOP."""
-    return openat2(root_fd, path or b".", flags | os.O_CLOEXEC, mode, CONFINED)
+    if len(path) < LONG_PATH:
+        return openat2(root_fd, path or b".", flags | os.O_CLOEXEC, mode, CONFINED)
+    head, _, name = path.rpartition(b"/")
+    parent = open_directory_beneath(root_fd, head)
+    try:
+        return openat2(parent, name, flags | os.O_CLOEXEC, mode, CONFINED)
+    finally:
+        os.close(parent)
 
 
 class _Parent:
@@ -47,7 +87,7 @@ class _Parent:
         head, _, name = self._path.rpartition(b"/")
         if not head:
             return self._root, name
-        self._fd = openat2(self._root, head, _DIRECTORY, 0, CONFINED)
+        self._fd = open_directory_beneath(self._root, head)
         return self._fd, name
 
     def __exit__(self, *exc_info: object) -> None:

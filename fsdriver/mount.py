@@ -224,7 +224,7 @@ async def _serve(
                     if native is None:
                         pyfuse3.terminate()
                     else:
-                        nursery.cancel_scope.cancel()
+                        native.request_stop()
                     return
 
         # the handler must be in place before READY=1, or an early SIGTERM kills us outright
@@ -307,6 +307,11 @@ def run_mount(
                     counts["native_capability_answers"],
                     counts["handed_to_python"],
                     counts["answered_by_python"],
+                )
+                mix = native.handed_by_request()
+                log.info(
+                    "requests handed to Python: %s",
+                    ", ".join(f"{name} {count}" for name, count in mix.items()) or "none",
                 )
                 if not native.close():
                     log.warning("the data plane's threads did not end; they end with the process")

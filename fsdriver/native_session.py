@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -26,6 +27,9 @@ from tandem.fsdriver.ops import CAPABILITY_XATTR, Passthrough
 log = logging.getLogger(__name__)
 
 _TAKE_AT_ONCE = 64
+# on SIGTERM, the requests already taken get this long to be answered (a write waiting for the
+# peer waits at most the module timeout for it anyway)
+STOP_GRACE = 10.0
 
 
 class NativeUnavailable(RuntimeError):
@@ -130,6 +134,7 @@ class NativeSession:
         self._attr = self._ffi.new("struct tdp_attr *")
         self._batch = self._ffi.new("struct tdp_request *[]", _TAKE_AT_ONCE)
         self._handlers = self._handler_table()
+        self._stopping = False
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -137,6 +142,11 @@ class NativeSession:
         result = self._lib.tdp_start(self._session)
         if result < 0:
             raise OSError(-result, f"cannot start the data plane's threads: {os.strerror(-result)}")
+
+    def request_stop(self) -> None:
+        """Stop taking requests: `serve` answers what it took, then returns."""
+        self._stopping = True
+        os.write(self._lib.tdp_wake_fd(self._session), (1).to_bytes(8, sys.byteorder))
 
     def ended(self) -> bool:
         return bool(self._lib.tdp_ended(self._session))
@@ -164,8 +174,21 @@ class NativeSession:
             "answered_by_python": out.answered,
         }
 
+    def handed_by_request(self) -> dict[str, int]:
+        """How many requests of each kind went to Python (the request mix of a workload)."""
+        out = self._ffi.new("uint64_t[]", self._lib.TDP_OPCODES)
+        self._lib.tdp_get_handed(self._session, out)
+        names = {
+            getattr(self._lib, n): n[4:].lower()
+            for n in dir(self._lib)
+            if n.startswith("TDP_") and not n.startswith("TDP_SET_") and n != "TDP_OPCODES"
+        }
+        return {names[i]: out[i] for i in range(1, self._lib.TDP_OPCODES) if out[i]}
+
     async def serve(self, max_tasks: int = 128) -> None:
-        """Answer the queued requests until the C loop ends (the mount went away)."""
+        """Answer the queued requests until the C loop ends (the mount went away) or a stop
+        is requested (then the requests already taken are answered first, within
+        STOP_GRACE)."""
         fd = self._lib.tdp_wake_fd(self._session)
         limiter = trio.CapacityLimiter(max_tasks)
         async with trio.open_nursery() as nursery:
@@ -177,11 +200,14 @@ class NativeSession:
                 if taken:
                     await trio.lowlevel.checkpoint()
                     continue
+                if self.ended():
+                    nursery.cancel_scope.cancel()  # nobody is left to answer
+                    break
+                if self._stopping:
+                    nursery.cancel_scope.deadline = trio.current_time() + STOP_GRACE
+                    break
                 if self._lib.tdp_may_sleep(self._session):
                     await trio.lowlevel.wait_readable(fd)
-                elif self.ended():
-                    break
-            nursery.cancel_scope.cancel()
 
     # -- answering one request --------------------------------------------------------------
 

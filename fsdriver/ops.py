@@ -236,7 +236,8 @@ class Passthrough(pyfuse3.Operations):
 
     @boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return os.readlink(self._tree.path(inode), dir_fd=self._root_fd)
+        dir_fd, name = self._tree.locate(self._tree.path(inode))
+        return os.readlink(name, dir_fd=dir_fd)
 
     async def _announce_new(
         self,
@@ -247,7 +248,9 @@ class Passthrough(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
         describe: Callable[[os.stat_result, tuple[Stamp, Stamp]], Mutation],
     ) -> pyfuse3.EntryAttributes:
-        st, stamps = adopt_new(self._root_fd, path, self._tree.path(parent), mode, ctx.uid, ctx.gid)
+        st, stamps = adopt_new(
+            self._tree.locate, path, self._tree.path(parent), mode, ctx.uid, ctx.gid
+        )
         entry = self._new_entry(st, parent, name)
         await self._sink.submit(describe(st, stamps)).wait()
         return entry
@@ -258,7 +261,8 @@ class Passthrough(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         path = self._tree.child(parent_inode, name)
         self._tree.intend(ChangeKind.CREATE, path)
-        os.mknod(path, mode, rdev, dir_fd=self._root_fd)
+        dir_fd, rel = self._tree.locate(path)
+        os.mknod(rel, mode, rdev, dir_fd=dir_fd)
         return await self._announce_new(
             path, parent_inode, name, mode, ctx,
             lambda st, stamps: MakeNode(path, st.st_mode, st.st_rdev, st.st_uid, st.st_gid, stamps),
@@ -270,7 +274,8 @@ class Passthrough(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         path = self._tree.child(parent_inode, name)
         self._tree.intend(ChangeKind.CREATE, path)
-        os.mkdir(path, mode & 0o7777, dir_fd=self._root_fd)
+        dir_fd, rel = self._tree.locate(path)
+        os.mkdir(rel, mode & 0o7777, dir_fd=dir_fd)
         return await self._announce_new(
             path, parent_inode, name, mode, ctx,
             lambda st, stamps: MakeDirectory(
@@ -284,7 +289,8 @@ class Passthrough(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         path = self._tree.child(parent_inode, name)
         self._tree.intend(ChangeKind.CREATE, path)
-        os.symlink(target, path, dir_fd=self._root_fd)
+        dir_fd, rel = self._tree.locate(path)
+        os.symlink(target, rel, dir_fd=dir_fd)
         return await self._announce_new(
             path, parent_inode, name, 0o777, ctx,
             lambda st, stamps: MakeSymlink(path, target, st.st_uid, st.st_gid, stamps),
@@ -298,13 +304,8 @@ class Passthrough(pyfuse3.Operations):
         path = self._tree.child(new_parent_inode, new_name)
         change = Change(ChangeKind.LINK, existing, path)
         self._tree.recorder.intend(change)
-        os.link(
-            existing,
-            path,
-            src_dir_fd=self._root_fd,
-            dst_dir_fd=self._root_fd,
-            follow_symlinks=False,
-        )
+        (src_fd, src), (dst_fd, dst) = self._tree.locate(existing), self._tree.locate(path)
+        os.link(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
         self._tree.recorder.done(change)
         st = self._tree.lstat(path)
         entry = self._new_entry(st, new_parent_inode, new_name)
@@ -321,7 +322,8 @@ class Passthrough(pyfuse3.Operations):
         if node is None or node.lookups <= 0 or node.ino in self._tree.orphans:
             return
         flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._tree.orphans[node.ino] = os.open(path, flags, dir_fd=self._root_fd)
+        dir_fd, rel = self._tree.locate(path)
+        self._tree.orphans[node.ino] = os.open(rel, flags, dir_fd=dir_fd)
 
     async def _remove(self, parent_inode: int, name: bytes, directory: bool) -> None:
         path = self._tree.child(parent_inode, name)
@@ -329,10 +331,12 @@ class Passthrough(pyfuse3.Operations):
         if directory or st.st_nlink <= 1:
             self._keep_reachable(path, st)
         self._tree.intend(ChangeKind.REMOVE, path)
+        dir_fd, rel = self._tree.locate(path)
         if directory:
-            os.rmdir(path, dir_fd=self._root_fd)
+            os.rmdir(rel, dir_fd=dir_fd)
+            self._tree.moved_or_removed()
         else:
-            os.unlink(path, dir_fd=self._root_fd)
+            os.unlink(rel, dir_fd=dir_fd)
         self._tree.table.unlinked(
             parent_inode, name, key_of(st), object_gone=directory or st.st_nlink <= 1
         )
@@ -373,10 +377,14 @@ class Passthrough(pyfuse3.Operations):
         exchange = bool(flags & RENAME_EXCHANGE)
         change = Change(ChangeKind.EXCHANGE if exchange else ChangeKind.RENAME, old, new)
         self._tree.recorder.intend(change)
-        if flags:
-            renameat2(self._root_fd, old, self._root_fd, new, flags)
-        else:
-            os.rename(old, new, src_dir_fd=self._root_fd, dst_dir_fd=self._root_fd)
+        (old_fd, old_rel), (new_fd, new_rel) = self._tree.locate(old), self._tree.locate(new)
+        try:
+            if flags:
+                renameat2(old_fd, old_rel, new_fd, new_rel, flags)
+            else:
+                os.rename(old_rel, new_rel, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+        finally:
+            self._tree.moved_or_removed()
         self._tree.recorder.done(change)
         self._tree.table.renamed(
             (parent_inode_old, name_old),
@@ -456,7 +464,7 @@ class Passthrough(pyfuse3.Operations):
             stamps: tuple[Stamp, ...] = ()
             if created:
                 st, stamps = adopt_new(
-                    self._root_fd, path, self._tree.path(parent_inode), mode, ctx.uid, ctx.gid
+                    self._tree.locate, path, self._tree.path(parent_inode), mode, ctx.uid, ctx.gid
                 )
             else:
                 st = os.fstat(fd)
@@ -598,10 +606,10 @@ class Passthrough(pyfuse3.Operations):
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
         if isinstance(target, int):  # removed: its own descriptor, by its magic link
             fd = os.open(b"/proc/self/fd/%d" % target, flags)
-        elif dir_fd == self._root_fd:
-            fd = open_beneath(self._root_fd, target, flags)
-        else:
-            fd = os.open(target, flags, dir_fd=dir_fd)
+        elif dir_fd is not None:  # beneath the root, or a directory kept for a long path
+            fd = open_beneath(dir_fd, target, flags)
+        else:  # removed: reached through an orphan's magic link
+            fd = os.open(target, flags)
         handle = self._next_dir_handle
         self._next_dir_handle += 1
         self._dirs[handle] = OpenDir(fd, inode)

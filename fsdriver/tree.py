@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import errno
 import os
+from collections import OrderedDict
 from typing import Any
 
 from pyfuse3 import FUSEError
 
 from tandem.fsdriver.backing import find_by_scanning, key_of, stamp_of
+from tandem.fsdriver.beneath import LONG_PATH, open_directory_beneath
 from tandem.fsdriver.change import NO_RECORDER, Change, ChangeKind, ChangeRecorder
 from tandem.fsdriver.inode import ROOT_INODE, InodeTable
 from tandem.fsdriver.mutation import Stamp
+
+# directories kept open for paths too long for one call: bounded, and dropped at any rename or
+# rmdir (a kept descriptor must never name another place than its path)
+_KEPT_DIRECTORIES = 8
 
 
 class BackingTree:
@@ -25,9 +31,33 @@ class BackingTree:
         # O_PATH descriptors on removed fifos, sockets, devices and directories the kernel still
         # references: it opens those without us, so nothing else would let us reach them
         self.orphans: dict[int, int] = {}
+        self._directories: OrderedDict[bytes, int] = OrderedDict()
+
+    def locate(self, path: bytes) -> tuple[int, bytes]:
+        """(directory descriptor, path relative to it) for a ``*at`` call on ``path``: the root
+        and the path itself, or, for a path longer than one call takes, its directory (opened
+        beneath the root through no symlink, and kept a while) and its last name."""
+        if len(path) < LONG_PATH:
+            return self.root_fd, path
+        head, _, name = path.rpartition(b"/")
+        fd = self._directories.get(head)
+        if fd is None:
+            fd = open_directory_beneath(self.root_fd, head)
+            self._directories[head] = fd
+            if len(self._directories) > _KEPT_DIRECTORIES:
+                os.close(self._directories.popitem(last=False)[1])
+        else:
+            self._directories.move_to_end(head)
+        return fd, name
+
+    def moved_or_removed(self) -> None:
+        """A rename or rmdir happened: a kept directory may no longer be at its path."""
+        while self._directories:
+            os.close(self._directories.popitem()[1])
 
     def lstat(self, path: bytes) -> os.stat_result:
-        return os.stat(path, dir_fd=self.root_fd, follow_symlinks=False)
+        fd, name = self.locate(path)
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
 
     def path(self, ino: int) -> bytes:
         path = self.table.path(ino)
@@ -49,7 +79,8 @@ class BackingTree:
         """How to act on an object without a handle: (path or fd, dir_fd, follow symlinks)."""
         path = self.table.path(ino)
         if path is not None:
-            return path, self.root_fd, False
+            dir_fd, name = self.locate(path)
+            return name, dir_fd, False
         fd = self.any_fd(ino)
         if fd is not None:
             return fd, None, True

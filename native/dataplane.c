@@ -51,6 +51,7 @@ struct tdp_session {
     struct ino_set no_capability;
     _Atomic uint64_t count_reads, count_flushes, count_capability, count_seeks;
     _Atomic uint64_t count_handed, count_answered;
+    _Atomic uint64_t handed_by_opcode[TDP_OPCODES];
 };
 
 /* -- the inode set ------------------------------------------------------------------------ */
@@ -187,6 +188,7 @@ static void hand_over(struct queued *q) {
     s->tail = q;
     pthread_mutex_unlock(&s->queue_lock);
     atomic_fetch_add(&s->count_handed, 1);
+    atomic_fetch_add(&s->handed_by_opcode[q->request.opcode], 1);
     if (atomic_exchange(&s->python_sleeping, 0))
         wake_python(s);
 }
@@ -746,6 +748,11 @@ void tdp_get_counts(struct tdp_session *s, struct tdp_counts *out) {
     out->native_seeks = atomic_load(&s->count_seeks);
     out->handed_to_python = atomic_load(&s->count_handed);
     out->answered = atomic_load(&s->count_answered);
+}
+
+void tdp_get_handed(struct tdp_session *s, uint64_t *out) {
+    for (int i = 0; i < TDP_OPCODES; i++)
+        out[i] = atomic_load(&s->handed_by_opcode[i]);
 }
 
 void tdp_set_native_reads(struct tdp_session *s, int on) { atomic_store(&s->native_reads, on); }

@@ -124,6 +124,8 @@ int tdp_join(struct tdp_session *s, int timeout_ms); /* 0 joined, -ETIMEDOUT */
 void tdp_destroy(struct tdp_session *s);
 void tdp_free_request(struct tdp_request *r);
 void tdp_get_counts(struct tdp_session *s, struct tdp_counts *out);
+/* how many requests of each opcode were handed to Python (out: TDP_OPCODES entries) */
+void tdp_get_handed(struct tdp_session *s, uint64_t *out);
 /* the hot paths can be switched off one by one (the tests compare both sides) */
 void tdp_set_native_reads(struct tdp_session *s, int on);
 /* Python's word that an inode has no security.capability (absent=1), or may have one */
