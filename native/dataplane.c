@@ -6,6 +6,7 @@
 #include "dataplane.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <signal.h>
@@ -52,6 +53,7 @@ struct tdp_session {
     _Atomic uint64_t count_reads, count_flushes, count_capability, count_seeks;
     _Atomic uint64_t count_handed, count_answered;
     _Atomic uint64_t handed_by_opcode[TDP_OPCODES];
+    struct fuse_buf main_buf;
 };
 
 /* -- the inode set ------------------------------------------------------------------------ */
@@ -652,6 +654,9 @@ static void *loop_main(void *arg) {
 }
 
 int tdp_start(struct tdp_session *s) {
+    /* Python reads the main descriptor only when it is readable, and never waits in read */
+    int fd = fuse_session_fd(s->se);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     /* the loop and its workers take no signal: SIGTERM and SIGINT are Python's */
     sigset_t all, old;
     sigfillset(&all);
@@ -695,6 +700,18 @@ int tdp_may_sleep(struct tdp_session *s) {
     return 1;
 }
 
+int tdp_main_fd(struct tdp_session *s) { return fuse_session_fd(s->se); }
+
+int tdp_receive_main(struct tdp_session *s) {
+    int res = fuse_session_receive_buf(s->se, &s->main_buf);
+    if (res == -EAGAIN || res == -EINTR)
+        return 0;
+    if (res <= 0)
+        return res < 0 ? res : -ENODEV;
+    fuse_session_process_buf(s->se, &s->main_buf);
+    return 1;
+}
+
 int tdp_ended(struct tdp_session *s) { return atomic_load(&s->ended); }
 
 int tdp_loop_result(struct tdp_session *s) { return s->loop_result; }
@@ -728,6 +745,7 @@ void tdp_destroy(struct tdp_session *s) {
     if (s->loop_started)
         return; /* the loop still runs on it: leave it to the process's end */
     fuse_session_destroy(s->se);
+    free(s->main_buf.mem);
     struct queued *q = s->head;
     while (q) {
         struct queued *next = q->next;

@@ -117,6 +117,11 @@ size_t tdp_take(struct tdp_session *s, struct tdp_request **out, size_t max);
 /* 1 when Python may sleep on the wake fd: nothing is queued, and a request queued from now on
  * writes to the fd */
 int tdp_may_sleep(struct tdp_session *s);
+/* The session's own /dev/fuse descriptor (the workers read clones of it): Python reads it too
+ * when it is readable, so a request it wins needs no second thread to wake. */
+int tdp_main_fd(struct tdp_session *s);
+/* reads and dispatches one request from the main descriptor: 1 done, 0 none waiting, <0 ended */
+int tdp_receive_main(struct tdp_session *s);
 int tdp_ended(struct tdp_session *s);           /* the loop has returned (unmounted) */
 int tdp_loop_result(struct tdp_session *s);
 void tdp_exit(struct tdp_session *s);
