@@ -216,6 +216,14 @@ static void with_file(struct queued *q, struct fuse_file_info *fi) {
     }
 }
 
+/* a request about an open file or directory: its handle (and open flags) go with it */
+static struct queued *on_handle(fuse_req_t req, int opcode, fuse_ino_t ino,
+                                struct fuse_file_info *fi) {
+    struct queued *q = plain(req, opcode, ino, NULL);
+    with_file(q, fi);
+    return q;
+}
+
 /* -- callbacks ---------------------------------------------------------------------------- */
 
 static void op_init(void *userdata, struct fuse_conn_info *conn) {
@@ -348,8 +356,7 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-    struct queued *q = plain(req, TDP_OPEN, ino, NULL);
-    with_file(q, fi);
+    struct queued *q = on_handle(req, TDP_OPEN, ino, fi);
     to_python(req, q);
 }
 
@@ -409,29 +416,23 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) 
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-    struct queued *q = plain(req, TDP_RELEASE, ino, NULL);
-    with_file(q, fi);
-    to_python(req, q);
+    to_python(req, on_handle(req, TDP_RELEASE, ino, fi));
 }
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
-    struct queued *q = plain(req, TDP_FSYNC, ino, NULL);
-    with_file(q, fi);
+    struct queued *q = on_handle(req, TDP_FSYNC, ino, fi);
     if (q)
         q->request.flags = (uint32_t)datasync;
     to_python(req, q);
 }
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-    struct queued *q = plain(req, TDP_OPENDIR, ino, NULL);
-    with_file(q, fi);
-    to_python(req, q);
+    to_python(req, on_handle(req, TDP_OPENDIR, ino, fi));
 }
 
 static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                            struct fuse_file_info *fi) {
-    struct queued *q = plain(req, TDP_READDIRPLUS, ino, NULL);
-    with_file(q, fi);
+    struct queued *q = on_handle(req, TDP_READDIRPLUS, ino, fi);
     if (q) {
         q->request.offset = off;
         q->request.size = size;
@@ -440,14 +441,11 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 }
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-    struct queued *q = plain(req, TDP_RELEASEDIR, ino, NULL);
-    with_file(q, fi);
-    to_python(req, q);
+    to_python(req, on_handle(req, TDP_RELEASEDIR, ino, fi));
 }
 
 static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi) {
-    struct queued *q = plain(req, TDP_FSYNCDIR, ino, NULL);
-    with_file(q, fi);
+    struct queued *q = on_handle(req, TDP_FSYNCDIR, ino, fi);
     if (q)
         q->request.flags = (uint32_t)datasync;
     to_python(req, q);
@@ -514,8 +512,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
                          struct fuse_file_info *fi) {
-    struct queued *q = plain(req, TDP_FALLOCATE, ino, NULL);
-    with_file(q, fi);
+    struct queued *q = on_handle(req, TDP_FALLOCATE, ino, fi);
     if (q) {
         q->request.flags = (uint32_t)mode;
         q->request.offset = offset;

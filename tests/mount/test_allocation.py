@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from tandem.fsdriver.syscall import (
     FALLOC_FL_ZERO_RANGE,
     fallocate,
 )
-from tests.conftest import Mounted, start_mount
+from tests.conftest import Mounted
 
 pytestmark = pytest.mark.root
 
@@ -46,14 +45,14 @@ STEPS = [
 
 
 @pytest.fixture
-def native_mount(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mounted]:
+def native_driver(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENVIRONMENT_VARIABLE, "native")
-    mount = start_mount(workspace / "mnt")
-    try:
-        yield mount
-    finally:
-        if mount.process.process is not None:
-            mount.stop()
+
+
+@pytest.fixture
+def native_mount(native_driver: None, mounted: Mounted) -> Mounted:
+    """`mounted`, on the native driver (asked for first, so the mount inherits it)."""
+    return mounted
 
 
 def _layout(path: Path) -> list[tuple[int, int]]:
