@@ -95,6 +95,9 @@ def test_logs_prints_the_last_lines_and_follows_through_a_rotation(tmp_path: Pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a suite started in the background inherits SIGINT ignored, and Python keeps it so:
+        # Ctrl-C must reach the follower as it would from a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert follower.stdout is not None
