@@ -406,6 +406,8 @@ class ModuleRunner:
                 "signs_with": self.secrets.role_of(self.heartbeat.peer_signer()),
                 "state": news.state.value if news else None,
                 "reason": news.reason if news else None,
+                # what a swap asks of the peer: an up-to-date SECOND as the peer last said
+                "up_to_date": self.module.peer_sure if news else None,
                 "heard_s_ago": round(time.monotonic() - self.watch.peer_news_at, 1)
                 if self.watch.last_peer_news
                 else None,

@@ -65,6 +65,16 @@ def _settled(client: Client) -> None:
         60,
         "both copies in sync",
     )
+    # and the serving node has heard so (a heartbeat later): a swap is decided on its word
+    wait_for(
+        lambda: any(
+            m["failover"]["serving"] and m["failover"]["peer"]["up_to_date"]
+            for found in client.get("/api/v1/cluster").json()["nodes"].values()
+            for m in [found["modules"]["demo"]]
+        ),
+        60,
+        "the serving node to know its peer up to date",
+    )
 
 
 def test_nothing_answers_without_credentials_but_the_health_check(lab: LabCluster) -> None:
