@@ -4,9 +4,11 @@
   (b) `tandem mount` without a peer,
   (c) the primary of a `tandem lab` pair, ack mode "applied",
   (d) the same in ack mode "durable",
+  (e) the same in ack mode "applied" at the fsync sync point (writes return once sent, D33),
 
 all on this machine's disk, with JSON giving each figure and its ratio to (a) (and, for random
-writes, to (b): replication should cost latency, not throughput).
+writes, to (b): replication should cost latency, not throughput). The FUSE driver is this
+process's `TANDEM_FSDRIVER` (python unless set), recorded in the JSON.
 
     python -m tandem.bench.replication [--out FILE] [--quick] [--dir DIR]
 
@@ -44,6 +46,7 @@ from tandem.bench.fs_overhead import (
     small_files,
 )
 from tandem.engine.lab.lab import Lab
+from tandem.fsdriver.driver import chosen_driver
 
 WORKLOADS = [
     "sequential",
@@ -149,9 +152,9 @@ def _measure(kind: str, directory: Path, quick: bool, prefix: list[str]) -> dict
     return result
 
 
-def _on_lab(base: Path, ack: str, quick: bool) -> dict[str, dict[str, float]]:
-    lab = Lab.at(str(base / f"lab-{ack}"))
-    lab.up(ack=ack, timeout=10.0)
+def _on_lab(base: Path, ack: str, sync: str, quick: bool) -> dict[str, dict[str, float]]:
+    lab = Lab.at(str(base / f"lab-{ack}-{sync}"))
+    lab.up(ack=ack, sync=sync, timeout=10.0)
     try:
         prefix = lab.exec_command("a", [])
         return {kind: _measure(kind, lab.shared_path, quick, prefix) for kind in WORKLOADS}
@@ -173,8 +176,9 @@ def run(base: Path, quick: bool) -> dict[str, Any]:
         finally:
             mount.send_signal(signal.SIGTERM)
             mount.wait(30)
-    figures["replicated_applied"] = _on_lab(base, "applied", quick)
-    figures["replicated_durable"] = _on_lab(base, "durable", quick)
+    figures["replicated_applied"] = _on_lab(base, "applied", "write", quick)
+    figures["replicated_durable"] = _on_lab(base, "durable", "write", quick)
+    figures["replicated_fsync_point"] = _on_lab(base, "applied", "fsync", quick)
     return figures
 
 
@@ -191,8 +195,8 @@ def _ratios(figures: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
             }
             for kind, result in results.items()
         }
-    for mode in ("applied", "durable"):
-        for kind in ("random_4k", "random_4k_4jobs"):
+    for mode in ("applied", "durable", "fsync_point"):
+        for kind in ("random_4k", "random_4k_4jobs", "random_4k_fsync"):
             ratios[f"replicated_{mode}_vs_unreplicated_{kind}_iops"] = round(
                 figures[f"replicated_{mode}"][kind]["iops"] / figures["unreplicated"][kind]["iops"],
                 3,
@@ -210,6 +214,10 @@ def _targets(figures: dict[str, Any], ratios: dict[str, Any]) -> dict[str, Any]:
         "random_4k_at_least_0.8_of_unreplicated": ratios[
             "replicated_applied_vs_unreplicated_random_4k_4jobs_iops"
         ],
+        # issue 15: at the fsync sync point a 4 KiB write costs what it costs unreplicated
+        "fsync_point_random_4k_at_least_0.8_of_unreplicated": ratios[
+            "replicated_fsync_point_vs_unreplicated_random_4k_iops"
+        ],
     }
     limits = {
         "sequential_fsync_at_least_0.5_of_plain": 0.5,
@@ -217,6 +225,7 @@ def _targets(figures: dict[str, Any], ratios: dict[str, Any]) -> dict[str, Any]:
         "pgbench_at_least_0.5_of_plain": 0.5,
         "creates_at_least_1000_per_s": 1000,
         "random_4k_at_least_0.8_of_unreplicated": 0.8,
+        "fsync_point_random_4k_at_least_0.8_of_unreplicated": 0.8,
     }
     return {name: {"value": value, "met": value >= limits[name]} for name, value in checks.items()}
 
@@ -242,6 +251,7 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": machine() | {"filesystem": filesystem},
         "quick": args.quick,
+        "driver": chosen_driver(),
         "figures": figures,
         "ratios": ratios,
         "targets": _targets(figures, ratios),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 
 class OpenFile:
-    __slots__ = ("append", "fd", "ino")
+    __slots__ = ("append", "fd", "ino", "synchronous")
 
-    def __init__(self, fd: int, ino: int, append: bool) -> None:
+    def __init__(self, fd: int, ino: int, append: bool, synchronous: bool = False) -> None:
         self.fd = fd
         self.ino = ino
         self.append = append
+        self.synchronous = synchronous  # opened O_SYNC or O_DSYNC: each write is an fdatasync
 
 
 class OpenDir:

@@ -206,6 +206,12 @@ class ReplicationSink(Protocol):
 
     def submit(self, mutation: Mutation) -> Receipt: ...
 
+    def settle(self) -> Receipt:
+        """A receipt for everything submitted so far: what a write to a file opened O_SYNC or
+        O_DSYNC waits for besides its own receipt (which a sink may complete once the write is
+        merely on its way, D33)."""
+        ...
+
 
 class _Done:
     async def wait(self) -> None:
@@ -221,6 +227,9 @@ class NullSink:
     def submit(self, mutation: Mutation) -> Receipt:
         return DONE
 
+    def settle(self) -> Receipt:
+        return DONE
+
 
 class RecordingSink:
     """Keeps every mutation in memory, in submission order (for tests)."""
@@ -230,6 +239,9 @@ class RecordingSink:
 
     def submit(self, mutation: Mutation) -> Receipt:
         self.mutations.append(mutation)
+        return DONE
+
+    def settle(self) -> Receipt:
         return DONE
 
 
@@ -244,6 +256,9 @@ class FileRecordingSink:
 
     def submit(self, mutation: Mutation) -> Receipt:
         self._file.write(encode_json(mutation) + "\n")
+        return DONE
+
+    def settle(self) -> Receipt:
         return DONE
 
     def close(self) -> None:

@@ -404,7 +404,9 @@ class Passthrough(pyfuse3.Operations):
     def _register(
         self, fd: int, ino: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
-        self._files[fd] = OpenFile(fd, ino, bool(flags & os.O_APPEND))
+        self._files[fd] = OpenFile(
+            fd, ino, bool(flags & os.O_APPEND), synchronous=bool(flags & os.O_DSYNC)
+        )
         self._tree.fds_by_ino.setdefault(ino, set()).add(fd)
         info = pyfuse3.FileInfo(fh=fd)
         # Every change passes through us, so cached pages stay valid across opens.
@@ -507,7 +509,12 @@ class Passthrough(pyfuse3.Operations):
         if path is None:
             return written
         data = buf if written == len(buf) else bytes(buf[:written])
-        await self._sink.submit(Write(path, off, data, (stamp_of(path, st),))).wait()
+        receipt = self._sink.submit(Write(path, off, data, (stamp_of(path, st),)))
+        # taken in the same step as the write: an O_SYNC/O_DSYNC write is its own fdatasync,
+        # which at the fsync sync point waits for the peer to hold everything before it (D33)
+        settled = self._sink.settle() if open_file.synchronous else DONE
+        await receipt.wait()
+        await settled.wait()
         return written
 
     @boundary
@@ -535,7 +542,10 @@ class Passthrough(pyfuse3.Operations):
         path = self._tree.mutation_path(open_file.ino, st.st_nlink)
         if path is not None:
             mutation = Allocate(path, mode, offset, length, (stamp_of(path, st),))
-            await self._sink.submit(mutation).wait()
+            receipt = self._sink.submit(mutation)
+            settled = self._sink.settle() if open_file.synchronous else DONE
+            await receipt.wait()
+            await settled.wait()
 
     @boundary
     async def copy_file_range(
@@ -568,6 +578,8 @@ class Passthrough(pyfuse3.Operations):
             stamps = (stamp_of(path, st),) if done + len(piece) >= copied else ()
             receipts.append(self._sink.submit(Write(path, offset_out + done, piece, stamps)))
             done += len(piece)
+        if out.synchronous:
+            receipts.append(self._sink.settle())
         for receipt in receipts:
             await receipt.wait()
         return copied

@@ -28,6 +28,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     lab_up = lab_commands.add_parser("up", help="create the nodes, start the demo module")
     lab_up.add_argument("--ack", choices=["applied", "durable"], default="applied")
     lab_up.add_argument(
+        "--sync",
+        choices=["write", "fsync"],
+        default="write",
+        help="the module's sync point: every write waits for the peer (default), or only fsync",
+    )
+    lab_up.add_argument(
         "--heartbeat",
         nargs=2,
         type=positive_float,
@@ -147,6 +153,7 @@ def run_lab_command(args: argparse.Namespace) -> int:
         print(
             lab.up(
                 ack=args.ack,
+                sync=args.sync,
                 timeout=args.timeout,
                 static=args.static,
                 heartbeat=heartbeat,

@@ -215,7 +215,7 @@ def run_check_command(args: argparse.Namespace) -> int:
             f"{module.name}: {count} director{'y' if count == 1 else 'ies'}"
             f" ({', '.join(module.directories)}), peer {peer} at {address}, "
             f"ports {module.port}-{module.port_of(len(module.directories) - 1)}, "
-            f"ack {module.ack}, timeout {module.timeout:g} s"
+            f"ack {module.ack}, sync at each {module.sync}, timeout {module.timeout:g} s"
             + (
                 f", resync capped at {module.resync_bandwidth:g} MiB/s"
                 if module.resync_bandwidth

@@ -88,6 +88,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "without this copy); meanwhile writes wait, then fail with EIO after the timeout",
     )
     mount.add_argument(
+        "--sync",
+        choices=["write", "fsync"],
+        help="where a change waits for the peer: every write (default), or only fsync, "
+        "fdatasync and writes to files opened O_SYNC/O_DSYNC (writes return once sent)",
+    )
+    mount.add_argument(
         "--resync-bandwidth",
         type=positive_float,
         metavar="MIB_PER_S",
@@ -165,6 +171,7 @@ def _settings(args: argparse.Namespace, *, primary: bool) -> StreamSettings | No
                 "replicate_to",
                 "retry",
                 "resync_bandwidth",
+                "sync",
                 "listen",
                 "alone_when_permitted",
             )
@@ -189,6 +196,7 @@ def _settings(args: argparse.Namespace, *, primary: bool) -> StreamSettings | No
         directory=args.directory,
         secret_file=args.secret_file,
         ack=ack_kind(args.ack or "applied"),
+        sync=getattr(args, "sync", None) or "write",
         peer_timeout=timeout,
         handshake_timeout=timeout,
         retry=retry if retry is not None else DEFAULT_RETRY,

@@ -6,6 +6,7 @@ Every problem is reported as ``FILE: KEY: problem`` so an admin can fix it witho
     directories = ["/srv/app"]      # replicated in place; directory i uses port + i
     port = 7400                     # optional (default 7400)
     ack = "applied"                 # or "durable" (optional, default "applied")
+    sync = "write"                  # or "fsync": writes return once sent, fsync waits for the peer
     timeout = 10.0                  # seconds without an answer before going on alone
     resync_bandwidth = 50.0         # optional: MiB/s a resync may send (default: no cap)
     default_primary = "alpha"       # optional: serves when both copies are equally new
@@ -47,6 +48,8 @@ from typing import Any, TypeVar
 
 DEFAULT_PORT = 7400
 DEFAULT_TIMEOUT = 10.0
+# where a change waits for the peer: every write (the default), or only fsync & co. (D33)
+SYNC_POINTS = ("write", "fsync")
 MIN_SECRET_BYTES = 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _HOSTNAME = re.compile(
@@ -56,6 +59,7 @@ _KEYS = {
     "directories",
     "port",
     "ack",
+    "sync",
     "timeout",
     "resync_bandwidth",
     "nodes",
@@ -104,6 +108,7 @@ class ModuleConfig:
     nodes: dict[str, str]  # name -> address, exactly two
     port: int = DEFAULT_PORT
     ack: str = "applied"
+    sync: str = "write"  # the sync point: what waits for the peer (SYNC_POINTS)
     timeout: float = DEFAULT_TIMEOUT
     resync_bandwidth: float | None = None  # MiB/s
     source: str = ""
@@ -249,6 +254,7 @@ def parse_module(name: str, text: str, source: str) -> ModuleConfig:
     directories = problems.check(lambda: _directories(source, raw.get("directories", [])), ())
     port = problems.check(lambda: _stream_port(source, raw, len(directories)), DEFAULT_PORT)
     ack = problems.check(lambda: _ack(source, raw), "applied")
+    sync = problems.check(lambda: _sync(source, raw), "write")
     timeout = problems.check(
         lambda: _seconds(source, "timeout", raw.get("timeout", DEFAULT_TIMEOUT)), DEFAULT_TIMEOUT
     )
@@ -266,6 +272,7 @@ def parse_module(name: str, text: str, source: str) -> ModuleConfig:
         nodes=nodes,
         port=port,
         ack=ack,
+        sync=sync,
         timeout=timeout,
         source=source,
     )
@@ -285,6 +292,13 @@ def _ack(source: str, raw: dict[str, Any]) -> str:
     if ack not in ("applied", "durable"):
         raise _fail(source, "ack", f'must be "applied" or "durable", got {_describe(ack)}')
     return str(ack)
+
+
+def _sync(source: str, raw: dict[str, Any]) -> str:
+    sync = raw.get("sync", "write")
+    if sync not in SYNC_POINTS:
+        raise _fail(source, "sync", f'must be "write" or "fsync", got {_describe(sync)}')
+    return str(sync)
 
 
 def _bandwidth(source: str, raw: dict[str, Any]) -> float | None:

@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from tandem.engine.config.modules import ConfigError, ModuleConfig
+from tandem.engine.config.modules import SYNC_POINTS, ConfigError, ModuleConfig
 from tandem.engine.config.paths import ASIDE_MARKER, control_socket, journal_dir, module_dir
 from tandem.engine.protocol.connection import AckKind, Identity
 
@@ -54,6 +54,9 @@ class StreamSettings:
     directory: str
     secret_file: str | None = None
     ack: AckKind = AckKind.APPLIED
+    # primary: "write", each change waits for the peer's acknowledgement; "fsync", a data write
+    # returns once sent and fsync & co. wait for everything before them (D33)
+    sync: str = "write"
     peer_timeout: float = 10.0
     handshake_timeout: float = 10.0
     retry: float = DEFAULT_RETRY  # how often the primary reconnects a lost peer
@@ -117,6 +120,11 @@ class StreamSettings:
             value = getattr(settings, key)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"bad stream settings: {key} must be a positive number")
+        if settings.sync not in SYNC_POINTS:
+            raise ConfigError(
+                f"bad stream settings: sync must be one of {', '.join(SYNC_POINTS)}, "
+                f"not {settings.sync!r}"
+            )
         if not isinstance(settings.alone_needs_permission, bool):
             raise ConfigError("bad stream settings: alone_needs_permission must be true or false")
         return settings
@@ -145,6 +153,7 @@ def module_stream(
         directory=module.directories[index],
         secret_file=secret_file,
         ack=ack_kind(module.ack),
+        sync=module.sync,
         peer_timeout=module.timeout,
         handshake_timeout=module.timeout,
         journal=journal_dir(state_dir, module.name, index),

@@ -193,6 +193,7 @@ class Lab:
         ack: str = "applied",
         timeout: float = 5.0,
         static: bool = False,
+        sync: str = "write",
         heartbeat: tuple[float, float] | None = None,
         disk_mib: int | None = None,
     ) -> str:
@@ -209,6 +210,7 @@ class Lab:
         self._save(
             {
                 "ack": ack,
+                "sync": sync,
                 "timeout": timeout,
                 "pids": {},
                 "roles": dict(FIRST_ROLES),
@@ -221,7 +223,7 @@ class Lab:
             self.shared_path.mkdir()
             secret = secrets.token_hex(32).encode()
             for node in NODES:
-                self._provision(node, secret, ack, timeout, not static, heartbeat)
+                self._provision(node, secret, (ack, sync), timeout, not static, heartbeat)
                 self._make_copy(node, disk_mib)
             for node in ("b", "a"):  # the secondary first, so the primary finds it listening
                 self.start(node)
@@ -266,7 +268,7 @@ class Lab:
         self,
         node: str,
         secret: bytes,
-        ack: str,
+        ack_and_sync: tuple[str, str],
         timeout: float,
         managed: bool,
         heartbeat: tuple[float, float] | None,
@@ -306,7 +308,8 @@ class Lab:
         set_password(users_file(config), CONSOLE_USER, password, "admin")
         (config / "modules" / f"{MODULE}.toml").write_text(
             f'directories = ["{self.shared_path}"]\n'
-            f'ack = "{ack}"\ntimeout = {timeout!r}\n{failover}\n[nodes]\n{nodes}\n'
+            f'ack = "{ack_and_sync[0]}"\nsync = "{ack_and_sync[1]}"\n'
+            f"timeout = {timeout!r}\n{failover}\n[nodes]\n{nodes}\n"
         )
 
     def _make_copy(self, node: str, disk_mib: int | None) -> None:
@@ -729,7 +732,10 @@ class Lab:
         roles = state["roles"]
         assert isinstance(roles, dict)
         managed = state.get("managed") is True
-        lines = [f"lab in {self.directory} (ack {state['ack']}, timeout {state['timeout']} s)"]
+        lines = [
+            f"lab in {self.directory} (ack {state['ack']}, sync at each "
+            f"{state.get('sync', 'write')}, timeout {state['timeout']} s)"
+        ]
         for node, address in NODES.items():
             running = "running" if self.init_pid(node) else "down"
             role = roles[node]

@@ -9,6 +9,11 @@ peer (its copy is not up to date yet; the journal keeps naming them) until the p
 resync. Then the connection is "in sync" and receipts wait for acknowledgements again. A lost
 peer is reconnected every ``retry`` seconds, for as long as the mount lives.
 
+The sync point (D33): at ``write`` (the default) every change's receipt waits for its own
+acknowledgement. At ``fsync`` a data write's receipt waits only for room in the backlog; the
+next `Sync` (fsync, fdatasync, fsyncdir) or `settle` (an O_SYNC write) waits for its own
+acknowledgement, and acknowledgements are cumulative: for everything before it.
+
 Concurrency: `submit` is synchronous (the filesystem calls it inside its atomic step, so the
 sequence order is the order changes hit the disk) and hands the frame to the socket right there
 (`RawSocket.send_soon`: no task switch before it leaves); only `Receipt.wait` awaits.
@@ -56,6 +61,10 @@ from tandem.engine.reintegration.verify import Verify, log_report
 from tandem.engine.replication.latency import LatencyHistogram
 from tandem.engine.replication.raw_socket import RawSocket
 from tandem.fsdriver.mutation import DONE, Allocate, Mutation, Receipt, Write
+
+# what returns once sent under the fsync sync point: file data, which a local disk also holds
+# only in its cache until fsync; names, attributes and syncs wait for the peer as ever (D33)
+BUFFERED_AT_FSYNC_POINT = (Write, Allocate)
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +164,7 @@ class Replicator:
         self.identity = settings.identity
         self._secret = secret
         self._ack_kind = settings.ack
+        self._writes_buffered = settings.sync == "fsync"
         self._timeout = settings.peer_timeout
         self._retry = settings.retry
         self._root_fd = root_fd
@@ -166,6 +176,7 @@ class Replicator:
         # (seq, weight, when sent) sent, not acknowledged
         self._in_flight: deque[tuple[int, int, float]] = deque()
         self.ack_latency = LatencyHistogram()
+        self._last_ack = time.monotonic()  # when acknowledgements last advanced
         self._backlog = 0
         self._acked = 0
         self._answers: dict[int, tuple[list[bytes], trio.Event]] = {}
@@ -204,14 +215,36 @@ class Replicator:
 
     def submit(self, mutation: Mutation) -> Receipt:
         if self.alone_reason is not None:
-            if self.fenced:
-                return _REFUSED
-            return DONE if self._permitted else _PermitReceipt(self, self._syncs, room=False)
+            return self._receipt_alone()
         seq = self._enqueue(mutation)
         if self._verify is not None:
             self._verify.observe(mutation)
         if self._resync is not None:
             self._resync.observe(mutation)
+        if self._writes_buffered and isinstance(mutation, BUFFERED_AT_FSYNC_POINT):
+            # sent, in order; the next fsync (or `settle`) waits for it
+            return _RoomReceipt(self)
+        return self._receipt_through(seq)
+
+    def settle(self) -> Receipt:
+        """Completes once the peer holds every change submitted so far, as an fsync's `Sync`
+        would: what an O_SYNC/O_DSYNC write waits for under the fsync sync point. At the write
+        sync point each change's own receipt already waited for it."""
+        if not self._writes_buffered:
+            return DONE
+        if self.alone_reason is not None:
+            return self._receipt_alone()
+        return self._receipt_through(self._next_seq - 1)
+
+    def _receipt_alone(self) -> Receipt:
+        if self.fenced:
+            return _REFUSED
+        return DONE if self._permitted else _PermitReceipt(self, self._syncs, room=False)
+
+    def _receipt_through(self, seq: int) -> Receipt:
+        """What a change with sequence number ``seq``, connected, waits for: its (cumulative)
+        acknowledgement in sync; during a resync room, or the node's permission."""
+        if self._resync is not None:
             if self._permitted:
                 return _RoomReceipt(self)
             return _PermitReceipt(self, self._syncs, room=True)
@@ -474,6 +507,7 @@ class Replicator:
             "module": self.identity.stream,
             "peer": str(self.peer),
             "replication": replication,
+            "sync": "fsync" if self._writes_buffered else "write",
             "reason": self.alone_reason,
             "resync": resync,
             "last_resync": self._last_resync,
@@ -532,6 +566,8 @@ class Replicator:
         async with trio.open_nursery() as nursery:
             if self._journal is not None:
                 nursery.start_soon(self._checkpoints)
+            if self._writes_buffered:
+                nursery.start_soon(self._watch_acknowledgements)
             while True:
                 await self._connect_once()
                 with trio.move_on_after(self._retry):
@@ -546,6 +582,19 @@ class Replicator:
                 # every record in a closed segment belongs to a mutation submitted by now
                 self._journal.checkpoint(self._next_seq - 1)
                 self._journal.retire(self._acked)
+
+    async def _watch_acknowledgements(self) -> None:
+        """At the fsync sync point a writer does not wait for its acknowledgement, so a silent
+        peer is noticed here: owing acknowledgements and silent for the timeout, it is lost
+        (at the write sync point the waiting writer's own timeout says so)."""
+        while True:
+            await trio.sleep(min(1.0, self._timeout / 4))
+            if self._in_flight and self.alone_reason is None:
+                silent_since = max(self._in_flight[0][2], self._last_ack)
+                if time.monotonic() - silent_since > self._timeout:
+                    self.go_alone(
+                        f"peer {self.peer} did not acknowledge within {self._timeout:g} s"
+                    )
 
     async def _connect_once(self) -> None:
         try:
@@ -718,6 +767,7 @@ class Replicator:
             if event.kind >= self._ack_kind and event.seq > self._acked:
                 self._acked = event.seq
                 now = time.monotonic()
+                self._last_ack = now
                 while self._in_flight and self._in_flight[0][0] <= event.seq:
                     _, weight, sent = self._in_flight.popleft()
                     self._backlog -= weight

@@ -1,13 +1,18 @@
 """Crash points on a real two-node lab: a writer on the primary logs, outside the cluster, every
 write the filesystem acknowledged; the primary node then dies at a random instant (SIGKILL of
 all its processes, or its cable cut and then killed). Every acknowledged write must be on the
-secondary's copy, whole."""
+secondary's copy, whole.
+
+At the write sync point a write is acknowledged when write(2) returns; at the fsync sync point
+only once made durable (fsync, fdatasync, a write to a file opened O_DSYNC), and the writer logs
+it only then, as an application that counts on a local disk would."""
 
 from __future__ import annotations
 
 import random
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,11 +30,15 @@ SLOT_SIZE = 4096
 WRITER = r"""
 import os, random, sys, zlib
 root, log_path = sys.argv[1], sys.argv[2]
+at_fsync = sys.argv[4] == "fsync"  # a record counts once made durable, not once written
 log = open(log_path, "a", buffering=1)
 os.makedirs(f"{root}/files", exist_ok=True)
-streams = [os.open(f"{root}/stream{n}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+# at the fsync sync point stream1 is opened O_DSYNC: each of its writes is durable by itself
+streams = [os.open(f"{root}/stream{n}", os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                   | (os.O_DSYNC if at_fsync and n == 1 else 0), 0o644)
            for n in range(2)]
 slots = os.open(f"{root}/slots", os.O_RDWR | os.O_CREAT, 0o644)
+files = os.open(f"{root}/files", os.O_RDONLY | os.O_DIRECTORY)
 rng = random.Random(int(sys.argv[3]))
 
 def record(i, size):
@@ -42,16 +51,22 @@ while True:
     if kind < 2:
         size = rng.choice([10, 1000, 5000, 70000, 300000])
         os.write(streams[kind], record(i, size))
-        if rng.random() < 0.1:
+        if (at_fsync and kind == 0) or rng.random() < 0.1:
             os.fsync(streams[kind])
     elif kind == 2:
         os.pwrite(slots, record(i, 4096 - 19), (i // 4 % 16) * 4096)
+        if at_fsync:
+            os.fdatasync(slots)
     else:
         tmp = f"{root}/files/.{i}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.write(fd, record(i, rng.choice([1, 100, 9000])))
+        if at_fsync:
+            os.fsync(fd)
         os.close(fd)
         os.rename(tmp, f"{root}/files/{i}")
+        if at_fsync:
+            os.fsync(files)
     log.write(f"{i}\n")
     i += 1
 """
@@ -105,15 +120,38 @@ def _acknowledged(log: Path) -> list[int]:
     return [int(line) for line in log.read_text().split()]
 
 
+@pytest.fixture
+def sync_lab(workspace: Path, request: pytest.FixtureRequest) -> Iterator[LabCluster]:
+    cluster = LabCluster(workspace / "lab", sync=request.param)
+    try:
+        yield cluster.up()
+        for node in ("a", "b"):
+            assert "Traceback" not in cluster.log(node), cluster.log(node)
+    finally:
+        cluster.down()
+
+
 @pytest.mark.parametrize(
-    ("how", "attempt"), [("kill", 0), ("kill", 1), ("kill", 2), ("cut", 0), ("cut", 1)]
+    ("sync_lab", "how", "attempt"),
+    [
+        ("write", "kill", 0),
+        ("write", "kill", 1),
+        ("write", "kill", 2),
+        ("write", "cut", 0),
+        ("write", "cut", 1),
+        ("fsync", "kill", 0),
+        ("fsync", "kill", 1),
+        ("fsync", "cut", 0),
+    ],
+    indirect=["sync_lab"],
 )
 def test_every_acknowledged_write_survives_the_primary_dying(
-    lab: LabCluster, workspace: Path, how: str, attempt: int
+    sync_lab: LabCluster, workspace: Path, how: str, attempt: int
 ) -> None:
+    lab = sync_lab
     seed = random.randrange(1 << 30)
     log = workspace / "acknowledged.log"  # outside the cluster: the host's own disk
-    writer = lab.popen("a", "python3", "-c", WRITER, str(lab.path), str(log), str(seed))
+    writer = lab.popen("a", "python3", "-c", WRITER, str(lab.path), str(log), str(seed), lab.sync)
     try:
         wait_for(lambda: log.exists() and log.stat().st_size > 0, 20, "first acknowledgement")
         time.sleep(random.uniform(0.2, 1.5))
@@ -134,7 +172,7 @@ def test_every_acknowledged_write_survives_the_primary_dying(
 def test_a_cut_primary_stops_waiting_after_the_timeout_and_says_why(workspace: Path) -> None:
     lab = LabCluster(workspace / "lab", timeout=1.5).up()
     log = workspace / "acknowledged.log"
-    writer = lab.popen("a", "python3", "-c", WRITER, str(lab.path), str(log), "1")
+    writer = lab.popen("a", "python3", "-c", WRITER, str(lab.path), str(log), "1", "write")
     try:
         wait_for(lambda: log.exists() and log.stat().st_size > 0, 20, "first acknowledgement")
         lab.cut("a")

@@ -18,6 +18,7 @@ import trio.testing
 
 from tandem.fsdriver.inode import ROOT_INODE
 from tandem.fsdriver.mutation import (
+    DONE,
     CreateFile,
     MakeDirectory,
     Mutation,
@@ -147,6 +148,9 @@ class GateSink:
 
         return Held()
 
+    def settle(self) -> Receipt:
+        return DONE
+
 
 def test_answer_waits_for_the_sink(root: tuple[Path, int]) -> None:
     _, fd = root
@@ -173,6 +177,9 @@ def test_answer_waits_for_the_sink(root: tuple[Path, int]) -> None:
 
 class BrokenSink:
     def submit(self, mutation: Mutation) -> Receipt:
+        raise RuntimeError("sink bug")
+
+    def settle(self) -> Receipt:
         raise RuntimeError("sink bug")
 
 

@@ -24,8 +24,10 @@ class LabCluster:
         timeout: float = 5.0,
         static: bool = True,
         disk_mib: int | None = None,
+        sync: str = "write",
     ) -> None:
         self.directory = directory
+        self.sync = sync
         self.static = static
         self.disk_mib = disk_mib
         self.ack = ack
@@ -46,7 +48,10 @@ class LabCluster:
     def up(self) -> LabCluster:
         static = ["--static"] if self.static else []
         disk = ["--disk", str(self.disk_mib)] if self.disk_mib else []
-        self.cli("up", "--ack", self.ack, "--timeout", str(self.timeout), *static, *disk)
+        self.cli(
+            "up", "--ack", self.ack, "--sync", self.sync, "--timeout", str(self.timeout),
+            *static, *disk,
+        )  # fmt: skip
         return self
 
     def down(self) -> None:

@@ -41,7 +41,12 @@ def test_a_good_module_parses() -> None:
 def test_defaults() -> None:
     module = parse_module("m", 'directories = ["/d"]\n[nodes]\na = "::1"\nb = "10.0.0.2"', "m")
     assert (module.port, module.ack, module.timeout) == (7400, "applied", 10.0)
+    assert module.sync == "write"
     assert module.resync_bandwidth is None
+
+
+def test_the_fsync_sync_point_parses() -> None:
+    assert parse_module("web", 'sync = "fsync"\n' + GOOD, "web.toml").sync == "fsync"
 
 
 def _with(line: str, drop: str | None = None) -> str:
@@ -66,6 +71,8 @@ BAD = [
     (_with('port = "80"', drop="port"), "port: must be an integer"),
     (_with("port = 65535", drop="port"), "port: 65535 + 2 directories passes 65535"),
     (_with('ack = "fast"', drop="ack"), 'ack: must be "applied" or "durable"'),
+    (_with('sync = "close"'), 'sync: must be "write" or "fsync", got str'),
+    (_with("sync = 1"), 'sync: must be "write" or "fsync", got int'),
     (_with("timeout = 0", drop="timeout"), "timeout: must be a number of seconds above 0"),
     (_with("timeout = true", drop="timeout"), "timeout: must be a number"),
     (
@@ -192,7 +199,7 @@ def test_check_describes_what_the_files_define(tmp_path: Path) -> None:
     first, failover, warning, scripts = done.stdout.splitlines()
     assert first == (
         f"web: 2 directories ({app}, {lib}), peer beta at localhost, "
-        "ports 7500-7501, ack durable, timeout 2.5 s, resync capped at 20 MiB/s"
+        "ports 7500-7501, ack durable, sync at each write, timeout 2.5 s, resync capped at 20 MiB/s"
     )
     assert failover == (
         "  failover: heartbeat every 0.2 s, peer lost after 1 s on 1 network(s); no VIP; "
