@@ -5,6 +5,8 @@
   (c) the primary of a `tandem lab` pair, ack mode "applied",
   (d) the same in ack mode "durable",
   (e) the same in ack mode "applied" at the fsync sync point (writes return once sent, D33),
+  (f) a GlusterFS replica 2 volume (two bricks on this disk, its FUSE client), when
+      glusterfs-server is installed: what we measure ourselves against,
 
 all on this machine's disk, with JSON giving each figure and its ratio to (a) (and, for random
 writes, to (b): replication should cost latency, not throughput). The FUSE driver is this
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tandem.bench import gluster
 from tandem.bench.fs_overhead import (
     _fstype,
     _mounted,
@@ -179,6 +182,11 @@ def run(base: Path, quick: bool) -> dict[str, Any]:
     figures["replicated_applied"] = _on_lab(base, "applied", "write", quick)
     figures["replicated_durable"] = _on_lab(base, "durable", "write", quick)
     figures["replicated_fsync_point"] = _on_lab(base, "applied", "fsync", quick)
+    with gluster.replica2(base / "gluster") as volume:
+        if volume is not None:
+            figures["gluster_replica2"] = {
+                kind: _measure(kind, volume, quick, []) for kind in WORKLOADS
+            }
     return figures
 
 
@@ -201,6 +209,16 @@ def _ratios(figures: dict[str, dict[str, dict[str, float]]]) -> dict[str, Any]:
                 figures[f"replicated_{mode}"][kind]["iops"] / figures["unreplicated"][kind]["iops"],
                 3,
             )
+    if "gluster_replica2" in figures:
+        # above 1: ahead of GlusterFS on that line (the issue 15 target, per-write sync)
+        ratios["replicated_applied_vs_gluster"] = {
+            kind: {
+                key: round(value / gluster_result[key], 3)
+                for key, value in figures["replicated_applied"][kind].items()
+                if key != "seconds" and gluster_result.get(key)
+            }
+            for kind, gluster_result in figures["gluster_replica2"].items()
+        }
     return ratios
 
 
