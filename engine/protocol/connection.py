@@ -101,11 +101,19 @@ class FrameKind(enum.IntEnum):
     RESULT = 6
     UNSETTLED = 7
     PEER_STATE = 8
+    # primary -> secondary, empty, always IGNORABLE: acknowledge what came before me now
+    # (an O_SYNC write at the fsync sync point waits for UNHURRIED ones); a receiver that does
+    # not know it acknowledged them at once anyway
+    ACK_NOW = 9
 
 
 class FrameFlag(enum.IntFlag):
     IGNORABLE = 1  # a receiver that does not know this kind may skip it
     LZ4 = 2  # body compressed (MUTATION only)
+    # MUTATION only: nobody waits for its acknowledgement (file data at the fsync sync point,
+    # D33), so the receiver may acknowledge it a little later, with the next one; a receiver
+    # that does not know this flag acknowledges at once, as before
+    UNHURRIED = 4
 
 
 class AckKind(enum.IntEnum):
@@ -140,6 +148,7 @@ class Authenticated:
 class MutationReceived:
     seq: int
     mutation: StreamItem
+    unhurried: bool = False  # FrameFlag.UNHURRIED
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,11 @@ class Acknowledged:
 
 
 @dataclass(frozen=True)
+class AckWanted:
+    """ACK_NOW: the primary waits for everything before it."""
+
+
+@dataclass(frozen=True)
 class PeerError:
     reason: str
 
@@ -183,6 +197,7 @@ class ConnectionFailed:
 ConnectionEvent = (
     Authenticated
     | MutationReceived
+    | AckWanted
     | Acknowledged
     | PeerError
     | ConnectionFailed
@@ -377,20 +392,24 @@ class Connection:
         if self.state is not ConnectionState.READY:
             raise RuntimeError(f"connection is {self.state.value}, not ready")
 
-    def send_mutation(self, seq: int, mutation: StreamItem) -> None:
+    def send_mutation(self, seq: int, mutation: StreamItem, unhurried: bool = False) -> None:
         self._require_ready()
         parts = encode_parts(mutation)
         size = sum(map(len, parts))
-        flags = 0
+        flags = FrameFlag.UNHURRIED if unhurried else 0
         if Feature.LZ4 in self.agreed and size >= _COMPRESS_MIN and self._compression.worth():
             body = b"".join(parts)
             packed = lz4.block.compress(body, store_size=True)
             self._compression.record(size, len(packed))
             parts = [body]
             if len(packed) < size:
-                parts, flags = [packed], FrameFlag.LZ4
+                parts, flags = [packed], flags | FrameFlag.LZ4
         # the parts go into the outgoing buffer one by one: a megabyte is copied once, not twice
         self._queue_parts(FrameKind.MUTATION, [struct.pack(">Q", seq), *parts], flags)
+
+    def send_ack_now(self) -> None:
+        self._require_ready()
+        self._queue(FrameKind.ACK_NOW, b"", FrameFlag.IGNORABLE)
 
     def send_ack(self, kind: AckKind, seq: int) -> None:
         self._require_ready()
@@ -532,7 +551,12 @@ class Connection:
                     raise ProtocolError(f"bad lz4 data: {exc}") from None
                 if len(payload) > MAX_FRAME:
                     raise ProtocolError("decompressed frame too large")
-            return MutationReceived(seq, decode_mutation(payload))
+            unhurried = bool(flags & FrameFlag.UNHURRIED)
+            return MutationReceived(seq, decode_mutation(payload), unhurried)
+        if kind == FrameKind.ACK_NOW:
+            if body:
+                raise ProtocolError("ACK_NOW frame with a body")
+            return AckWanted()
         if kind == FrameKind.ACK:
             source = Reader(body)
             ack_kind, seq = source.u8(), source.u64()

@@ -216,12 +216,13 @@ class Replicator:
     def submit(self, mutation: Mutation) -> Receipt:
         if self.alone_reason is not None:
             return self._receipt_alone()
-        seq = self._enqueue(mutation)
+        buffered = self._writes_buffered and isinstance(mutation, BUFFERED_AT_FSYNC_POINT)
+        seq = self._enqueue(mutation, unhurried=buffered)
         if self._verify is not None:
             self._verify.observe(mutation)
         if self._resync is not None:
             self._resync.observe(mutation)
-        if self._writes_buffered and isinstance(mutation, BUFFERED_AT_FSYNC_POINT):
+        if buffered:
             # sent, in order; the next fsync (or `settle`) waits for it
             return _RoomReceipt(self)
         return self._receipt_through(seq)
@@ -234,6 +235,11 @@ class Replicator:
             return DONE
         if self.alone_reason is not None:
             return self._receipt_alone()
+        if self._link is not None:
+            # the peer may be holding back the acknowledgement of UNHURRIED writes: not now
+            connection, raw = self._link
+            connection.send_ack_now()
+            raw.send_soon(connection.bytes_to_send())
         return self._receipt_through(self._next_seq - 1)
 
     def _receipt_alone(self) -> Receipt:
@@ -250,12 +256,14 @@ class Replicator:
             return _PermitReceipt(self, self._syncs, room=True)
         return _AckReceipt(self, self._connection_number, seq, self._syncs)
 
-    def _enqueue(self, item: StreamItem) -> int:
+    def _enqueue(self, item: StreamItem, unhurried: bool = False) -> int:
+        """``unhurried``: nothing waits for this item's own acknowledgement, so the peer may
+        fold it into a later one (one frame less each way per buffered write)."""
         seq = self._next_seq
         self._next_seq += 1
         if self._link is not None:  # None only once alone: the item is not mirrored
             connection, raw = self._link
-            connection.send_mutation(seq, item)
+            connection.send_mutation(seq, item, unhurried)
             raw.send_soon(connection.bytes_to_send())
             weight = _weight(item)
             self._in_flight.append((seq, weight, time.monotonic()))

@@ -16,6 +16,7 @@ from tandem.engine.protocol.connection import (
     PROTOCOL_VERSION,
     AckKind,
     Acknowledged,
+    AckWanted,
     Authenticated,
     Connection,
     ConnectionFailed,
@@ -205,6 +206,25 @@ def test_acks_of_each_kind() -> None:
         Acknowledged(AckKind.APPLIED, 9),
         Acknowledged(AckKind.DURABLE, 7),
     ]
+
+
+def test_an_unhurried_mutation_and_ack_now_cross_the_wire() -> None:
+    a, b = pair()
+    pump(a, b)
+    compressible = Write(b"f", 0, b"A" * 100_000)
+    a.send_mutation(1, Write(b"f", 0, b"x"), unhurried=True)
+    a.send_mutation(2, compressible, unhurried=True)  # compressed too: both flags
+    a.send_mutation(3, Write(b"f", 0, b"y"))
+    a.send_ack_now()
+    _, got_b = pump(a, b)
+    assert got_b == [
+        MutationReceived(1, Write(b"f", 0, b"x"), unhurried=True),
+        MutationReceived(2, compressible, unhurried=True),
+        MutationReceived(3, Write(b"f", 0, b"y"), unhurried=False),
+        AckWanted(),
+    ]
+    a._queue_parts(FrameKind.ACK_NOW, [b"x"], FrameFlag.IGNORABLE)
+    assert b.receive(a.bytes_to_send()) == [ConnectionFailed("ACK_NOW frame with a body")]
 
 
 @pytest.mark.parametrize(
