@@ -5,19 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.lab import LabCluster
+from tests.helpers.lab import LabCluster, checked_lab
 from tests.helpers.pair import Pair
 
 
 @pytest.fixture
 def lab(workspace: Path) -> Iterator[LabCluster]:
-    cluster = LabCluster(workspace / "lab")
-    try:
-        yield cluster.up()
-        for node in ("a", "b"):
-            assert "Traceback" not in cluster.log(node), cluster.log(node)
-    finally:
-        cluster.down()
+    yield from checked_lab(LabCluster(workspace / "lab"))
 
 
 @pytest.fixture

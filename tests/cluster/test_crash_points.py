@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.lab import LabCluster
+from tests.helpers.lab import LabCluster, checked_lab
 from tests.helpers.mountproc import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.both_drivers]
@@ -122,13 +122,7 @@ def _acknowledged(log: Path) -> list[int]:
 
 @pytest.fixture
 def sync_lab(workspace: Path, request: pytest.FixtureRequest) -> Iterator[LabCluster]:
-    cluster = LabCluster(workspace / "lab", sync=request.param)
-    try:
-        yield cluster.up()
-        for node in ("a", "b"):
-            assert "Traceback" not in cluster.log(node), cluster.log(node)
-    finally:
-        cluster.down()
+    yield from checked_lab(LabCluster(workspace / "lab", sync=request.param))
 
 
 @pytest.mark.parametrize(

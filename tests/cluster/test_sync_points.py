@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,17 @@ def _mirrored(pair: Pair, name: str, how: str) -> bool:
     return copy.exists() and copy.read_bytes()[: len(how)] == how.encode()
 
 
+@contextmanager
+def _peer_frozen(pair: Pair) -> Iterator[None]:
+    """The secondary stopped (no end of stream, no acknowledgement), resumed afterwards."""
+    assert pair.secondary is not None
+    pair.secondary.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        pair.secondary.signal(signal.SIGCONT)
+
+
 def _start(pair: Pair, sync: str) -> str:
     control = str(pair.base / "a.sock")
     pair.start_secondary()
@@ -93,9 +105,7 @@ def test_at_the_fsync_point_writes_return_once_sent_and_fsync_waits_for_the_peer
     pair = make_pair(60)
     control = _start(pair, "fsync")
     assert ask(control, "status")["sync"] == "fsync"
-    assert pair.secondary is not None
-    pair.secondary.signal(signal.SIGSTOP)
-    try:
+    with _peer_frozen(pair):
         writer = Steps(pair.a / "f", how)
         writers.append(writer)
         assert writer.next_line(20) == "written"  # the peer has not acknowledged it
@@ -104,8 +114,6 @@ def test_at_the_fsync_point_writes_return_once_sent_and_fsync_waits_for_the_peer
         wait_for(lambda: ask(control, "status")["writes_waiting"] >= 2, 20, "both to wait")
         assert writer.next_line(1) is None, "fsync returned before the peer held the write"
         assert dsync.next_line(0) is None, "an O_DSYNC write returned before the peer held it"
-    finally:
-        pair.secondary.signal(signal.SIGCONT)
     assert writer.next_line(20) == "synced"
     assert dsync.next_line(20) == "written"
     # what fsync and the O_DSYNC write returned for is on the peer's copy already
@@ -118,15 +126,11 @@ def test_at_the_write_point_each_write_waits_for_the_peer(
     pair = make_pair(60)
     control = _start(pair, "write")
     assert ask(control, "status")["sync"] == "write"
-    assert pair.secondary is not None
-    pair.secondary.signal(signal.SIGSTOP)
-    try:
+    with _peer_frozen(pair):
         writer = Steps(pair.a / "f", "fsync")
         writers.append(writer)
         wait_for(lambda: ask(control, "status")["writes_waiting"] >= 1, 20, "the write to wait")
         assert writer.next_line(1) is None, "a write returned before the peer acknowledged it"
-    finally:
-        pair.secondary.signal(signal.SIGCONT)
     assert writer.next_line(20) == "written"
     assert _mirrored(pair, "f", "fsync")
     assert writer.next_line(20) == "synced"
@@ -137,9 +141,8 @@ def test_at_the_fsync_point_a_silent_peer_is_noticed_with_no_writer_waiting(
 ) -> None:
     pair = make_pair(2)
     control = _start(pair, "fsync")
-    assert pair.secondary is not None and pair.primary is not None
-    pair.secondary.signal(signal.SIGSTOP)
-    try:
+    assert pair.primary is not None
+    with _peer_frozen(pair):
         fd = os.open(pair.a / "f", os.O_WRONLY)
         try:
             os.pwrite(fd, b"sent, never acknowledged", 0)  # returns: nobody waits on the peer
@@ -153,8 +156,6 @@ def test_at_the_fsync_point_a_silent_peer_is_noticed_with_no_writer_waiting(
         writers.append(writer)
         assert writer.next_line(20) == "written"
         assert writer.next_line(20) == "synced"
-    finally:
-        pair.secondary.signal(signal.SIGCONT)
 
 
 def test_at_the_fsync_point_a_fenced_node_fails_the_fsync_it_cannot_promise(
@@ -162,9 +163,7 @@ def test_at_the_fsync_point_a_fenced_node_fails_the_fsync_it_cannot_promise(
 ) -> None:
     pair = make_pair(3)
     control = _start(pair, "fsync")
-    assert pair.secondary is not None
-    pair.secondary.signal(signal.SIGSTOP)
-    try:
+    with _peer_frozen(pair):
         writer = Steps(pair.a / "f", "fsync")
         writers.append(writer)
         assert writer.next_line(20) == "written"
@@ -174,5 +173,3 @@ def test_at_the_fsync_point_a_fenced_node_fails_the_fsync_it_cannot_promise(
         later = Steps(pair.a / "g", "fsync")
         writers.append(later)
         assert later.next_line(20) == "Input/output error"  # alone and fenced: nothing returns
-    finally:
-        pair.secondary.signal(signal.SIGCONT)

@@ -110,3 +110,13 @@ def failover_lab_of_its_own(prefix: str) -> Iterator[LabCluster]:
     finally:
         cluster.down()
         shutil.rmtree(workspace, ignore_errors=True)
+
+
+def checked_lab(cluster: LabCluster) -> Iterator[LabCluster]:
+    """The body of a lab fixture: up, then down whatever happened, and no traceback logged."""
+    try:
+        yield cluster.up()
+        for node in ("a", "b"):
+            assert "Traceback" not in cluster.log(node), cluster.log(node)
+    finally:
+        cluster.down()
