@@ -178,6 +178,9 @@ def describe_stream(stream: dict[str, Any]) -> str:
             text += " (a full resync is pending)"
         return text
     text = f"{where}, {replication} with {stream['peer']}"
+    if stream.get("sync") == "fsync":
+        # not the default: an admin reading this must know writes do not wait for the peer
+        text += ", writes wait for it only at fsync"
     resync = stream.get("resync")
     if resync:
         text += f": {resync['how']}; {progress_text(resync)}"

@@ -77,3 +77,18 @@ def test_a_primary_says_how_many_writes_wait_for_its_peer() -> None:
     one, three = (describe_stream(stream | {"writes_waiting": n}) for n in (1, 3))
     assert one.endswith("; 1 write waiting for the peer")
     assert three.endswith("; 3 writes waiting for the peer")
+
+
+def test_a_primary_at_the_fsync_sync_point_says_so() -> None:
+    stream = {
+        "running": True,
+        "directory": "/srv/data",
+        "role": "primary",
+        "node": "a",
+        "replication": "in sync",
+        "peer": "198.18.0.2:7788",
+    }
+    assert "fsync" not in describe_stream(stream | {"sync": "write"})
+    assert describe_stream(stream | {"sync": "fsync"}) == (
+        "/srv/data: primary on a, in sync with 198.18.0.2:7788, writes wait for it only at fsync"
+    )
