@@ -24,17 +24,49 @@ Link = tuple[int, bytes]  # (parent inode, name)
 
 
 class Node:
-    __slots__ = ("ino", "key", "links", "lookups", "no_capability_xattr")
+    __slots__ = ("_more_links", "ino", "key", "link", "lookups", "no_capability_xattr")
 
     def __init__(self, ino: int, key: Key) -> None:
         self.ino = ino
         self.key = key
-        # insertion-ordered set: the oldest link is the one paths are built from
-        self.links: dict[Link, None] = {}
+        # the oldest link, the one paths are built from, and (hard links only) the others in
+        # the order they were seen: a dict per node would cost ~200 bytes a file (D35)
+        self.link: Link | None = None
+        self._more_links: dict[Link, None] | None = None
         self.lookups = 0
         # The kernel asks for security.capability before every write; remembering that a
         # file has none answers that at once (every change of it passes through us).
         self.no_capability_xattr = False
+
+    @property
+    def links(self) -> tuple[Link, ...]:
+        """Every known link, oldest first."""
+        if self.link is None:
+            return ()
+        if self._more_links is None:
+            return (self.link,)
+        return (self.link, *self._more_links)
+
+    def add_link(self, link: Link) -> None:
+        """A link seen (again): one seen before keeps its place."""
+        if self.link is None:
+            self.link = link
+        elif link != self.link:
+            if self._more_links is None:
+                self._more_links = {}
+            self._more_links[link] = None
+
+    def remove_link(self, link: Link) -> None:
+        if link == self.link:
+            if self._more_links:
+                self.link = next(iter(self._more_links))
+                del self._more_links[self.link]
+            else:
+                self.link = None
+        elif self._more_links is not None:
+            self._more_links.pop(link, None)
+        if not self._more_links:
+            self._more_links = None
 
 
 class InodeTable:
@@ -65,6 +97,8 @@ class InodeTable:
         """Record that ``name`` in ``parent`` is ``key``; the caller counts the lookup."""
         node = self._by_key.get(key)
         if node is None:
+            if key[0] == self._root_dev:
+                key = (self._root_dev, key[1])  # one device number for the whole table
             ino = key[1]
             if key[0] != self._root_dev or ino in self._nodes or ino <= ROOT_INODE:
                 ino = self._next_private
@@ -72,7 +106,7 @@ class InodeTable:
             node = Node(ino, key)
             self._nodes[ino] = node
             self._by_key[key] = node
-        node.links[(parent, name)] = None
+        node.add_link((parent, name))
         return node
 
     def discard_if_unreferenced(self, node: Node) -> None:
@@ -101,7 +135,7 @@ class InodeTable:
         node = self._by_key.get(key)
         if node is None:
             return
-        node.links.pop((parent, name), None)
+        node.remove_link((parent, name))
         if object_gone:
             self._vanish(node)
 
@@ -119,14 +153,14 @@ class InodeTable:
         moved = self._by_key.get(moved_key)
         replaced = self._by_key.get(replaced_key) if replaced_key is not None else None
         if replaced is not None:
-            replaced.links.pop(new, None)
+            replaced.remove_link(new)
             if exchange:
-                replaced.links[old] = None
+                replaced.add_link(old)
             elif replaced_gone:
                 self._vanish(replaced)
         if moved is not None:
-            moved.links.pop(old, None)
-            moved.links[new] = None
+            moved.remove_link(old)
+            moved.add_link(new)
 
     def path(self, ino: int) -> bytes | None:
         """The object's path relative to the root, or None when no known name reaches it."""
@@ -140,13 +174,13 @@ class InodeTable:
             if node is self.root:
                 parts.reverse()
                 return b"/".join(parts)
-            for parent, name in node.links:
-                if parent in self._nodes:
-                    parts.append(name)
-                    node = self._nodes[parent]
-                    break
-            else:
-                return None
+            link = node.link
+            if link is None or link[0] not in self._nodes:  # the oldest name's parent forgot
+                link = next((ln for ln in node.links if ln[0] in self._nodes), None)
+                if link is None:
+                    return None
+            parts.append(link[1])
+            node = self._nodes[link[0]]
         raise RuntimeError(f"inode table has a cycle or is deeper than {_MAX_DEPTH} at {ino}")
 
     def child_path(self, parent: int, name: bytes) -> bytes | None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tandem.fsdriver.inode import ROOT_INODE, InodeTable
+from tandem.fsdriver.inode import ROOT_INODE, InodeTable, Node
 
 DEV = 7
 
@@ -75,3 +75,27 @@ def test_forget_balances_lookups(events: list[tuple[int, int]]) -> None:
     for ino, n in counts.items():
         t.forget(ino, n)
     assert len(t) == 1  # only the root is left
+
+
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(1, 4), st.sampled_from([b"a", b"b", b"c"])),
+        max_size=40,
+    )
+)
+def test_a_node_s_links_behave_as_an_insertion_ordered_set(
+    steps: list[tuple[bool, int, bytes]],
+) -> None:
+    """The compact links (the oldest, then a dict only for hard links) against the plain
+    insertion-ordered dict they replace: same members, same order, same oldest."""
+    node = Node(5, (DEV, 5))
+    model: dict[tuple[int, bytes], None] = {}
+    for add, parent, name in steps:
+        if add:
+            node.add_link((parent, name))
+            model[(parent, name)] = None
+        else:
+            node.remove_link((parent, name))
+            model.pop((parent, name), None)
+        assert node.links == tuple(model)
+        assert node.link == next(iter(model), None)
