@@ -64,15 +64,18 @@ def test_a_heard_peer_s_state_carries_its_age_once_it_is_not_fresh() -> None:
     assert "SECOND (in sync), as heard 3.0 s ago; heartbeat lost" in describe_failover(stale)
 
 
+PRIMARY_IN_SYNC = {
+    "running": True,
+    "directory": "/srv/data",
+    "role": "primary",
+    "node": "a",
+    "replication": "in sync",
+    "peer": "198.18.0.2:7788",
+}
+
+
 def test_a_primary_says_how_many_writes_wait_for_its_peer() -> None:
-    stream = {
-        "running": True,
-        "directory": "/srv/data",
-        "role": "primary",
-        "node": "a",
-        "replication": "in sync",
-        "peer": "198.18.0.2:7788",
-    }
+    stream = PRIMARY_IN_SYNC
     assert "waiting" not in describe_stream(stream | {"writes_waiting": 0})
     one, three = (describe_stream(stream | {"writes_waiting": n}) for n in (1, 3))
     assert one.endswith("; 1 write waiting for the peer")
@@ -80,14 +83,7 @@ def test_a_primary_says_how_many_writes_wait_for_its_peer() -> None:
 
 
 def test_a_primary_at_the_fsync_sync_point_says_so() -> None:
-    stream = {
-        "running": True,
-        "directory": "/srv/data",
-        "role": "primary",
-        "node": "a",
-        "replication": "in sync",
-        "peer": "198.18.0.2:7788",
-    }
+    stream = PRIMARY_IN_SYNC
     assert "fsync" not in describe_stream(stream | {"sync": "write"})
     assert describe_stream(stream | {"sync": "fsync"}) == (
         "/srv/data: primary on a, in sync with 198.18.0.2:7788, writes wait for it only at fsync"
