@@ -20,6 +20,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     # a rebooted server starts with a clean mount table: nothing leaks from the last boot
     subprocess.run(["mount", "--bind", data, shared_path], check=True)
+    # a server's shared memory is its own and does not outlive it: what a killed node's
+    # processes left there (PostgreSQL's segments) goes with its mount namespace
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "mode=1777,size=512m", "tandem-lab-shm", "/dev/shm"],
+        check=True,
+    )
     node = subprocess.Popen(node_command, stdin=subprocess.DEVNULL)
     while True:
         try:

@@ -5,6 +5,7 @@ and a teardown that leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -52,6 +53,10 @@ def test_kill_takes_every_process_of_the_node_and_start_boots_it_again(lab: LabC
     sleeper = lab.popen("a", "sleep", "600")
     wait_for(lambda: "sleep" in lab.exec("a", "ps", "-e").stdout, 10, "the sleeper")
     (lab.copy("a") / "before").write_text("on a's disk")
+    # shared memory is the node's own: a killed server's segments (PostgreSQL's) die with it
+    segment = f"tandem-lab-probe-{os.getpid()}"
+    assert lab.exec("a", "sh", "-c", f"echo x > /dev/shm/{segment}").returncode == 0
+    assert not Path("/dev/shm", segment).exists()
     lab.kill("a")
     assert sleeper.wait(10) != 0  # died with its node
     assert lab.exec("a", "true").returncode != 0  # nothing left to enter
@@ -61,6 +66,7 @@ def test_kill_takes_every_process_of_the_node_and_start_boots_it_again(lab: LabC
 
     lab.start("a")
     assert (lab.copy("a") / "before").read_text() == "on a's disk"  # its disk as the crash left it
+    assert lab.exec("a", "test", "-e", f"/dev/shm/{segment}").returncode != 0  # not its memory
     assert lab.exec("a", "sh", "-c", f"echo again > {lab.path}/after").returncode == 0
     assert (lab.copy("b") / "after").read_text() == "again\n"
     assert lab.log("a").count("node a ready") == 2
