@@ -223,7 +223,7 @@ class Lab:
             self.shared_path.mkdir()
             secret = secrets.token_hex(32).encode()
             for node in NODES:
-                self._provision(node, secret, (ack, sync), timeout, not static, heartbeat)
+                self._provision(node, secret, ack, sync, timeout, not static, heartbeat)
                 self._make_copy(node, disk_mib)
             for node in ("b", "a"):  # the secondary first, so the primary finds it listening
                 self.start(node)
@@ -268,7 +268,8 @@ class Lab:
         self,
         node: str,
         secret: bytes,
-        ack_and_sync: tuple[str, str],
+        ack: str,
+        sync: str,
         timeout: float,
         managed: bool,
         heartbeat: tuple[float, float] | None,
@@ -308,7 +309,7 @@ class Lab:
         set_password(users_file(config), CONSOLE_USER, password, "admin")
         (config / "modules" / f"{MODULE}.toml").write_text(
             f'directories = ["{self.shared_path}"]\n'
-            f'ack = "{ack_and_sync[0]}"\nsync = "{ack_and_sync[1]}"\n'
+            f'ack = "{ack}"\nsync = "{sync}"\n'
             f"timeout = {timeout!r}\n{failover}\n[nodes]\n{nodes}\n"
         )
 

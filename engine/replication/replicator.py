@@ -176,7 +176,7 @@ class Replicator:
         # (seq, weight, when sent) sent, not acknowledged
         self._in_flight: deque[tuple[int, int, float]] = deque()
         self.ack_latency = LatencyHistogram()
-        self._last_ack = time.monotonic()  # when acknowledgements last advanced
+        self._last_heard = time.monotonic()  # when the peer last said anything
         self._backlog = 0
         self._acked = 0
         self._answers: dict[int, tuple[list[bytes], trio.Event]] = {}
@@ -597,8 +597,10 @@ class Replicator:
         (at the write sync point the waiting writer's own timeout says so)."""
         while True:
             await trio.sleep(min(1.0, self._timeout / 4))
-            if self._in_flight and self.alone_reason is None:
-                silent_since = max(self._in_flight[0][2], self._last_ack)
+            # a peer answering a resync's query says nothing until its answer is ready (a big
+            # directory listed, a big file hashed): busy, not silent, as at the write point
+            if self._in_flight and self.alone_reason is None and not self._answers:
+                silent_since = max(self._in_flight[0][2], self._last_heard)
                 if time.monotonic() - silent_since > self._timeout:
                     self.go_alone(
                         f"peer {self.peer} did not acknowledge within {self._timeout:g} s"
@@ -769,13 +771,13 @@ class Replicator:
                     return
 
     def _handle(self, event: ConnectionEvent) -> bool:
+        self._last_heard = time.monotonic()
         if isinstance(event, Acknowledged):
             # a stronger kind covers a weaker one (durable implies applied): a secondary sends
             # only the strongest it reached, one sealed frame per batch
             if event.kind >= self._ack_kind and event.seq > self._acked:
                 self._acked = event.seq
-                now = time.monotonic()
-                self._last_ack = now
+                now = self._last_heard
                 while self._in_flight and self._in_flight[0][0] <= event.seq:
                     _, weight, sent = self._in_flight.popleft()
                     self._backlog -= weight

@@ -7,6 +7,7 @@ test can tell "folded" from "sent"."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,7 +25,9 @@ SECRET = b"unhurried-secret-0123456789"
 
 
 @asynccontextmanager
-async def connected(a: Path, b: Path, sync: str) -> AsyncIterator[Replicator]:
+async def connected(
+    a: Path, b: Path, sync: str, peer_timeout: float = 20
+) -> AsyncIterator[Replicator]:
     a_fd = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
     b_fd = os.open(b, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -34,7 +37,7 @@ async def connected(a: Path, b: Path, sync: str) -> AsyncIterator[Replicator]:
             port = listeners[0].socket.getsockname()[1]
             settings = StreamSettings(
                 "a", "m", str(a), sync=sync, peer=PeerAddress("127.0.0.1", port),
-                peer_timeout=20, retry=0.05,
+                peer_timeout=peer_timeout, retry=0.05,
             )  # fmt: skip
             replicator = Replicator(settings, SECRET, root_fd=a_fd)
             nursery.start_soon(replicator.run)
@@ -133,3 +136,26 @@ def test_at_the_write_sync_point_every_write_is_acknowledged_at_once(
                 await replicator.submit(Write(b"w", 0, b"y" * 100)).wait()
 
     trio.run(scenario)
+
+
+def test_a_peer_answering_a_slow_query_is_not_taken_for_silent(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsync point's watchdog drops a peer that owes acknowledgements and says nothing; a
+    peer busy answering a resync's query (a big directory listed, a big file hashed) says
+    nothing either, and must not be dropped for it, or a resync of such a tree never ends."""
+    (dirs[0] / "file").write_bytes(b"z" * 10_000)  # something for the resync to compare
+    slow_answer = receiver_module.answer_query
+
+    def answer_slowly(*args: object) -> bytes:
+        time.sleep(1.5)  # longer than the peer timeout below
+        return slow_answer(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(receiver_module, "answer_query", answer_slowly)
+
+    async def scenario() -> None:
+        async with connected(*dirs, sync="fsync", peer_timeout=0.6) as replicator:
+            assert replicator.alone_reason is None
+
+    trio.run(scenario)
+    assert (dirs[1] / "file").read_bytes() == b"z" * 10_000
